@@ -1,0 +1,1 @@
+"""Model providers and multi-agent steps (the planner issue)."""

@@ -1,0 +1,400 @@
+"""The ``dagwright`` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from dagwright.cli.progress import Progress
+from dagwright.cli.report import duration, iso, run_summary, state_of
+from dagwright.errors import DagwrightError, PlanError, PlanIssue
+from dagwright.executors.local import LocalExecutor
+from dagwright.executors.store import TraceStore, open_store
+from dagwright.planner.loader import load_workflow
+from dagwright.planner.schema import Workflow
+from dagwright.planner.source import Source
+from dagwright.planner.validate import registry_for, resolve_inputs, validate
+from dagwright.settings import Settings
+from dagwright.tools import ToolRegistry, default_registry
+
+app = typer.Typer(
+    name="dagwright",
+    help="Run LLM work as deterministic, verified, replayable DAGs of typed steps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output is for people reading logs and for grep: don't squeeze tables into 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Trace store: a SQLite file or postgresql:// URL. "
+                 "[env: DAGWRIGHT_DB; default: .dagwright/trace.db]", show_default=False),
+]  # fmt: skip
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")]
+InputOption = Annotated[
+    list[str] | None,
+    typer.Option("--input", "-i", help="A run input as NAME=VALUE (repeatable). "
+                 "Objects and arrays are JSON.", show_default=False),
+]  # fmt: skip
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except DagwrightError as exc:
+        _die(str(exc), EXIT_INVALID)
+
+
+def _die(message: str, code: int) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def _store(db: str | None) -> TraceStore:
+    target = db or _settings().db
+    return open_store(target)
+
+
+def _parse_inputs(pairs: list[str] | None) -> dict[str, str]:
+    given: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            _die(f"--input {pair!r}: write it as NAME=VALUE", EXIT_INVALID)
+        given[name.strip()] = value
+    return given
+
+
+def _prepare(
+    file: Path, pairs: list[str] | None, *, inputs_required: bool
+) -> tuple[Workflow, ToolRegistry, dict[str, Any], Source]:
+    """Load, validate and resolve inputs; every problem found is raised at once as PlanError."""
+    base_dir = file.resolve().parent
+    try:
+        loaded = load_workflow(file)
+    except PlanError as exc:
+        if isinstance(exc.partial, Workflow) and isinstance(exc.source, Source):
+            # the parts that parsed still get the semantic checks, so one pass lists everything
+            _, more = _semantic_issues(exc.partial, exc.source, base_dir)
+            seen = {(i.line, i.field) for i in exc.issues}
+            exc.issues += [i for i in more if (i.line, i.field) not in seen]
+        raise
+    wf, source = loaded.workflow, loaded.source
+    registry, issues = _semantic_issues(wf, source, base_dir)
+    given = _parse_inputs(pairs)
+    inputs: dict[str, Any] = {}
+    if inputs_required or given:
+        try:
+            inputs = resolve_inputs(wf, given, as_text=True, source=source)
+        except PlanError as exc:
+            issues += exc.issues
+    if issues:
+        raise PlanError(issues)
+    return wf, registry, inputs, source
+
+
+def _semantic_issues(wf: Workflow, source: Source, base_dir: Path) -> tuple[ToolRegistry, list[PlanIssue]]:
+    registry = default_registry
+    issues: list[PlanIssue] = []
+    settings = _settings()
+    if settings.tools:
+        registry = registry.copy()
+    for module in settings.tools:
+        try:
+            registry.load_module(module)
+        except (ImportError, DagwrightError) as exc:
+            issues.append(PlanIssue(f"cannot load tool module {module!r} from DAGWRIGHT_TOOLS: {exc}"))
+    registry, more = registry_for(wf, registry, base_dir, source)
+    issues += more
+    issues += validate(wf, registry, source)
+    return registry, issues
+
+
+def _print_issues(exc: PlanError) -> None:
+    exc.issues.sort(key=_by_line)
+    err.print(f"[red]✗ {len(exc.issues)} problem{'s' if len(exc.issues) != 1 else ''}[/red]")
+    for issue in exc.issues:
+        err.print(f"  [bold]{escape(issue.location())}[/bold]: {escape(issue.message)}")
+        if issue.hint:
+            err.print(f"    [dim]→ {escape(issue.hint)}[/dim]")
+
+
+def _by_line(issue: PlanIssue) -> tuple[bool, int]:
+    return (issue.line is None, issue.line or 0)
+
+
+def _json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _db_flag(db: str | None) -> str:
+    return f" --db {shlex.quote(db)}" if db else ""
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+@app.command("validate")
+def validate_cmd(
+    file: Annotated[Path, typer.Argument(help="The workflow YAML file.")],
+    inputs: InputOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check a workflow without running anything. Exit 0 when valid, 2 with every problem listed.
+
+    Run inputs are checked too when any --input is given."""
+    try:
+        wf, registry, _, _ = _prepare(file, inputs, inputs_required=bool(inputs))
+    except PlanError as exc:
+        if as_json:
+            _json({"valid": False, "errors": [i.as_dict() for i in sorted(exc.issues, key=_by_line)]})
+        else:
+            _print_issues(exc)
+        raise typer.Exit(EXIT_INVALID) from None
+    if as_json:
+        _json({"valid": True, "errors": [], "steps": len(wf.steps)})
+        return
+    needs = [f"{n} ({s.type})" for n, s in wf.inputs.items() if s.required]
+    out.print(f"[green]✓[/green] {escape(str(file))} is valid: {len(wf.steps)} steps"
+              + (f"; a run needs --input for: {', '.join(needs)}" if needs and not inputs else ""))  # fmt: skip
+
+
+@app.command("run")
+def run_cmd(
+    file: Annotated[Path, typer.Argument(help="The workflow YAML file.")],
+    inputs: InputOption = None,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", min=1, help="Steps running at once "
+                                 "[env: DAGWRIGHT_MAX_PARALLEL; default: 8].", show_default=False)
+    ] = None,  # fmt: skip
+) -> None:
+    """Validate, then run a workflow on the local executor and record its trace.
+
+    Exit code: 0 succeeded, 1 failed, 2 invalid workflow or inputs (nothing runs), 130 cancelled."""
+    try:
+        wf, registry, run_inputs, _ = _prepare(file, inputs, inputs_required=True)
+    except PlanError as exc:
+        if as_json:
+            _json({"status": "invalid", "errors": [i.as_dict() for i in sorted(exc.issues, key=_by_line)]})
+        else:
+            _print_issues(exc)
+        raise typer.Exit(EXIT_INVALID) from None
+    store = _store(db)
+    progress = Progress(wf, enabled=not as_json, live=out.is_terminal, console=out)
+    executor = LocalExecutor(store, registry, max_parallel=max_parallel or _settings().max_parallel,
+                             on_event=progress.on_event)  # fmt: skip
+    run_id = executor.id_factory()
+    interrupted = False
+    try:
+        with progress:
+            executor.run(wf, run_inputs, run_id=run_id, source=str(file))
+    except KeyboardInterrupt:
+        interrupted = True
+    record = store.get_run(run_id)
+    _, state = state_of(record, store.events(run_id))
+    summary = run_summary(record, state, store.location())
+    if as_json:
+        _json(summary)
+    else:
+        _print_result(summary, db)
+    code = {"succeeded": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(state.status, EXIT_FAILED)
+    store.close()
+    _exit(EXIT_CANCELLED if interrupted else code)
+
+
+def _exit(code: int) -> NoReturn:
+    # A timed-out plain-function tool may still be running in its thread; don't wait for it.
+    if any(t.name.startswith("dagwright-step") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
+
+
+def _print_result(summary: dict[str, Any], db: str | None) -> None:
+    status = summary["status"]
+    color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(status, "white")
+    out.print(f"\nrun [bold]{summary['run_id']}[/bold]  [{color}]{status}[/{color}]"
+              f"  in {summary['duration']}s")  # fmt: skip
+    if summary["error"]:
+        err_info = summary["error"]
+        where = f"step {err_info['step']!r}: " if err_info.get("step") else ""
+        message = err_info.get("message", "")
+        if where and message.startswith(where.rstrip(": ")):
+            where = ""
+        out.print(f"[red]error:[/red] {escape(where + message)}")
+    if status == "succeeded":
+        out.print("output:")
+        out.print_json(json.dumps(summary["output"], default=str))
+    out.print(f"trace: {escape(summary['trace'])}")
+    out.print(f"inspect: dagwright show {summary['run_id']}{escape(_db_flag(db))}")
+
+
+@app.command("runs")
+def runs_cmd(
+    status: Annotated[str | None, typer.Option(
+        "--status", help="Only runs with this status: running, succeeded, failed, cancelled.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many, newest first.")] = 20,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:  # fmt: skip
+    """List recent runs."""
+    if status is not None and status not in ("running", "succeeded", "failed", "cancelled"):
+        _die(f"--status {status!r}: use running, succeeded, failed or cancelled", EXIT_INVALID)
+    store = _store(db)
+    runs = store.list_runs(status=status, limit=limit)
+    if as_json:
+        _json([{"run_id": r.record.run_id, "workflow": r.record.workflow_name, "status": r.status,
+                "created_at": iso(r.record.created_at), "finished_at": iso(r.finished_at),
+                "source": r.record.source} for r in runs])  # fmt: skip
+        return
+    if not runs:
+        out.print(f"no runs{f' with status {status}' if status else ''} in {escape(store.location())}")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("run id", "workflow", "status", "started", "duration"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(r.record.run_id, escape(r.record.workflow_name), _status_text(r.status),
+                      iso(r.record.created_at), _secs(duration(r.record.created_at, r.finished_at)))  # fmt: skip
+    out.print(table)
+
+
+def _status_text(status: str) -> Text:
+    color = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "skipped": "dim",
+             "running": "cyan", "retrying": "magenta"}.get(status, "white")  # fmt: skip
+    return Text(status, style=color)
+
+
+def _secs(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}s"
+
+
+@app.command("show")
+def show_cmd(
+    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Show a run: its steps, attempts, timings, errors and output."""
+    store = _store(db)
+    record = store.get_run(run_id)
+    _, state = state_of(record, store.events(record.run_id))
+    summary = run_summary(record, state, store.location(), detail=True)
+    if as_json:
+        _json(summary)
+        return
+    out.print(f"run [bold]{record.run_id}[/bold]  workflow [bold]{escape(record.workflow_name)}"
+              f"[/bold]  ", _status_text(state.status), f"  {_secs(summary['duration'])}")  # fmt: skip
+    if record.source:
+        out.print(f"source: {escape(record.source)}   started: {summary['started_at']}")
+    if record.inputs:
+        out.print(f"inputs: {escape(json.dumps(record.inputs, ensure_ascii=False))}")
+    table = Table(box=None, header_style="bold")
+    for col in ("step", "status", "attempts", "started", "duration", "error / note"):
+        table.add_column(col)
+    for sid, step in summary["steps"].items():
+        table.add_row(sid, _status_text(step["status"]), str(step["attempts"]),
+                      step["started_at"] or "", _secs(step["duration"]),
+                      escape(step.get("error") or step.get("reason") or ""))  # fmt: skip
+    out.print(table)
+    for sid, step in summary["steps"].items():
+        failed = [a for a in step["attempt_details"] if a["status"] != "succeeded"]
+        for a in failed:
+            error = a["error"] or {}
+            out.print(f"\n[bold]{sid}[/bold] attempt {a['attempt']} [red]{a['status']}[/red]"
+                      f" after {_secs(a['duration'])}: {escape(error.get('message', ''))}")  # fmt: skip
+            for check in a["checks"]:
+                if not check["passed"]:
+                    out.print(f"  ✗ {escape(check['message'])}")
+            if error.get("traceback"):
+                tail = error["traceback"].splitlines()[-6:]
+                out.print("[dim]" + escape("\n".join("  " + line for line in tail)) + "[/dim]")
+            if a["retry_in"] is not None:
+                out.print(f"  [dim]retried after {a['retry_in']:g}s[/dim]")
+    if state.error:
+        out.print(f"\n[red]error:[/red] {escape(state.error.get('message', ''))}")
+    if state.status == "succeeded":
+        out.print("\noutput:")
+        out.print_json(json.dumps(state.output, default=str))
+    out.print(f"\ntrace: dagwright trace {record.run_id}{escape(_db_flag(db))}")
+
+
+@app.command("trace")
+def trace_cmd(
+    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Print a run's trace: every event, in order."""
+    store = _store(db)
+    record = store.get_run(run_id)
+    events = store.events(record.run_id)
+    if as_json:
+        _json([e.as_dict() | {"at": iso(e.at)} for e in events])
+        return
+    t0 = events[0].at if events else 0.0
+    for e in events:
+        data = e.data
+        bits = [f"{e.seq:>4}", f"+{e.at - t0:8.3f}s", f"{e.type:<17}"]
+        if e.step:
+            bits.append(f"{e.step}" + (f"#{e.attempt}" if e.attempt else ""))
+        if "status" in data:
+            bits.append(str(data["status"]))
+        if data.get("error"):
+            bits.append(str(data["error"].get("message", "")))
+        if data.get("retry_in") is not None:
+            bits.append(f"retry in {data['retry_in']:g}s")
+        if e.type == "attempt_started":
+            bits.append(f"inputs={json.dumps(data.get('inputs'), ensure_ascii=False)[:120]}")
+        out.print(escape("  ".join(bits)), soft_wrap=True)
+
+
+@app.command("tools")
+def tools_cmd(as_json: JsonOption = False) -> None:
+    """List the registered tools and their arguments."""
+    tools = list(default_registry)
+    if as_json:
+        _json([{"name": t.name, "description": t.description, "arguments": t.args_schema(),
+                "output": t.output_schema} for t in tools])  # fmt: skip
+        return
+    for t in tools:
+        props = t.args_schema().get("properties", {})
+        required = set(t.args_schema().get("required", []))
+        args = ", ".join(f"{n}{'' if n in required else '?'}: {p.get('type', 'any')}"
+                         for n, p in props.items()) or "any arguments"  # fmt: skip
+        out.print(f"[bold]{t.name}[/bold]({escape(args)})  {escape(t.description.splitlines()[0] if t.description else '')}")
+
+
+def main() -> None:
+    try:
+        app()
+    except PlanError as exc:
+        _print_issues(exc)
+        sys.exit(EXIT_INVALID)
+    except DagwrightError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        sys.exit(EXIT_FAILED)
+
+
+__all__ = ["app", "main"]

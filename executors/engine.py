@@ -1,0 +1,233 @@
+"""The engine's pure core: a run's state is a fold over its trace events.
+
+``apply(plan, state, event)`` is the reducer, ``fold(plan, events)`` replays a whole trace, and
+``ready_steps(plan, state)`` says which steps may be dispatched now: a step is ready the moment
+its last dependency has succeeded (dependency-driven, never level by level). Nothing here does
+I/O, reads a clock or draws a random number; executors (local, Celery) do that at the edges and
+feed the results back as events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagwright.executors import events as ev
+from dagwright.executors.events import Event
+from dagwright.planner.plan import Plan
+from dagwright.planner.references import render
+
+# step statuses
+PENDING, SCHEDULED, RUNNING, RETRYING = "pending", "scheduled", "running", "retrying"
+SUCCEEDED, FAILED, SKIPPED, CANCELLED = "succeeded", "failed", "skipped", "cancelled"
+FINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
+ACTIVE = frozenset({SCHEDULED, RUNNING, RETRYING})
+
+
+@dataclass
+class AttemptState:
+    number: int
+    attempt_id: str | None = None
+    status: str = RUNNING
+    started_at: float | None = None
+    finished_at: float | None = None
+    inputs: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    retry_in: float | None = None
+
+
+@dataclass
+class StepState:
+    id: str
+    status: str = PENDING
+    attempts: list[AttemptState] = field(default_factory=list)
+    output: Any = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    scheduled_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class RunState:
+    run_id: str
+    steps: dict[str, StepState]
+    waiting: dict[str, int]
+    ready: dict[str, None] = field(default_factory=dict)
+    status: str = PENDING
+    inputs: dict[str, Any] = field(default_factory=dict)
+    output: Any = None
+    error: dict[str, Any] | None = None
+    halted: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @classmethod
+    def initial(cls, plan: Plan, run_id: str) -> RunState:
+        waiting = {sid: len(deps) for sid, deps in plan.deps.items()}
+        ready = {sid: None for sid in plan.order if waiting[sid] == 0}
+        return cls(run_id=run_id, steps={sid: StepState(sid) for sid in plan.order},
+                   waiting=waiting, ready=ready)  # fmt: skip
+
+    def active(self) -> list[str]:
+        return [sid for sid, s in self.steps.items() if s.status in ACTIVE]
+
+
+def apply(plan: Plan, state: RunState, event: Event) -> RunState:
+    """Fold one event into the state (in place, and returned for chaining)."""
+    kind = event.type
+    if kind == ev.RUN_STARTED:
+        state.status = RUNNING
+        state.inputs = event.data.get("inputs", {})
+        state.started_at = event.at
+        return state
+    if kind == ev.RUN_FINISHED:
+        state.status = event.data["status"]
+        state.output = event.data.get("output")
+        state.error = event.data.get("error")
+        state.finished_at = event.at
+        state.ready.clear()
+        return state
+    assert event.step is not None, f"{kind} event without a step"
+    step = state.steps[event.step]
+    if kind == ev.STEP_SCHEDULED:
+        state.ready.pop(step.id, None)
+        step.status = SCHEDULED
+        if step.scheduled_at is None:
+            step.scheduled_at = event.at
+    elif kind == ev.ATTEMPT_STARTED:
+        step.status = RUNNING
+        step.started_at = step.started_at or event.at
+        step.attempts.append(AttemptState(
+            number=event.attempt or len(step.attempts) + 1,
+            attempt_id=event.data.get("attempt_id"), started_at=event.at,
+            inputs=event.data.get("inputs")))  # fmt: skip
+    elif kind == ev.ATTEMPT_FINISHED:
+        _finish_attempt(step, event)
+    elif kind == ev.STEP_FINISHED:
+        _finish_step(plan, state, step, event)
+    return state
+
+
+def _finish_attempt(step: StepState, event: Event) -> None:
+    attempt = next((a for a in reversed(step.attempts) if a.number == event.attempt), None)
+    if attempt is None:  # a trace written without attempt_started (should not happen)
+        attempt = AttemptState(number=event.attempt or len(step.attempts) + 1)
+        step.attempts.append(attempt)
+    data = event.data
+    attempt.status = data["status"]
+    attempt.finished_at = event.at
+    attempt.output = data.get("output")
+    attempt.error = data.get("error")
+    attempt.checks = data.get("checks", [])
+    attempt.retry_in = data.get("retry_in")
+    if attempt.retry_in is not None:
+        step.status = RETRYING
+
+
+def _finish_step(plan: Plan, state: RunState, step: StepState, event: Event) -> None:
+    data = event.data
+    step.status = data["status"]
+    step.finished_at = event.at
+    step.output = data.get("output")
+    step.error = data.get("error")
+    step.reason = data.get("reason")
+    state.ready.pop(step.id, None)
+    if step.status == SUCCEEDED:
+        for nxt in plan.dependents[step.id]:
+            state.waiting[nxt] -= 1
+            if state.waiting[nxt] == 0 and state.steps[nxt].status == PENDING:
+                state.ready[nxt] = None
+    elif step.status == FAILED and plan.steps[step.id].on_failure == "fail":
+        state.halted = True
+    elif step.status == CANCELLED:
+        state.halted = True
+
+
+def fold(plan: Plan, run_id: str, events: list[Event]) -> RunState:
+    state = RunState.initial(plan, run_id)
+    for event in events:
+        apply(plan, state, event)
+    return state
+
+
+def ready_steps(plan: Plan, state: RunState) -> list[str]:
+    """Steps whose dependencies have all succeeded and that were not dispatched yet.
+
+    Empty once the run is halted (a step failed with ``on_failure: fail``, or it was cancelled)
+    or finished: steps already running finish, nothing new starts.
+    """
+    if state.halted or state.status in FINAL:
+        return []
+    return list(state.ready)
+
+
+def blocked_steps(plan: Plan, state: RunState) -> dict[str, str]:
+    """Pending steps that can never run, with why: an upstream step failed or was skipped."""
+    blocked: dict[str, str] = {}
+    for sid in plan.order:
+        if state.steps[sid].status != PENDING:
+            continue
+        for dep in plan.deps[sid]:
+            dep_status = state.steps[dep].status
+            if dep in blocked or dep_status in (FAILED, SKIPPED, CANCELLED):
+                verb = "was skipped" if dep in blocked or dep_status == SKIPPED else f"{dep_status}"
+                blocked[sid] = f"upstream step {dep!r} {verb}"
+                break
+    return blocked
+
+
+def is_settled(state: RunState) -> bool:
+    """Nothing is in flight and nothing more can start."""
+    if state.active():
+        return False
+    return state.halted or not state.ready
+
+
+def step_context(plan: Plan, state: RunState, step_id: str | None = None) -> dict[str, Any]:
+    """What ``${{ … }}`` can read: run inputs and the outputs of succeeded steps (for a step:
+    of its dependencies, the only ones validation lets it reference)."""
+    ids = plan.deps[step_id] if step_id is not None else plan.order
+    return {
+        "inputs": state.inputs,
+        "steps": {
+            sid: {"output": state.steps[sid].output}
+            for sid in ids
+            if state.steps[sid].status == SUCCEEDED
+        },
+    }
+
+
+def run_output(plan: Plan, state: RunState) -> Any:
+    """The run's output: the workflow's ``output`` rendered, or each final step's output."""
+    if plan.workflow.output is None:
+        sinks = [sid for sid in plan.order if not plan.dependents[sid]]
+        return {sid: state.steps[sid].output for sid in sinks if state.steps[sid].status == SUCCEEDED}
+    return render(plan.workflow.output, step_context(plan, state))
+
+
+def final_status(plan: Plan, state: RunState) -> str:
+    if any(s.status == CANCELLED for s in state.steps.values()):
+        return CANCELLED
+    failed = [sid for sid, s in state.steps.items() if s.status == FAILED]
+    if any(plan.steps[sid].on_failure == "fail" for sid in failed):
+        return FAILED
+    return SUCCEEDED
+
+
+__all__ = [
+    "AttemptState",
+    "RunState",
+    "StepState",
+    "apply",
+    "blocked_steps",
+    "final_status",
+    "fold",
+    "is_settled",
+    "ready_steps",
+    "run_output",
+    "step_context",
+]

@@ -1,0 +1,56 @@
+"""Trace events: the append-only history a run's state is folded from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+RUN_STARTED = "run_started"
+STEP_SCHEDULED = "step_scheduled"
+ATTEMPT_STARTED = "attempt_started"
+ATTEMPT_FINISHED = "attempt_finished"
+STEP_FINISHED = "step_finished"
+RUN_FINISHED = "run_finished"
+
+EVENT_TYPES = (
+    RUN_STARTED, STEP_SCHEDULED, ATTEMPT_STARTED, ATTEMPT_FINISHED, STEP_FINISHED, RUN_FINISHED
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One fact about a run. ``seq`` is its position in the run's trace, given by the store."""
+
+    type: str
+    run_id: str
+    at: float
+    step: str | None = None
+    attempt: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    seq: int | None = None
+
+    def with_seq(self, seq: int) -> Event:
+        return replace(self, seq=seq)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "type": self.type,
+            "run_id": self.run_id,
+            "at": self.at,
+            "step": self.step,
+            "attempt": self.attempt,
+            "data": self.data,
+        }
+
+
+__all__ = [
+    "ATTEMPT_FINISHED",
+    "ATTEMPT_STARTED",
+    "EVENT_TYPES",
+    "Event",
+    "RUN_FINISHED",
+    "RUN_STARTED",
+    "STEP_FINISHED",
+    "STEP_SCHEDULED",
+]

@@ -1,0 +1,259 @@
+"""The local executor (the embedded default): the engine's loop in one process.
+
+Steps start the moment their last dependency succeeds; at most ``max_parallel`` attempts run at
+once (async tools on the event loop, plain functions in a thread pool). Every fact is appended to
+the trace store before the in-memory state follows it, so the trace is always the truth.
+
+Timeouts stop *waiting*: an async tool is cancelled; a plain function keeps running in its
+thread until it returns (Python cannot kill a thread), and its late result is discarded.
+Cancellation (Ctrl-C, or ``cancel()``) records every running attempt and unfinished step as
+cancelled and finishes the run as ``cancelled``, so the trace stays consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from dagwright.errors import PlanError
+from dagwright.executors import engine
+from dagwright.executors import events as ev
+from dagwright.executors.events import Event
+from dagwright.executors.retry import backoff_delay, should_retry
+from dagwright.executors.runner import CANCELLED, FAILED, SUCCEEDED, Outcome, error_info, execute_attempt
+from dagwright.executors.store.base import RunRecord, TraceStore
+from dagwright.planner.plan import Plan
+from dagwright.planner.references import ExpressionError, render
+from dagwright.planner.schema import Workflow
+from dagwright.planner.validate import validate
+from dagwright.tools.registry import ToolContext, ToolRegistry, default_registry
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    output: Any
+    error: dict[str, Any] | None
+    state: engine.RunState
+    store_location: str
+
+
+class LocalExecutor:
+    def __init__(
+        self,
+        store: TraceStore,
+        registry: ToolRegistry | None = None,
+        *,
+        max_parallel: int = 8,
+        clock: Callable[[], float] = time.time,
+        id_factory: Callable[[], str] = new_id,
+        on_event: Callable[[Event, engine.RunState], None] | None = None,
+    ) -> None:
+        if max_parallel < 1:
+            raise ValueError("max_parallel must be at least 1")
+        self.store = store
+        self.registry = registry or default_registry
+        self.max_parallel = max_parallel
+        self.clock = clock
+        self.id_factory = id_factory
+        self.on_event = on_event
+        self._current: _Run | None = None
+
+    def run(self, workflow: Workflow, inputs: Mapping[str, Any] | None = None, *,
+            run_id: str | None = None, source: str | None = None) -> RunResult:  # fmt: skip
+        """Run to the end. Ctrl-C cancels the run (recorded) and raises KeyboardInterrupt."""
+        return asyncio.run(self.run_async(workflow, inputs, run_id=run_id, source=source))
+
+    async def run_async(self, workflow: Workflow, inputs: Mapping[str, Any] | None = None, *,
+                        run_id: str | None = None, source: str | None = None) -> RunResult:  # fmt: skip
+        issues = validate(workflow, self.registry)
+        if issues:
+            raise PlanError(issues)
+        run = _Run(self, Plan.from_workflow(workflow), run_id or self.id_factory(), dict(inputs or {}))
+        self._current = run
+        try:
+            return await run.execute(source)
+        finally:
+            self._current = None
+
+    def cancel(self) -> None:
+        """Cancel the current run from another thread (or a signal handler)."""
+        run = self._current
+        if run is not None and run.loop is not None:
+            run.loop.call_soon_threadsafe(run.cancel_requested.set)
+
+
+class _Run:
+    def __init__(self, executor: LocalExecutor, plan: Plan, run_id: str, inputs: dict[str, Any]) -> None:
+        self.x = executor
+        self.plan = plan
+        self.run_id = run_id
+        self.inputs = inputs
+        self.state = engine.RunState.initial(plan, run_id)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.cancel_requested = asyncio.Event()
+        self.settled = asyncio.Event()
+        self.sem = asyncio.Semaphore(executor.max_parallel)
+        self.cancelled = False
+        self.pool = ThreadPoolExecutor(max_workers=executor.max_parallel + 4,
+                                       thread_name_prefix="dagwright-step")  # fmt: skip
+
+    # -- recording -----------------------------------------------------------------------------
+    def event(self, kind: str, step: str | None = None, attempt: int | None = None,
+              **data: Any) -> Event:  # fmt: skip
+        return Event(kind, self.run_id, self.x.clock(), step, attempt, data)
+
+    def emit(self, *events: Event) -> None:
+        for stored in self.x.store.append(self.run_id, events):
+            engine.apply(self.plan, self.state, stored)
+            if self.x.on_event is not None:
+                self.x.on_event(stored, self.state)
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def execute(self, source: str | None) -> RunResult:
+        self.loop = asyncio.get_running_loop()
+        wf = self.plan.workflow
+        self.x.store.create_run(RunRecord(
+            run_id=self.run_id, workflow_name=wf.name, created_at=self.x.clock(),
+            workflow=wf.to_data(), inputs=self.inputs, source=source, executor="local"))  # fmt: skip
+        self.emit(self.event(ev.RUN_STARTED, inputs=self.inputs, executor="local",
+                             max_parallel=self.x.max_parallel))  # fmt: skip
+        try:
+            self.dispatch()
+            waiters = [asyncio.ensure_future(self.settled.wait()),
+                       asyncio.ensure_future(self.cancel_requested.wait())]  # fmt: skip
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+            if self.cancel_requested.is_set() and not self.settled.is_set():
+                await self.cancel_all()
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the main task
+            await self.cancel_all()
+            self.finish()
+            raise
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        return self.finish()
+
+    def dispatch(self) -> None:
+        ready = engine.ready_steps(self.plan, self.state)
+        if ready:
+            self.emit(*(self.event(ev.STEP_SCHEDULED, sid, 1) for sid in ready))
+            for sid in ready:
+                self.tasks[sid] = asyncio.create_task(self.drive(sid), name=f"dagwright:{sid}")
+        if not self.tasks and engine.is_settled(self.state):
+            self.settled.set()
+
+    async def drive(self, sid: str) -> None:
+        step = self.plan.steps[sid]
+        tool = self.x.registry.get(step.uses)
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                async with self.sem:
+                    outcome, attempt_id = await self.attempt(sid, attempt, tool)
+                delay = None
+                if outcome.status != SUCCEEDED and should_retry(
+                    step.retry, attempt, outcome.kind, outcome.retryable
+                ):
+                    delay = backoff_delay(step.retry, attempt, f"{self.run_id}/{sid}/{attempt}")
+                finished = self.event(ev.ATTEMPT_FINISHED, sid, attempt, attempt_id=attempt_id,
+                                      status=outcome.status, output=outcome.output,
+                                      error=outcome.error, checks=outcome.checks,
+                                      duration=outcome.duration, retry_in=delay)  # fmt: skip
+                if delay is None:
+                    status = SUCCEEDED if outcome.status == SUCCEEDED else FAILED
+                    self.emit(finished, self.event(ev.STEP_FINISHED, sid, attempt, status=status,
+                                                   output=outcome.output if status == SUCCEEDED else None,
+                                                   error=outcome.error))  # fmt: skip
+                    break
+                self.emit(finished)
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self.record_cancelled(sid)
+            raise
+        finally:
+            self.tasks.pop(sid, None)
+        self.dispatch()
+
+    async def attempt(self, sid: str, attempt: int, tool: Any) -> tuple[Outcome, str]:
+        step = self.plan.steps[sid]
+        attempt_id = self.x.id_factory()
+        context = engine.step_context(self.plan, self.state, sid)
+        try:
+            args = render(step.with_, context)
+        except ExpressionError as exc:
+            self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=None))
+            msg = f"step {sid!r}: cannot resolve its arguments: {exc}"
+            return Outcome(FAILED, error=error_info(exc, kind="error", message=msg, retryable=False,
+                                                    with_traceback=False)), attempt_id  # fmt: skip
+        self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=args))
+        ctx = ToolContext(run_id=self.run_id, step_id=sid, attempt=attempt)
+        return await execute_attempt(tool, step, args, ctx, context, pool=self.pool), attempt_id
+
+    def record_cancelled(self, sid: str) -> None:
+        step = self.state.steps[sid]
+        events = []
+        last = step.attempts[-1] if step.attempts else None
+        error = {"type": "Cancelled", "message": f"step {sid!r} was cancelled", "kind": "cancelled",
+                 "retryable": False}  # fmt: skip
+        if last is not None and last.status == engine.RUNNING:
+            events.append(self.event(ev.ATTEMPT_FINISHED, sid, last.number, attempt_id=last.attempt_id,
+                                     status=CANCELLED, error=error, checks=[], duration=None,
+                                     retry_in=None))  # fmt: skip
+        events.append(self.event(ev.STEP_FINISHED, sid, last.number if last else None,
+                                 status=engine.CANCELLED, error=error))  # fmt: skip
+        self.emit(*events)
+
+    async def cancel_all(self) -> None:
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.state.halted = True
+        self.cancelled = True
+
+    def finish(self) -> RunResult:
+        state, plan = self.state, self.plan
+        cancelled = self.cancelled
+        blocked = engine.blocked_steps(plan, state)
+        pending = [sid for sid in plan.order if state.steps[sid].status == engine.PENDING]
+        default_reason = "the run was cancelled" if cancelled else "the run stopped after a failure"
+        skipped = [self.event(ev.STEP_FINISHED, sid, None, status=engine.SKIPPED,
+                              reason=blocked.get(sid, default_reason)) for sid in pending]  # fmt: skip
+        status = engine.CANCELLED if cancelled else engine.final_status(plan, state)
+        output, error = None, None
+        if status == engine.SUCCEEDED:
+            try:
+                output = engine.run_output(plan, state)
+            except ExpressionError as exc:
+                status = engine.FAILED
+                error = {"type": "ExpressionError", "message": f"cannot compute the run's output: {exc}"}
+        elif status == engine.FAILED:
+            failed = next(sid for sid in plan.order if state.steps[sid].status == engine.FAILED
+                          and plan.steps[sid].on_failure == "fail")  # fmt: skip
+            step_error = state.steps[failed].error or {}
+            error = {"type": step_error.get("type", "StepFailed"), "step": failed,
+                     "message": step_error.get("message", f"step {failed!r} failed")}  # fmt: skip
+        else:
+            error = {"type": "Cancelled", "message": "the run was cancelled"}
+        self.emit(*skipped, self.event(ev.RUN_FINISHED, status=status, output=output, error=error))
+        return RunResult(self.run_id, status, output, error, state, self.x.store.location())
+
+
+__all__ = ["LocalExecutor", "RunResult", "new_id"]

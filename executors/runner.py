@@ -1,0 +1,118 @@
+"""Execute one attempt of one step, outside any worker loop (huey's ``Huey.execute``).
+
+``execute_attempt`` = call the tool with its resolved arguments → verify the output → classify the
+failure (error, timeout, verification; retryable or not). It records nothing itself: executors turn
+the ``Outcome`` into trace events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import traceback
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
+
+from dagwright.errors import StepError
+from dagwright.executors.verify import run_checks
+from dagwright.planner.schema import Step
+from dagwright.tools.registry import Tool, ToolContext
+
+SUCCEEDED, FAILED, TIMED_OUT, CANCELLED = "succeeded", "failed", "timed_out", "cancelled"
+
+
+@dataclass
+class Outcome:
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return (self.error or {}).get("kind", "error")
+
+    @property
+    def retryable(self) -> bool:
+        return bool((self.error or {}).get("retryable", False))
+
+
+def error_info(
+    exc: BaseException | None, *, kind: str, message: str | None = None, retryable: bool = True,
+    with_traceback: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    info: dict[str, Any] = {
+        "type": type(exc).__name__ if exc else kind,
+        "message": message if message is not None else str(exc),
+        "kind": kind,
+        "retryable": retryable,
+    }
+    if exc is not None and with_traceback:
+        info["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
+    return info
+
+
+async def execute_attempt(
+    tool: Tool, step: Step, args: Any, ctx: ToolContext, context: dict[str, Any],
+    *, pool: Executor | None = None,
+) -> Outcome:  # fmt: skip
+    """One attempt. ``context`` is what the step's references read (for its checks).
+
+    Cancellation (``asyncio.CancelledError``) propagates to the caller."""
+    started = time.perf_counter()
+
+    def done(outcome: Outcome) -> Outcome:
+        outcome.duration = round(time.perf_counter() - started, 6)
+        return outcome
+
+    try:
+        kwargs = tool.bind(args, ctx)
+    except ValidationError as exc:
+        msg = f"step {step.id!r}: invalid arguments for tool {tool.name!r}: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'with'}: {e['msg']}" for e in exc.errors()
+        )
+        return done(Outcome(FAILED, error=error_info(exc, kind="error", message=msg,
+                                                     retryable=False, with_traceback=False)))  # fmt: skip
+    try:
+        if tool.is_async:
+            call = tool.fn(**kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            call = loop.run_in_executor(pool, functools.partial(tool.fn, **kwargs))
+        result = await (asyncio.wait_for(call, step.timeout) if step.timeout else call)
+        output = tool.to_json(result)
+    except TimeoutError as exc:
+        msg = f"step {step.id!r} timed out after {step.timeout:g}s (attempt {ctx.attempt})"
+        return done(Outcome(TIMED_OUT, error=error_info(exc, kind="timeout", message=msg,
+                                                        with_traceback=False)))  # fmt: skip
+    except StepError as exc:
+        return done(Outcome(FAILED, error=error_info(exc, kind="error", retryable=exc.retryable)))
+    except PydanticSerializationError as exc:
+        msg = f"step {step.id!r}: the output of tool {tool.name!r} is not JSON data: {exc}"
+        return done(Outcome(FAILED, error=error_info(exc, kind="error", message=msg, retryable=False)))
+    except Exception as exc:  # noqa: BLE001 - a tool's own failure, recorded with its traceback
+        return done(Outcome(FAILED, error=error_info(exc, kind="error")))
+    checks = run_checks(step.verify, output, context)
+    failures = [c["message"] for c in checks if not c["passed"]]
+    if failures:
+        msg = f"step {step.id!r}: " + "; ".join(failures)
+        error = error_info(None, kind="verification", message=msg)
+        error["type"] = "VerificationFailed"
+        return done(Outcome(FAILED, output=output, error=error, checks=checks))
+    return done(Outcome(SUCCEEDED, output=output, checks=checks))
+
+
+def run_step(
+    tool: Tool, step: Step, args: Any, ctx: ToolContext, context: dict[str, Any]
+) -> Outcome:
+    """Synchronous ``execute_attempt``: for worker processes and tests."""
+    return asyncio.run(execute_attempt(tool, step, args, ctx, context))
+
+
+__all__ = ["Outcome", "error_info", "execute_attempt", "run_step"]

@@ -1,0 +1,71 @@
+"""The trace store port: append-only run events, and the runs they belong to.
+
+Implementations: ``MemoryTraceStore`` (the in-memory twin, for speed) and ``SqlTraceStore``
+(SQLite embedded, PostgreSQL by URL). One contract suite runs against all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dagwright.errors import RunNotFound
+from dagwright.executors.events import Event
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run was started with. Its status and output live in its trace, not here."""
+
+    run_id: str
+    workflow_name: str
+    created_at: float
+    workflow: dict[str, Any]
+    inputs: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+    executor: str = "local"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    record: RunRecord
+    status: str
+    finished_at: float | None = None
+
+
+def match_run_id(run_id: str, known: Sequence[str]) -> str:
+    """Resolve a full run id or a unique prefix of one (like git's short hashes)."""
+    if run_id in known:
+        return run_id
+    matches = [k for k in known if k.startswith(run_id)] if len(run_id) >= 4 else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise RunNotFound(f"run id prefix {run_id!r} is ambiguous: {', '.join(sorted(matches)[:5])}")
+    raise RunNotFound(f"no run {run_id!r} in this trace store (see `dagwright runs`)")
+
+
+class TraceStore(Protocol):
+    def create_run(self, run: RunRecord) -> None:
+        """Record a new run. A run id that exists already is an error."""
+
+    def append(self, run_id: str, events: Sequence[Event]) -> list[Event]:
+        """Append events atomically (all or none), in order; returns them with their ``seq``."""
+
+    def events(self, run_id: str, after: int = 0) -> list[Event]:
+        """The run's events with ``seq > after``, in order."""
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run with this id, or with this unique id prefix; raises RunNotFound."""
+
+    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:
+        """Newest first; ``status`` filters on the run's status from its trace."""
+
+    def location(self) -> str:
+        """Where the trace lives, for people: a file path or a URL without its password."""
+
+    def close(self) -> None: ...
+
+
+__all__ = ["RunRecord", "RunSummary", "TraceStore", "match_run_id"]

@@ -1,0 +1,60 @@
+"""The in-memory trace store: the twin of the SQL store, for fast tests and embedding."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from dagwright.errors import StoreError
+from dagwright.executors.events import RUN_FINISHED, Event
+from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id
+
+
+class MemoryTraceStore:
+    def __init__(self) -> None:
+        self._runs: dict[str, RunRecord] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._lock = threading.Lock()
+
+    def create_run(self, run: RunRecord) -> None:
+        with self._lock:
+            if run.run_id in self._runs:
+                raise StoreError(f"run {run.run_id!r} exists already")
+            self._runs[run.run_id] = run
+            self._events[run.run_id] = []
+
+    def append(self, run_id: str, events: Sequence[Event]) -> list[Event]:
+        with self._lock:
+            if run_id not in self._runs:
+                raise StoreError(f"cannot append to unknown run {run_id!r}")
+            trace = self._events[run_id]
+            stored = [e.with_seq(len(trace) + i + 1) for i, e in enumerate(events)]
+            trace.extend(stored)
+            return stored
+
+    def events(self, run_id: str, after: int = 0) -> list[Event]:
+        with self._lock:
+            return list(self._events.get(run_id, [])[after:])
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self._lock:
+            return self._runs[match_run_id(run_id, list(self._runs))]
+
+    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:
+        with self._lock:
+            summaries = []
+            for run in sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True):
+                finished = next((e for e in self._events[run.run_id] if e.type == RUN_FINISHED), None)
+                run_status = str(finished.data["status"]) if finished else "running"
+                if status is None or run_status == status:
+                    summaries.append(RunSummary(run, run_status, finished.at if finished else None))
+            return summaries[:limit]
+
+    def location(self) -> str:
+        return "memory"
+
+    def close(self) -> None:
+        pass
+
+
+__all__ = ["MemoryTraceStore"]

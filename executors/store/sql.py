@@ -1,0 +1,233 @@
+"""The SQL trace store: SQLite (embedded default) or PostgreSQL, through SQLAlchemy Core.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: every committed event survives a crash of
+the process; a power loss may lose the last few transactions. PostgreSQL is the store to use when
+workers run on several hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from dagwright.errors import StoreError
+from dagwright.executors.events import RUN_FINISHED, STEP_FINISHED, Event
+from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id
+
+metadata = MetaData()
+
+runs_table = Table(
+    "dagwright_runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("workflow_name", String(200), nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("workflow", Text, nullable=False),
+    Column("inputs", Text, nullable=False),
+    Column("source", Text),
+    Column("executor", String(32), nullable=False),
+)
+
+events_table = Table(
+    "dagwright_events",
+    metadata,
+    Column("run_id", String(64), ForeignKey("dagwright_runs.run_id"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("type", String(32), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("step", String(128)),
+    Column("attempt", Integer),
+    # the `status` of a finish event, so runs can be listed and filtered by status in SQL
+    Column("status", String(16)),
+    Column("data", Text, nullable=False),
+)
+Index("ix_dagwright_events_type", events_table.c.type, events_table.c.run_id)
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"cannot record a value that is not JSON data: {exc}") from None
+
+
+def store_url(target: str) -> URL:
+    """A SQLAlchemy URL from a file path or a URL (``postgresql://`` uses psycopg 3)."""
+    if "://" not in target:
+        return URL.create("sqlite", database=str(Path(target).expanduser().resolve()))
+    url = make_url(target)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+class SqlTraceStore:
+    def __init__(self, target: str, *, create: bool = True) -> None:
+        self.url = store_url(target)
+        self._next_seq: dict[str, int] = {}
+        self._lock = threading.Lock()
+        if self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:"):
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = self._engine()
+            if create:
+                metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the trace store {self.location()}: {exc.orig or exc}") from None
+
+    def _engine(self) -> Engine:
+        if self.url.get_backend_name() != "sqlite":
+            return create_engine(self.url, pool_pre_ping=True)
+        engine = create_engine(self.url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+
+    def location(self) -> str:
+        if self.url.get_backend_name() == "sqlite":
+            return str(self.url.database)
+        return self.url.render_as_string(hide_password=True).replace("+psycopg", "")
+
+    def create_run(self, run: RunRecord) -> None:
+        row = {
+            "run_id": run.run_id, "workflow_name": run.workflow_name,
+            "created_at": run.created_at, "workflow": _dumps(run.workflow),
+            "inputs": _dumps(run.inputs), "source": run.source, "executor": run.executor,
+        }  # fmt: skip
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(runs_table.insert(), row)
+        except IntegrityError:
+            raise StoreError(f"run {run.run_id!r} exists already") from None
+        except OperationalError as exc:
+            raise StoreError(f"cannot write to the trace store {self.location()}: {exc.orig}") from None
+
+    def append(self, run_id: str, events: Sequence[Event]) -> list[Event]:
+        if not events:
+            return []
+        with self._lock:
+            for _ in range(50):
+                start = self._next_seq.get(run_id) or self._max_seq(run_id) + 1
+                stored = [e.with_seq(start + i) for i, e in enumerate(events)]
+                rows = [self._row(run_id, e) for e in stored]
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(events_table.insert(), rows)
+                except IntegrityError as exc:
+                    # another writer took these sequence numbers (or the run does not exist)
+                    self._next_seq.pop(run_id, None)
+                    if self._max_seq(run_id) < start and not self._run_exists(run_id):
+                        raise StoreError(f"cannot append to unknown run {run_id!r}") from exc
+                    continue
+                except OperationalError as exc:
+                    self._next_seq.pop(run_id, None)
+                    raise StoreError(f"cannot write to the trace store {self.location()}: {exc.orig}") from None
+                self._next_seq[run_id] = start + len(stored)
+                return stored
+        raise StoreError(f"could not append to run {run_id!r}: too much contention")
+
+    @staticmethod
+    def _row(run_id: str, e: Event) -> dict[str, Any]:
+        status = e.data.get("status") if e.type in (STEP_FINISHED, RUN_FINISHED) else None
+        return {
+            "run_id": run_id, "seq": e.seq, "type": e.type, "at": e.at, "step": e.step,
+            "attempt": e.attempt, "status": status, "data": _dumps(e.data),
+        }  # fmt: skip
+
+    def _max_seq(self, run_id: str) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(func.max(events_table.c.seq)).where(events_table.c.run_id == run_id)
+            ).scalar()
+        return int(value or 0)
+
+    def _run_exists(self, run_id: str) -> bool:
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)
+            ).first()
+        return found is not None
+
+    def events(self, run_id: str, after: int = 0) -> list[Event]:
+        t = events_table
+        query = (
+            select(t.c.seq, t.c.type, t.c.at, t.c.step, t.c.attempt, t.c.data)
+            .where(t.c.run_id == run_id, t.c.seq > after)
+            .order_by(t.c.seq)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            Event(type=r.type, run_id=run_id, at=r.at, step=r.step, attempt=r.attempt,
+                  data=json.loads(r.data), seq=r.seq)  # fmt: skip
+            for r in rows
+        ]
+
+    def get_run(self, run_id: str) -> RunRecord:
+        r = runs_table
+        with self.engine.connect() as conn:
+            row = conn.execute(select(r).where(r.c.run_id == run_id)).first()
+            if row is None:
+                ids = conn.execute(
+                    select(r.c.run_id).where(r.c.run_id.startswith(run_id, autoescape=True)).limit(10)
+                ).scalars().all()
+                full = match_run_id(run_id, list(ids))
+                row = conn.execute(select(r).where(r.c.run_id == full)).one()
+        return self._record(row)
+
+    @staticmethod
+    def _record(row: Any) -> RunRecord:
+        return RunRecord(
+            run_id=row.run_id, workflow_name=row.workflow_name, created_at=row.created_at,
+            workflow=json.loads(row.workflow), inputs=json.loads(row.inputs), source=row.source,
+            executor=row.executor,
+        )  # fmt: skip
+
+    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:
+        r, e = runs_table, events_table
+        run_status = func.coalesce(e.c.status, "running")
+        query = (
+            select(r, run_status.label("run_status"), e.c.at.label("finished_at"))
+            .select_from(r.outerjoin(e, (e.c.run_id == r.c.run_id) & (e.c.type == RUN_FINISHED)))
+            .order_by(r.c.created_at.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            query = query.where(run_status == status)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [RunSummary(self._record(row), row.run_status, row.finished_at) for row in rows]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = ["SqlTraceStore", "store_url"]

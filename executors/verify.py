@@ -1,0 +1,78 @@
+"""Verify checks on a step's output: ``expr``, ``contains``, ``not_contains``, ``regex``, ``schema``."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema
+
+from dagwright.planner.references import ExpressionError, expression, render
+from dagwright.planner.schema import Check
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _contains(target: Any, needle: Any) -> bool:
+    if isinstance(target, list):
+        return needle in target
+    if isinstance(target, dict) and isinstance(needle, str) and needle in target:
+        return True
+    return _text(needle) in _text(target)
+
+
+def run_check(check: Check, index: int, output: Any, context: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate one check; the result names the check and, when it fails, why.
+
+    ``context`` is what the step's references can read (``inputs``, ``steps``): ``expr`` and
+    ``target`` see it with ``output`` added; the values of the other kinds are rendered with it.
+    """
+    label = check.label(index)
+    scope = {**context, "output": output}
+    try:
+        target = expression(check.target).evaluate(scope) if check.target else output
+        passed, why = _evaluate(check, target, scope, context)
+    except ExpressionError as exc:
+        passed, why = False, str(exc)
+    result: dict[str, Any] = {"check": label, "kind": check.kind, "passed": passed}
+    if not passed:
+        result["message"] = f"{label} failed: {why}"
+    return result
+
+
+def _evaluate(check: Check, target: Any, scope: dict[str, Any], context: dict[str, Any]) -> tuple[bool, str]:
+    kind = check.kind
+    if kind == "expr":
+        assert check.expr is not None
+        value = expression(check.expr).evaluate(scope)
+        return bool(value), f"evaluated to {value!r}"
+    if kind == "contains":
+        needle = render(check.contains, context)
+        return _contains(target, needle), f"{needle!r} not found in the output"
+    if kind == "not_contains":
+        needle = render(check.not_contains, context)
+        return not _contains(target, needle), f"{needle!r} found in the output"
+    if kind == "regex":
+        pattern = render(check.regex, context)
+        return bool(re.search(pattern, _text(target))), f"no match for /{pattern}/"
+    schema = render(check.json_schema, context)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(target), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return True, ""
+    first = errors[0]
+    where = "/".join(map(str, first.absolute_path)) or "(root)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return False, f"schema violation at {where}: {first.message}{more}"
+
+
+def run_checks(checks: list[Check], output: Any, context: dict[str, Any]) -> list[dict[str, Any]]:
+    return [run_check(c, i, output, context) for i, c in enumerate(checks)]
+
+
+__all__ = ["run_check", "run_checks"]

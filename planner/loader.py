@@ -1,0 +1,206 @@
+"""YAML workflows → ``Workflow``, with line numbers for every error (an edge: it imports yaml)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from dagwright.errors import PlanError, PlanIssue
+from dagwright.planner.schema import Check, InputSpec, RetryPolicy, Step, Workflow
+from dagwright.planner.source import Path_, Source
+
+def _walk(node: yaml.Node, at: Path_, source: Source, issues: list[PlanIssue]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                issues.append(
+                    PlanIssue(
+                        f"duplicate key {key!r} (first at line {seen[key]})",
+                        file=source.file, line=line, field=".".join(map(str, (*at, key))),
+                        hint="YAML keeps only the last one; remove or rename one of them",
+                    )
+                )
+            seen[key] = line
+            source.lines[(*at, key)] = line
+            _walk(value_node, (*at, key), source, issues)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            source.lines[(*at, i)] = item.start_mark.line + 1
+            _walk(item, (*at, i), source, issues)
+
+
+def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Source]:
+    source = Source(file=file)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        msg = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+        raise PlanError(
+            [PlanIssue(msg, file=file, line=mark.line + 1 if mark else None,
+                       hint="check indentation and quoting on that line")]
+        ) from None  # fmt: skip
+    issues: list[PlanIssue] = []
+    if node is not None:
+        _walk(node, (), source, issues)
+    if issues:
+        raise PlanError(issues)
+    return data, source
+
+
+_MODELS_BY_DEPTH: dict[tuple[str | None, ...], type[BaseModel]] = {
+    (): Workflow,
+    ("steps", None): Step,
+    ("steps", None, "retry"): RetryPolicy,
+    ("steps", None, "verify", None): Check,
+    ("inputs", None): InputSpec,
+}
+
+
+def _model_at(loc: Path_) -> type[BaseModel] | None:
+    shape = tuple(None if isinstance(p, int) or (i == 1 and loc[0] == "inputs") else p
+                  for i, p in enumerate(loc))  # fmt: skip
+    return _MODELS_BY_DEPTH.get(shape)
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _step_of(data: Any, loc: Path_) -> tuple[str | None, str | None]:
+    """(step id, field path within the step) for a location under ``steps``."""
+    if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+        step_id = None
+        steps = data.get("steps") if isinstance(data, Mapping) else None
+        if isinstance(steps, list) and loc[1] < len(steps) and isinstance(steps[loc[1]], Mapping):
+            raw = steps[loc[1]].get("id")
+            step_id = str(raw) if raw is not None else f"#{loc[1] + 1}"
+        rest = ".".join(str(p) for p in loc[2:]) or None
+        return step_id, rest
+    return None, ".".join(str(p) for p in loc) or None
+
+
+def issues_from_validation(exc: ValidationError, data: Any, source: Source) -> list[PlanIssue]:
+    issues = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple("with" if p == "with_" else ("schema" if p == "json_schema" else p)
+                    for p in loc)  # fmt: skip
+        step, fld = _step_of(data, loc)
+        hint = None
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            allowed = _keys(parent) if parent else []
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            message = f"unknown key {loc[-1]!r}"
+            hint = (f"did you mean {close[0]!r}? " if close else "") + (
+                f"allowed here: {', '.join(allowed)}" if allowed else ""
+            )
+        elif err["type"] == "missing":
+            message = f"missing required key {loc[-1]!r}"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            if "input" in err and err["type"] not in ("model_type", "dict_type"):
+                message += f" (got {err['input']!r})"
+        issues.append(source.issue(message, loc, step=step, field=fld, hint=hint or None))
+    return issues
+
+
+def workflow_from_data(data: Any, source: Source | None = None) -> Workflow:
+    source = source or Source()
+    if not isinstance(data, Mapping):
+        raise PlanError([source.issue(
+            "a workflow must be a mapping with at least 'name' and 'steps'",
+            hint="see workflows/examples/ for the shape")])  # fmt: skip
+    try:
+        return Workflow.model_validate(data)
+    except ValidationError as exc:
+        error = PlanError(issues_from_validation(exc, data, source))
+        error.partial = _salvage(data)
+        error.source = source
+        raise error from None
+
+
+def _salvage(data: Mapping[str, Any]) -> Workflow | None:
+    """The parts of an invalid workflow that do parse, so the semantic checks (tools, references,
+    cycles) can still report their problems in the same pass. None when nothing can be kept."""
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list):
+        return None
+    steps = []
+    for raw in raw_steps:
+        if not isinstance(raw, Mapping):
+            continue
+        try:
+            steps.append(Step.model_validate(raw))
+            continue
+        except ValidationError:
+            pass
+        core = {k: raw[k] for k in ("id", "uses", "with", "needs") if k in raw}
+        try:
+            steps.append(Step.model_validate(core))
+        except ValidationError:
+            continue
+    inputs = {}
+    for name, spec in (data.get("inputs") or {}).items() if isinstance(data.get("inputs"), Mapping) else []:
+        try:
+            inputs[name] = InputSpec.model_validate({"type": spec} if isinstance(spec, str) else spec)
+        except ValidationError:
+            inputs[name] = InputSpec()
+    tools = data.get("tools")
+    tools = [t for t in tools if isinstance(t, str)] if isinstance(tools, list) else []
+    try:
+        return Workflow.model_construct(name=str(data.get("name") or "?"), inputs=inputs,
+                                        tools=tools, steps=steps, output=data.get("output"))
+    except Exception:  # noqa: BLE001 - salvage is best effort
+        return None
+
+
+@dataclass
+class LoadedWorkflow:
+    workflow: Workflow
+    source: Source
+    base_dir: Path | None = None
+
+
+def load_workflow(path: str | Path) -> LoadedWorkflow:
+    """Read and parse a YAML workflow file. Raises PlanError naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError([PlanIssue(f"cannot read the workflow: {exc.strerror}", file=str(path))])
+    return loads_workflow(text, file=str(path), base_dir=path.resolve().parent)
+
+
+def loads_workflow(text: str, *, file: str | None = None, base_dir: Path | None = None) -> LoadedWorkflow:
+    data, source = parse_yaml(text, file)
+    return LoadedWorkflow(workflow_from_data(data, source), source, base_dir)
+
+
+def dump_workflow(workflow: Workflow) -> str:
+    return yaml.safe_dump(workflow.to_data(), sort_keys=False, allow_unicode=True)
+
+
+__all__ = [
+    "LoadedWorkflow",
+    "Source",
+    "dump_workflow",
+    "issues_from_validation",
+    "load_workflow",
+    "loads_workflow",
+    "parse_yaml",
+    "workflow_from_data",
+]

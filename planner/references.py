@@ -1,0 +1,276 @@
+"""``${{ … }}`` references and expressions, rendered once in a sandbox.
+
+- ``${{ inputs.x }}`` and ``${{ steps.<id>.output.<path> }}`` read run inputs and upstream outputs.
+- A string that is exactly one reference keeps the referenced value's type; a reference inside a
+  longer string is stringified (strings as they are, ``null`` as empty, anything else as JSON).
+- Values are rendered **once**: text produced by a reference (an input, a tool's output, retrieved
+  text) is never scanned for ``${{`` again, so data can never become an expression.
+- Expressions are evaluated by Jinja2's ``SandboxedEnvironment`` (no Python ``eval``; no access to
+  dunder attributes or unsafe methods). On mappings ``a.b`` reads the key ``b`` before any
+  attribute, so ``output.items`` is the ``items`` field, not ``dict.items``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.parser import Parser
+from jinja2.sandbox import SandboxedEnvironment
+
+from dagwright.errors import DagwrightError
+
+OPEN, CLOSE = "${{", "}}"
+PathPart = str | int
+_SIMPLE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*)\s*$")
+_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+SAFE_GLOBALS: dict[str, Any] = {
+    "len": len, "min": min, "max": max, "sum": sum, "abs": abs, "round": round,
+    "sorted": sorted, "any": any, "all": all, "str": str, "int": int, "float": float,
+    "bool": bool,
+}  # fmt: skip
+
+
+class ExpressionError(DagwrightError):
+    """An expression could not be parsed or evaluated."""
+
+
+class _Env(SandboxedEnvironment):
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping):
+            if attribute in obj:
+                return obj[attribute]
+            return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
+_env = _Env(undefined=StrictUndefined, autoescape=False)
+_env.globals.clear()
+_env.globals.update(SAFE_GLOBALS)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A name and the constant path read from it: ``steps.a.output.items[0]``."""
+
+    root: str
+    path: tuple[PathPart, ...]
+
+    def __str__(self) -> str:
+        return self.root + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path)
+
+
+class Expression:
+    """One parsed expression: its references, and how to evaluate it against a context."""
+
+    __slots__ = ("source", "refs", "_simple", "_compiled", "_ast")
+
+    def __init__(self, source: str) -> None:
+        self.source = source.strip()
+        self._compiled: Callable[..., Any] | None = None
+        m = _SIMPLE.match(self.source)
+        if m:
+            parts: list[PathPart] = [
+                name if name else int(idx) for name, idx in _PART.findall(m.group(2))
+            ]
+            self._simple: Ref | None = Ref(m.group(1), tuple(parts))
+            self._ast = None
+            self.refs: tuple[Ref, ...] = (self._simple,)
+            return
+        self._simple = None
+        try:
+            parser = Parser(_env, self.source, state="variable")
+            ast = parser.parse_expression()
+            if not parser.stream.eos:
+                raise TemplateSyntaxError("unexpected text after the expression", 1)
+        except TemplateSyntaxError as exc:
+            raise ExpressionError(f"cannot parse expression {self.source!r}: {exc.message}") from None
+        self._ast = ast
+        self.refs = tuple(_refs_in(ast))
+
+    def names(self) -> set[str]:
+        """Free names the expression reads (``inputs``, ``steps``, ``output``, functions…)."""
+        if self._ast is None:
+            return {self.refs[0].root}
+        return {n.name for n in self._ast.find_all(nodes.Name) if n.ctx == "load"}
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        if self._simple is not None:
+            return lookup(context, self._simple)
+        if self._compiled is None:
+            self._compiled = _compile(self.source)
+        try:
+            return self._compiled(**context)
+        except UndefinedError as exc:
+            raise ExpressionError(f"${{{{ {self.source} }}}}: {exc.message}") from None
+        except SecurityError as exc:
+            raise ExpressionError(f"${{{{ {self.source} }}}} is not allowed: {exc}") from None
+        except Exception as exc:  # a type error inside the expression, e.g. len(3)
+            raise ExpressionError(
+                f"${{{{ {self.source} }}}} failed: {type(exc).__name__}: {exc}"
+            ) from None
+
+
+@lru_cache(maxsize=4096)
+def _compile(source: str) -> Callable[..., Any]:
+    return _env.compile_expression(source, undefined_to_none=False)
+
+
+@lru_cache(maxsize=65536)
+def expression(source: str) -> Expression:
+    return Expression(source)
+
+
+def _chain(node: nodes.Node) -> tuple[str, list[PathPart]] | None:
+    if isinstance(node, nodes.Name):
+        return node.name, []
+    if isinstance(node, nodes.Getattr):
+        inner = _chain(node.node)
+        return None if inner is None else (inner[0], [*inner[1], node.attr])
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        inner = _chain(node.node)
+        if inner is None or not isinstance(node.arg.value, str | int):
+            return None
+        return inner[0], [*inner[1], node.arg.value]
+    return None
+
+
+def _refs_in(node: nodes.Node) -> Iterator[Ref]:
+    chain = _chain(node)
+    if chain is not None and chain[0] not in SAFE_GLOBALS:
+        yield Ref(chain[0], tuple(chain[1]))
+        return
+    for child in node.iter_child_nodes():
+        yield from _refs_in(child)
+
+
+def lookup(context: Mapping[str, Any], ref: Ref) -> Any:
+    """Follow a constant path; errors say which part is missing and what was there."""
+    if ref.root not in context:
+        raise ExpressionError(f"${{{{ {ref} }}}}: nothing named {ref.root!r} here")
+    value: Any = context[ref.root]
+    walked = ref.root
+    for part in ref.path:
+        if isinstance(value, Mapping):
+            if part not in value:
+                keys = ", ".join(map(str, list(value)[:10])) or "none"
+                raise ExpressionError(
+                    f"${{{{ {ref} }}}}: {walked} has no field {part!r} (it has: {keys})"
+                )
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int):
+            if part >= len(value):
+                raise ExpressionError(
+                    f"${{{{ {ref} }}}}: {walked} has {len(value)} items, no index {part}"
+                )
+            value = value[part]
+        else:
+            raise ExpressionError(
+                f"${{{{ {ref} }}}}: {walked} is {_kind(value)}, it has no {part!r}"
+            )
+        walked += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            list: "a list"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+Part = str | Expression
+
+
+def split(text: str) -> list[Part]:
+    """Split a string into literal text and expressions. Raises ExpressionError when unclosed."""
+    if OPEN not in text:
+        return [text]
+    parts: list[Part] = []
+    pos = 0
+    while True:
+        start = text.find(OPEN, pos)
+        if start < 0:
+            break
+        end = text.find(CLOSE, start + len(OPEN))
+        if end < 0:
+            raise ExpressionError(f"unclosed '${{{{' in {text!r}: add the closing '}}}}'")
+        if start > pos:
+            parts.append(text[pos:start])
+        inner = text[start + len(OPEN) : end]
+        if not inner.strip():
+            raise ExpressionError(f"empty expression '${{{{ }}}}' in {text!r}")
+        parts.append(expression(inner))
+        pos = end + len(CLOSE)
+    if pos < len(text):
+        parts.append(text[pos:])
+    return parts
+
+
+def has_refs(value: Any) -> bool:
+    if isinstance(value, str):
+        return OPEN in value
+    if isinstance(value, Mapping):
+        return any(has_refs(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_refs(v) for v in value)
+    return False
+
+
+def expressions_in(value: Any, at: tuple[PathPart, ...] = ()) -> Iterator[tuple[tuple[PathPart, ...], Expression]]:
+    """Every expression inside a value (nested dicts and lists), with where it sits."""
+    if isinstance(value, str):
+        for part in split(value):
+            if isinstance(part, Expression):
+                yield at, part
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from expressions_in(v, (*at, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from expressions_in(v, (*at, i))
+
+
+def stringify(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def render(value: Any, context: Mapping[str, Any]) -> Any:
+    """Resolve every reference in ``value`` against ``context``, once."""
+    if isinstance(value, str):
+        if OPEN not in value:
+            return value
+        parts = split(value)
+        if len(parts) == 1 and isinstance(parts[0], Expression):
+            return parts[0].evaluate(context)
+        return "".join(p if isinstance(p, str) else stringify(p.evaluate(context)) for p in parts)
+    if isinstance(value, Mapping):
+        return {k: render(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, context) for v in value]
+    return value
+
+
+__all__ = [
+    "Expression",
+    "ExpressionError",
+    "Ref",
+    "expression",
+    "expressions_in",
+    "has_refs",
+    "lookup",
+    "render",
+    "split",
+    "stringify",
+]

@@ -1,0 +1,231 @@
+"""The tool registry: typed Python functions that steps may ``uses``.
+
+A tool is a function whose parameters carry type annotations. The registry turns that signature
+into a pydantic model: its JSON schema is what validation checks a step's ``with`` against (and
+what the planner shows the model), and it validates the resolved arguments of every attempt.
+Only registered tools can run: a workflow or a plan names tools, it never carries code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
+from pydantic_core import to_jsonable_python
+
+from dagwright.errors import DagwrightError, ToolNotFound
+
+TOOL_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a tool may know about the attempt it runs in (declare a ``ctx: ToolContext`` param)."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+
+
+@dataclass
+class Tool:
+    name: str
+    fn: Callable[..., Any]
+    args_model: type[BaseModel]
+    description: str
+    output_schema: dict[str, Any] | None = None
+    is_async: bool = False
+    context_param: str | None = None
+    _output_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)
+
+    def args_schema(self) -> dict[str, Any]:
+        return self.args_model.model_json_schema()
+
+    def bind(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        """Validate resolved arguments and return the keyword arguments to call ``fn`` with."""
+        model = self.args_model.model_validate(args)
+        kwargs = {name: getattr(model, name) for name in type(model).model_fields}
+        kwargs.update(model.model_extra or {})
+        if self.context_param:
+            kwargs[self.context_param] = ctx
+        return kwargs
+
+    def to_json(self, value: Any) -> Any:
+        """The tool's return value as plain JSON data, as the trace records it."""
+        if self._output_adapter is not None:
+            return self._output_adapter.dump_python(value, mode="json")
+        return to_jsonable_python(value)
+
+
+def _build_tool(fn: Callable[..., Any], name: str, description: str | None) -> Tool:
+    if not TOOL_NAME.match(name):
+        raise DagwrightError(
+            f"tool name {name!r} is not valid: use lower-case words separated by dots, "
+            "e.g. 'text.word_count'"
+        )
+    hints = typing.get_type_hints(fn)
+    fields: dict[str, Any] = {}
+    extra = "forbid"
+    context_param = None
+    for pname, param in inspect.signature(fn).parameters.items():
+        annotation = hints.get(pname, Any)
+        if annotation is ToolContext:
+            context_param = pname
+            continue
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            extra = "allow"
+            continue
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+            raise DagwrightError(
+                f"tool {name!r}: parameter {pname!r} must be passable by keyword"
+            )
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[pname] = (annotation, default)
+    model_name = "".join(part.title() for part in re.split(r"[._]", name)) + "Args"
+    args_model = create_model(  # type: ignore[call-overload]
+        model_name, __config__=ConfigDict(extra=extra), **fields
+    )
+    output_adapter = None
+    output_schema = None
+    ret = hints.get("return")
+    if ret is not None and ret is not Any:
+        output_adapter = TypeAdapter(ret)
+        output_schema = output_adapter.json_schema()
+    doc = description or inspect.getdoc(fn) or ""
+    return Tool(
+        name=name,
+        fn=fn,
+        args_model=args_model,
+        description=doc.strip(),
+        output_schema=output_schema,
+        is_async=inspect.iscoroutinefunction(fn),
+        context_param=context_param,
+        _output_adapter=output_adapter,
+    )
+
+
+class ToolRegistry:
+    """Name → tool. ``copy()`` gives an isolated registry (tests, one workflow's user tools)."""
+
+    def __init__(self, tools: dict[str, Tool] | None = None) -> None:
+        self._tools: dict[str, Tool] = dict(tools or {})
+
+    def register(
+        self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None
+    ) -> Tool:
+        t = _build_tool(fn, name or fn.__name__, description)
+        existing = self._tools.get(t.name)
+        if existing is not None and existing.fn is not fn:
+            same_source = (
+                getattr(existing.fn, "__module__", None) == getattr(fn, "__module__", None)
+                and getattr(existing.fn, "__qualname__", None) == getattr(fn, "__qualname__", None)
+            )
+            if not same_source:
+                raise DagwrightError(
+                    f"tool {t.name!r} is already registered by "
+                    f"{existing.fn.__module__}.{existing.fn.__qualname__}; pick another name"
+                )
+        self._tools[t.name] = t
+        return t
+
+    def tool(
+        self, name: str | None = None, *, description: str | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.register(fn, name=name, description=description)
+            return fn
+
+        return decorate
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise ToolNotFound(f"no tool named {name!r} is registered") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(sorted(self._tools.values(), key=lambda t: t.name))
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def copy(self) -> ToolRegistry:
+        return ToolRegistry(self._tools)
+
+    def load_module(self, module: str, search_dir: Path | None = None) -> None:
+        """Import a module of user tools; its ``@tool`` functions register into this registry.
+
+        ``module`` is a dotted module name importable from ``sys.path``, or the name of a
+        ``.py`` file in ``search_dir`` (the workflow file's folder).
+        """
+        candidate = search_dir / f"{module.replace('.', '/')}.py" if search_dir else None
+        with _collecting_into(self):
+            if candidate is not None and candidate.is_file():
+                spec = importlib.util.spec_from_file_location(
+                    f"dagwright_user_tools.{module}", candidate
+                )
+                assert spec is not None and spec.loader is not None
+                mod = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = mod
+                spec.loader.exec_module(mod)
+            else:
+                imported = importlib.import_module(module)
+                # already imported elsewhere: its decorators ran into the default registry
+                for t in list(default_registry):
+                    if getattr(t.fn, "__module__", None) == imported.__name__:
+                        self._tools.setdefault(t.name, t)
+
+
+_collect_stack: list[ToolRegistry] = []
+
+
+class _collecting_into:
+    """While a user module is imported, ``@tool`` registers into the loading registry too."""
+
+    def __init__(self, registry: ToolRegistry) -> None:
+        self.registry = registry
+
+    def __enter__(self) -> None:
+        _collect_stack.append(self.registry)
+
+    def __exit__(self, *exc: object) -> None:
+        _collect_stack.pop()
+
+
+default_registry = ToolRegistry()
+
+
+def tool(
+    name: str | None = None, *, description: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a function as a tool::
+
+        @tool("text.word_count")
+        def word_count(text: str, top: int = 5) -> dict[str, int]: ...
+
+    The function registers into the default registry, and into the registry that is loading
+    its module, if any (a workflow's ``tools:`` list).
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        default_registry.register(fn, name=name, description=description)
+        for registry in _collect_stack:
+            registry.register(fn, name=name, description=description)
+        return fn
+
+    return decorate
+
+
+__all__ = ["Tool", "ToolContext", "ToolRegistry", "default_registry", "tool"]

@@ -1,0 +1,1 @@
+"""Example workflows that run out of the box (package data)."""
