@@ -1,0 +1,116 @@
+"""One contract suite for every trace store: memory (the twin), SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dagwright.errors import RunNotFound, StoreError
+from dagwright.executors import events as ev
+from dagwright.executors.events import Event
+from dagwright.executors.store import RunRecord, TraceStore
+
+
+def _run(store: TraceStore, *, at: float = 1000.0, name: str = "wf") -> str:
+    run_id = uuid.uuid4().hex
+    store.create_run(RunRecord(run_id=run_id, workflow_name=name, created_at=at,
+                               workflow={"name": name, "steps": []}, inputs={"x": 1}))  # fmt: skip
+    return run_id
+
+
+def _event(run_id: str, kind: str, step: str | None = None, **data: object) -> Event:
+    return Event(kind, run_id, 1000.5, step, 1 if step else None, dict(data))
+
+
+def test_round_trip_keeps_order_data_and_assigns_seq(store: TraceStore) -> None:
+    run_id = _run(store)
+    first = store.append(run_id, [_event(run_id, ev.RUN_STARTED, inputs={"x": 1})])
+    more = store.append(run_id, [
+        _event(run_id, ev.STEP_SCHEDULED, "a"),
+        _event(run_id, ev.ATTEMPT_FINISHED, "a", status="succeeded", output={"n": [1, "two", None]}),
+    ])  # fmt: skip
+    assert [e.seq for e in first + more] == [1, 2, 3]
+    events = store.events(run_id)
+    assert [e.type for e in events] == [ev.RUN_STARTED, ev.STEP_SCHEDULED, ev.ATTEMPT_FINISHED]
+    assert events[2].data["output"] == {"n": [1, "two", None]}
+    assert events[2].step == "a" and events[2].attempt == 1
+    assert [e.seq for e in store.events(run_id, after=1)] == [2, 3]
+    record = store.get_run(run_id)
+    assert record.inputs == {"x": 1} and record.workflow_name == "wf"
+
+
+def test_runs_are_isolated(store: TraceStore) -> None:
+    a, b = _run(store), _run(store)
+    store.append(a, [_event(a, ev.RUN_STARTED)])
+    store.append(b, [_event(b, ev.RUN_STARTED), _event(b, ev.STEP_SCHEDULED, "x")])
+    assert len(store.events(a)) == 1 and len(store.events(b)) == 2
+    assert store.events(b)[0].seq == 1
+
+
+def test_duplicate_run_and_unknown_run_are_refused(store: TraceStore) -> None:
+    run_id = _run(store)
+    with pytest.raises(StoreError, match="exists already"):
+        store.create_run(store.get_run(run_id))
+    with pytest.raises(StoreError):
+        store.append("no-such-run", [_event("no-such-run", ev.RUN_STARTED)])
+
+
+def test_get_run_by_prefix(store: TraceStore) -> None:
+    run_id = _run(store)
+    assert store.get_run(run_id[:8]).run_id == run_id
+    with pytest.raises(RunNotFound, match="no run"):
+        store.get_run("ffffffffffffffff-missing")
+
+
+def test_ambiguous_prefix_is_an_error(store: TraceStore) -> None:
+    ids = ["abcd1111", "abcd2222"]
+    for rid in ids:
+        store.create_run(RunRecord(rid, "wf", 1.0, {"name": "wf"}))
+    with pytest.raises(RunNotFound, match="ambiguous"):
+        store.get_run("abcd")
+
+
+def test_list_runs_newest_first_with_status_from_the_trace(store: TraceStore) -> None:
+    old = _run(store, at=1.0, name="old")
+    new = _run(store, at=2.0, name="new")
+    store.append(old, [_event(old, ev.RUN_STARTED), _event(old, ev.RUN_FINISHED, status="failed")])
+    store.append(new, [_event(new, ev.RUN_STARTED)])
+    runs = store.list_runs()
+    assert [r.record.run_id for r in runs][:2] == [new, old]
+    assert {r.record.run_id: r.status for r in runs} == {new: "running", old: "failed"}
+    assert [r.record.run_id for r in store.list_runs(status="failed")] == [old]
+    assert store.list_runs(status="succeeded") == []
+    assert len(store.list_runs(limit=1)) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_concurrent_appenders_never_share_a_seq(kind: str, tmp_path: Path,
+                                                request: pytest.FixtureRequest) -> None:  # fmt: skip
+    """Two store instances (two processes' worth) appending to one run: seqs stay unique."""
+    from dagwright.executors.store.sql import SqlTraceStore
+
+    target = str(tmp_path / "shared.db") if kind == "sqlite" else request.getfixturevalue("pg_url")
+    a, b = SqlTraceStore(target), SqlTraceStore(target)
+    run_id = _run(a)
+
+    def write(store: SqlTraceStore, n: int) -> None:
+        for i in range(n):
+            store.append(run_id, [_event(run_id, ev.STEP_SCHEDULED, f"s{i}"),
+                                  _event(run_id, ev.STEP_FINISHED, f"s{i}", status="succeeded")])  # fmt: skip
+
+    threads = [threading.Thread(target=write, args=(s, 25)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = b.events(run_id)
+    assert [e.seq for e in events] == list(range(1, 101))
+    # every append landed whole: each scheduled event is followed by its finish
+    pairs = [(e.type, e.step) for e in events]
+    for i in range(0, 100, 2):
+        assert pairs[i][0] == ev.STEP_SCHEDULED and pairs[i + 1] == (ev.STEP_FINISHED, pairs[i][1])
+    a.close()
+    b.close()
