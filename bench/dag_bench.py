@@ -34,6 +34,8 @@ import cProfile
 import gc
 import io
 import operator
+import os
+import platform
 import pstats
 import random
 import shutil
@@ -42,8 +44,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -429,9 +432,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
 
-    import os
-    import platform
-
     print(f"# dagwright DAG benchmark  ({date.today()}, Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, {'quick' if args.quick else 'full'}, median of {repeats})")  # fmt: skip
 
@@ -442,8 +442,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_langgraph:
         try:
             import langgraph
-
-            from importlib.metadata import version
 
             print(f"langgraph {version('langgraph')} ({Path(langgraph.__path__[0]).parent})")
             engines.append(("langgraph", run_langgraph))
@@ -462,7 +460,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{w.critical_path_s():.3f} s  ({w.note})")  # fmt: skip
 
     print("\n## Makespan (target: makespan <= %.2f x critical path on random DAGs)" % TARGET_RATIO)
-    header = f"{'workload':<15} {'engine':<17} {'makespan s':>10} {'crit s':>7} {'ratio':>6} {'vs ideal':>8}  {'dw span s':>9}"
+    print("ms/level = (makespan - critical path) / depth: the delay added per dependency level;"
+          " dw span = dagwright's first step start -> last step finish")
+    header = (f"{'workload':<15} {'engine':<17} {'makespan s':>10} {'crit s':>7} {'ratio':>6} "
+              f"{'vs ideal':>8} {'ms/level':>8}  {'dw span s':>9}")
     print(header)
     print("-" * len(header))
     for w in [w for w in wls if w.kind == "timed"]:
@@ -473,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, _ in engines:
             s = results[(w.name, name)]
             vs = f"{s.makespan / ideal.makespan:.3f}" if name != "asyncio-ideal" else ""
+            per_level = 1000 * (s.makespan - cp) / w.depth()
             print(f"{w.name:<15} {name:<17} {s.makespan:>10.3f} {cp:>7.3f} {s.makespan / cp:>6.3f} "
-                  f"{vs:>8}  {fmt_s(s.span):>9}", flush=True)  # fmt: skip
+                  f"{vs:>8} {per_level:>8.2f}  {fmt_s(s.span):>9}", flush=True)  # fmt: skip
 
     noops = [w for w in wls if w.kind == "noop"]
     print(f"\n## Per-step overhead, no-op chain (target: <= {TARGET_OVERHEAD_MS} ms/step for dagwright "

@@ -21,10 +21,8 @@ from dagwright.cli.report import duration, iso, run_summary, state_of
 from dagwright.errors import DagwrightError, PlanError, PlanIssue
 from dagwright.executors.local import LocalExecutor
 from dagwright.executors.store import TraceStore, open_store
-from dagwright.planner.loader import load_workflow
+from dagwright.planner.prepare import prepare
 from dagwright.planner.schema import Workflow
-from dagwright.planner.source import Source
-from dagwright.planner.validate import registry_for, resolve_inputs, validate
 from dagwright.settings import Settings
 from dagwright.tools import ToolRegistry, default_registry
 
@@ -84,47 +82,11 @@ def _parse_inputs(pairs: list[str] | None) -> dict[str, str]:
 
 def _prepare(
     file: Path, pairs: list[str] | None, *, inputs_required: bool
-) -> tuple[Workflow, ToolRegistry, dict[str, Any], Source]:
-    """Load, validate and resolve inputs; every problem found is raised at once as PlanError."""
-    base_dir = file.resolve().parent
-    try:
-        loaded = load_workflow(file)
-    except PlanError as exc:
-        if isinstance(exc.partial, Workflow) and isinstance(exc.source, Source):
-            # the parts that parsed still get the semantic checks, so one pass lists everything
-            _, more = _semantic_issues(exc.partial, exc.source, base_dir)
-            seen = {(i.line, i.field) for i in exc.issues}
-            exc.issues += [i for i in more if (i.line, i.field) not in seen]
-        raise
-    wf, source = loaded.workflow, loaded.source
-    registry, issues = _semantic_issues(wf, source, base_dir)
-    given = _parse_inputs(pairs)
-    inputs: dict[str, Any] = {}
-    if inputs_required or given:
-        try:
-            inputs = resolve_inputs(wf, given, as_text=True, source=source)
-        except PlanError as exc:
-            issues += exc.issues
-    if issues:
-        raise PlanError(issues)
-    return wf, registry, inputs, source
-
-
-def _semantic_issues(wf: Workflow, source: Source, base_dir: Path) -> tuple[ToolRegistry, list[PlanIssue]]:
-    registry = default_registry
-    issues: list[PlanIssue] = []
-    settings = _settings()
-    if settings.tools:
-        registry = registry.copy()
-    for module in settings.tools:
-        try:
-            registry.load_module(module)
-        except (ImportError, DagwrightError) as exc:
-            issues.append(PlanIssue(f"cannot load tool module {module!r} from DAGWRIGHT_TOOLS: {exc}"))
-    registry, more = registry_for(wf, registry, base_dir, source)
-    issues += more
-    issues += validate(wf, registry, source)
-    return registry, issues
+) -> tuple[Workflow, ToolRegistry, dict[str, Any]]:
+    ready = prepare(file, default_registry, tool_modules=_settings().tools,
+                    inputs=_parse_inputs(pairs), inputs_required=inputs_required,
+                    inputs_as_text=True)  # fmt: skip
+    return ready.workflow, ready.registry, ready.inputs
 
 
 def _print_issues(exc: PlanError) -> None:
@@ -162,7 +124,7 @@ def validate_cmd(
 
     Run inputs are checked too when any --input is given."""
     try:
-        wf, registry, _, _ = _prepare(file, inputs, inputs_required=bool(inputs))
+        wf, registry, _ = _prepare(file, inputs, inputs_required=bool(inputs))
     except PlanError as exc:
         if as_json:
             _json({"valid": False, "errors": [i.as_dict() for i in sorted(exc.issues, key=_by_line)]})
@@ -192,7 +154,7 @@ def run_cmd(
 
     Exit code: 0 succeeded, 1 failed, 2 invalid workflow or inputs (nothing runs), 130 cancelled."""
     try:
-        wf, registry, run_inputs, _ = _prepare(file, inputs, inputs_required=True)
+        wf, registry, run_inputs = _prepare(file, inputs, inputs_required=True)
     except PlanError as exc:
         if as_json:
             _json({"status": "invalid", "errors": [i.as_dict() for i in sorted(exc.issues, key=_by_line)]})

@@ -148,11 +148,9 @@ def _salvage(data: Mapping[str, Any]) -> Workflow | None:
             continue
         except ValidationError:
             pass
-        core = {k: raw[k] for k in ("id", "uses", "with", "needs") if k in raw}
-        try:
-            steps.append(Step.model_validate(core))
-        except ValidationError:
-            continue
+        salvaged = _salvage_step(raw)
+        if salvaged is not None:
+            steps.append(salvaged)
     inputs = {}
     for name, spec in (data.get("inputs") or {}).items() if isinstance(data.get("inputs"), Mapping) else []:
         try:
@@ -166,6 +164,34 @@ def _salvage(data: Mapping[str, Any]) -> Workflow | None:
                                         tools=tools, steps=steps, output=data.get("output"))
     except Exception:  # noqa: BLE001 - salvage is best effort
         return None
+
+
+def _salvage_step(raw: Mapping[str, Any]) -> Step | None:
+    """An invalid step with the keys that are invalid on their own left out (its checks one by
+    one), or None when even its id, tool and arguments don't parse."""
+    core = {k: raw[k] for k in ("id", "uses", "with", "needs") if k in raw}
+    try:
+        Step.model_validate(core)
+    except ValidationError:
+        return None
+    for key, value in raw.items():
+        if key in core:
+            continue
+        if key == "verify" and isinstance(value, list):
+            checks = []
+            for check in value:
+                try:
+                    checks.append(Check.model_validate(check))
+                except ValidationError:  # reported already; a placeholder keeps the indices
+                    checks.append(Check(expr="true"))
+            core["verify"] = checks
+            continue
+        try:
+            Step.model_validate({**core, key: value})
+            core[key] = value
+        except ValidationError:
+            continue
+    return Step.model_validate(core)
 
 
 @dataclass

@@ -42,13 +42,23 @@ class ExpressionError(DagwrightError):
     """An expression could not be parsed or evaluated."""
 
 
+def _no_field(obj: Mapping[Any, Any], name: Any) -> str:
+    keys = ", ".join(map(str, list(obj)[:10])) or "none"
+    return f"no field {name!r} (it has: {keys})"
+
+
 class _Env(SandboxedEnvironment):
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping):
             if attribute in obj:
                 return obj[attribute]
-            return self.undefined(obj=obj, name=attribute)
+            return self.undefined(hint=_no_field(obj, attribute), obj=obj, name=attribute)
         return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, Mapping) and isinstance(argument, str | int) and argument not in obj:
+            return self.undefined(hint=_no_field(obj, argument), obj=obj, name=argument)
+        return super().getitem(obj, argument)
 
 
 _env = _Env(undefined=StrictUndefined, autoescape=False)

@@ -72,7 +72,13 @@ def _build_tool(fn: Callable[..., Any], name: str, description: str | None) -> T
             f"tool name {name!r} is not valid: use lower-case words separated by dots, "
             "e.g. 'text.word_count'"
         )
-    hints = typing.get_type_hints(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError as exc:
+        raise DagwrightError(
+            f"tool {name!r}: cannot resolve the type hints of {fn.__qualname__}: {exc}; "
+            "define the types it uses at module level"
+        ) from None
     fields: dict[str, Any] = {}
     extra = "forbid"
     context_param = None

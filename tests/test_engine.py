@@ -1,0 +1,80 @@
+"""The pure core: ready_steps over a fold of events, with no executor involved."""
+
+from __future__ import annotations
+
+from dagwright.executors import engine
+from dagwright.executors import events as ev
+from dagwright.executors.events import Event
+from dagwright.executors.retry import backoff_delay, should_retry
+from dagwright.planner.plan import Plan
+from dagwright.planner.schema import RetryPolicy, Workflow
+
+PLAN = Plan.from_workflow(Workflow.model_validate({"name": "p", "steps": [
+    {"id": "a", "uses": "echo"},
+    {"id": "b", "uses": "echo", "with": {"x": "${{ steps.a.output }}"}},
+    {"id": "c", "uses": "echo", "needs": ["a"]},
+    {"id": "d", "uses": "echo", "needs": ["b", "c"]},
+    {"id": "e", "uses": "echo"},
+]}))  # fmt: skip
+
+
+def finish(step: str, status: str = "succeeded") -> Event:
+    return Event(ev.STEP_FINISHED, "r", 0.0, step, 1, {"status": status, "output": step})
+
+
+def schedule(step: str) -> Event:
+    return Event(ev.STEP_SCHEDULED, "r", 0.0, step, 1, {})
+
+
+def test_plan_dependencies_come_from_needs_and_references() -> None:
+    assert PLAN.deps == {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c"), "e": ()}
+    assert PLAN.dependents["a"] == ("b", "c")
+
+
+def test_a_step_is_ready_the_moment_its_last_dependency_succeeds() -> None:
+    state = engine.RunState.initial(PLAN, "r")
+    assert engine.ready_steps(PLAN, state) == ["a", "e"]
+    for e in (schedule("a"), schedule("e"), finish("a")):
+        engine.apply(PLAN, state, e)
+    assert engine.ready_steps(PLAN, state) == ["b", "c"], "e still running does not hold b and c"
+    for e in (schedule("b"), schedule("c"), finish("b")):
+        engine.apply(PLAN, state, e)
+    assert engine.ready_steps(PLAN, state) == []
+    engine.apply(PLAN, state, finish("c"))
+    assert engine.ready_steps(PLAN, state) == ["d"]
+
+
+def test_ready_steps_is_pure() -> None:
+    events = [schedule("a"), finish("a")]
+    first = engine.fold(PLAN, "r", events)
+    assert engine.ready_steps(PLAN, first) == engine.ready_steps(PLAN, first) == ["e", "b", "c"]
+    assert engine.ready_steps(PLAN, engine.fold(PLAN, "r", events)) == ["e", "b", "c"]
+
+
+def test_a_failure_halts_dispatch_and_blocks_dependents() -> None:
+    state = engine.fold(PLAN, "r", [schedule("a"), schedule("e"), finish("a", "failed")])
+    assert state.halted and engine.ready_steps(PLAN, state) == []
+    assert engine.blocked_steps(PLAN, state) == {
+        "b": "upstream step 'a' failed", "c": "upstream step 'a' failed",
+        "d": "upstream step 'b' was skipped"}  # fmt: skip
+    assert not engine.is_settled(state), "e is still running"
+    engine.apply(PLAN, state, finish("e"))
+    assert engine.is_settled(state)
+    assert engine.final_status(PLAN, state) == "failed"
+
+
+def test_backoff_is_exponential_capped_and_deterministic() -> None:
+    policy = RetryPolicy(max_attempts=5, backoff=1, backoff_factor=3, max_backoff=5)
+    assert [backoff_delay(policy, n, "s") for n in (1, 2, 3)] == [1, 3, 5]
+    jittery = RetryPolicy(backoff=1, jitter=0.5)
+    delays = {backoff_delay(jittery, 1, f"run{i}/s/1") for i in range(20)}
+    assert len(delays) > 1 and all(0.5 <= d <= 1.5 for d in delays)
+    assert backoff_delay(jittery, 1, "run1/s/1") == backoff_delay(jittery, 1, "run1/s/1")
+
+
+def test_should_retry_respects_attempts_kind_and_retryable() -> None:
+    policy = RetryPolicy(max_attempts=3, retry_on=["error", "verification"])
+    assert should_retry(policy, 1, "error", True)
+    assert not should_retry(policy, 3, "error", True)
+    assert not should_retry(policy, 1, "timeout", True)
+    assert not should_retry(policy, 1, "error", False)
