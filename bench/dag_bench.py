@@ -23,7 +23,8 @@ Makespan is the wall-clock time of one whole call (``executor.run(...)``,
 ``asyncio.run(graph.ainvoke(...))``, ``asyncio.run(ideal(...))``), so dagwright's figure includes
 its validation, planning and trace writes. Graph construction/compilation for LangGraph and trace
 store creation for dagwright are outside the timed call. Each figure is the median of
-``--repeats`` runs, after one untimed warm-up run per engine.
+``--repeats`` runs (3; at least 7 for the cheap no-op chain), after one untimed warm-up run
+per engine.
 """
 
 from __future__ import annotations
@@ -480,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
 
     noops = [w for w in wls if w.kind == "noop"]
     print(f"\n## Per-step overhead, no-op chain (target: <= {TARGET_OVERHEAD_MS} ms/step for dagwright "
-          "with the SQLite trace)")  # fmt: skip
+          "with the SQLite trace; makespan / steps)")  # fmt: skip
     header = f"{'workload':<15} {'engine':<26} {'makespan s':>10} {'per step ms':>11} {'vs ideal':>8}"
     print(header)
     print("-" * len(header))
@@ -492,9 +493,10 @@ def main(argv: list[str] | None = None) -> int:
              lambda w=w: run_dagwright(Workload(w.name, w.kind, w.durations, w.deps, tool="echo"))),
         ]  # fmt: skip
         rows = extra + [(name, lambda make=make, w=w: make(w)) for name, make in engines[1:]]
-        ideal_s = measure(run_ideal(w), repeats)
+        noop_repeats = repeats if args.quick else max(repeats, 7)  # cheap runs: damp the noise
+        ideal_s = measure(run_ideal(w), noop_repeats)
         for name, factory in rows:
-            s = ideal_s if name == "asyncio-ideal" else measure(factory(), repeats)
+            s = ideal_s if name == "asyncio-ideal" else measure(factory(), noop_repeats)
             results[(w.name, name)] = s
             print(f"{w.name:<15} {name:<26} {s.makespan:>10.3f} {1000 * s.makespan / w.size:>11.3f} "
                   f"{s.makespan / ideal_s.makespan:>8.1f}", flush=True)  # fmt: skip
