@@ -197,7 +197,7 @@ def _print_result(summary: dict[str, Any], db: str | None) -> None:
     status = summary["status"]
     color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(status, "white")
     out.print(f"\nrun [bold]{summary['run_id']}[/bold]  [{color}]{status}[/{color}]"
-              f"  in {summary['duration']}s")  # fmt: skip
+              f"  in {summary['duration']}s", highlight=False)  # fmt: skip
     if summary["error"]:
         err_info = summary["error"]
         where = f"step {err_info['step']!r}: " if err_info.get("step") else ""

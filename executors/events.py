@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 RUN_STARTED = "run_started"
@@ -30,7 +30,7 @@ class Event:
     seq: int | None = None
 
     def with_seq(self, seq: int) -> Event:
-        return replace(self, seq=seq)
+        return Event(self.type, self.run_id, self.at, self.step, self.attempt, self.data, seq)
 
     def as_dict(self) -> dict[str, Any]:
         return {

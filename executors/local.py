@@ -106,19 +106,71 @@ class _Run:
         self.settled = asyncio.Event()
         self.sem = asyncio.Semaphore(executor.max_parallel)
         self.cancelled = False
+        self.buffer: list[Event] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.flush_scheduled = False
+        self.arriving = 0  # steps dispatched in this turn whose task has not started yet
+        self.store_error: BaseException | None = None
         self.pool = ThreadPoolExecutor(max_workers=executor.max_parallel + 4,
                                        thread_name_prefix="dagwright-step")  # fmt: skip
 
     # -- recording -----------------------------------------------------------------------------
+    # Group commit: events emitted in the same turn of the loop are appended in one transaction
+    # (a chain costs one commit per step; a fan-out of 100 one commit for all of their starts).
+    # The state follows each event at once (scheduling reads it), but nothing outside the process
+    # happens before the events that lead to it are durable: a tool is called only after its
+    # `attempt_started` (and everything before it) is in the store, and a run ends with a flush.
     def event(self, kind: str, step: str | None = None, attempt: int | None = None,
               **data: Any) -> Event:  # fmt: skip
         return Event(kind, self.run_id, self.x.clock(), step, attempt, data)
 
     def emit(self, *events: Event) -> None:
-        for stored in self.x.store.append(self.run_id, events):
-            engine.apply(self.plan, self.state, stored)
-            if self.x.on_event is not None:
-                self.x.on_event(stored, self.state)
+        for e in events:
+            engine.apply(self.plan, self.state, e)
+        self.buffer.extend(events)
+        if not self.flush_scheduled and self.loop is not None:
+            self.flush_scheduled = True
+            # two hops: tasks woken in this turn get to add their events to the same commit
+            self.loop.call_soon(self.loop.call_soon, self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        events, self.buffer = self.buffer, []
+        waiters, self.waiters = self.waiters, []
+        try:
+            stored = self.x.store.append(self.run_id, events) if events else []
+        except Exception as exc:  # noqa: BLE001 - the run cannot go on without its trace
+            self.store_error = exc
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(exc)
+            self.settled.set()
+            return
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+        if self.x.on_event is not None:
+            for e in stored:
+                self.x.on_event(e, self.state)
+
+    async def durable(self) -> None:
+        """Wait until every event emitted so far is in the trace store.
+
+        When steps dispatched in this turn are still on their way here, wait for the shared
+        flush (one commit for all of them); the last one to arrive flushes at once."""
+        if self.store_error is not None:
+            raise self.store_error
+        if not self.buffer:
+            return
+        if self.arriving == 0:
+            self.flush()
+            if self.store_error is not None:
+                raise self.store_error
+            return
+        waiter = self.loop.create_future() if self.loop else None
+        assert waiter is not None
+        self.waiters.append(waiter)
+        await waiter
 
     # -- the loop ------------------------------------------------------------------------------
     async def execute(self, source: str | None) -> RunResult:
@@ -138,6 +190,9 @@ class _Run:
             finally:
                 for w in waiters:
                     w.cancel()
+            if self.store_error is not None:
+                await self.cancel_all()
+                raise self.store_error
             if self.cancel_requested.is_set() and not self.settled.is_set():
                 await self.cancel_all()
         except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the main task
@@ -152,12 +207,14 @@ class _Run:
         ready = engine.ready_steps(self.plan, self.state)
         if ready:
             self.emit(*(self.event(ev.STEP_SCHEDULED, sid, 1) for sid in ready))
+            self.arriving += len(ready)
             for sid in ready:
                 self.tasks[sid] = asyncio.create_task(self.drive(sid), name=f"dagwright:{sid}")
         if not self.tasks and engine.is_settled(self.state):
             self.settled.set()
 
     async def drive(self, sid: str) -> None:
+        self.arriving -= 1
         step = self.plan.steps[sid]
         tool = self.x.registry.get(step.uses)
         attempt = 0
@@ -182,6 +239,7 @@ class _Run:
                                                    error=outcome.error))  # fmt: skip
                     break
                 self.emit(finished)
+                await self.durable()
                 await asyncio.sleep(delay)
         except asyncio.CancelledError:
             self.record_cancelled(sid)
@@ -202,6 +260,7 @@ class _Run:
             return Outcome(FAILED, error=error_info(exc, kind="error", message=msg, retryable=False,
                                                     with_traceback=False)), attempt_id  # fmt: skip
         self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=args))
+        await self.durable()  # the attempt is on record before the tool is called
         ctx = ToolContext(run_id=self.run_id, step_id=sid, attempt=attempt)
         return await execute_attempt(tool, step, args, ctx, context, pool=self.pool), attempt_id
 
@@ -253,6 +312,9 @@ class _Run:
         else:
             error = {"type": "Cancelled", "message": "the run was cancelled"}
         self.emit(*skipped, self.event(ev.RUN_FINISHED, status=status, output=output, error=error))
+        self.flush()
+        if self.store_error is not None:
+            raise self.store_error
         return RunResult(self.run_id, status, output, error, state, self.x.store.location())
 
 

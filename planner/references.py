@@ -203,6 +203,11 @@ def split(text: str) -> list[Part]:
     """Split a string into literal text and expressions. Raises ExpressionError when unclosed."""
     if OPEN not in text:
         return [text]
+    return list(_split(text))
+
+
+@lru_cache(maxsize=65536)
+def _split(text: str) -> tuple[Part, ...]:
     parts: list[Part] = []
     pos = 0
     while True:
@@ -221,7 +226,7 @@ def split(text: str) -> list[Part]:
         pos = end + len(CLOSE)
     if pos < len(text):
         parts.append(text[pos:])
-    return parts
+    return tuple(parts)
 
 
 def has_refs(value: Any) -> bool:
@@ -237,9 +242,10 @@ def has_refs(value: Any) -> bool:
 def expressions_in(value: Any, at: tuple[PathPart, ...] = ()) -> Iterator[tuple[tuple[PathPart, ...], Expression]]:
     """Every expression inside a value (nested dicts and lists), with where it sits."""
     if isinstance(value, str):
-        for part in split(value):
-            if isinstance(part, Expression):
-                yield at, part
+        if OPEN in value:
+            for part in _split(value):
+                if isinstance(part, Expression):
+                    yield at, part
     elif isinstance(value, Mapping):
         for k, v in value.items():
             yield from expressions_in(v, (*at, k))
