@@ -1,6 +1,6 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv, then run the quick-start workflow (local executor, SQLite trace, offline)
-#   make test   set up .venv, then run the test suite (what CI runs)
+#   make test   set up .venv, then lint (ruff) and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -19,6 +19,7 @@ demo: setup
 	$(BIN)/dagwright run workflows/examples/quickstart.yaml
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 bench: setup

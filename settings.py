@@ -25,17 +25,26 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        unknown = sorted(k for k in env if k.startswith("DAGWRIGHT_") and k not in _KNOWN
-                         and not k.startswith("DAGWRIGHT_TEST_"))  # fmt: skip
+        unknown = sorted(
+            k
+            for k in env
+            if k.startswith("DAGWRIGHT_")
+            and k not in _KNOWN
+            and not k.startswith("DAGWRIGHT_TEST_")
+        )
         if unknown:
             raise DagwrightError(
                 f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}"
             )
         max_parallel = env.get("DAGWRIGHT_MAX_PARALLEL", "8")
         if not max_parallel.isdigit() or int(max_parallel) < 1:
-            raise DagwrightError(f"DAGWRIGHT_MAX_PARALLEL must be a positive integer, got {max_parallel!r}")
+            raise DagwrightError(
+                f"DAGWRIGHT_MAX_PARALLEL must be a positive integer, got {max_parallel!r}"
+            )
         tools = tuple(t.strip() for t in env.get("DAGWRIGHT_TOOLS", "").split(",") if t.strip())
-        return cls(db=env.get("DAGWRIGHT_DB") or DEFAULT_DB, tools=tools, max_parallel=int(max_parallel))
+        return cls(
+            db=env.get("DAGWRIGHT_DB") or DEFAULT_DB, tools=tools, max_parallel=int(max_parallel)
+        )
 
     def db_location(self) -> str:
         return self.db if "://" in self.db else str(Path(self.db).resolve())

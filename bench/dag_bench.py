@@ -100,7 +100,9 @@ class Workload:
         return max(level.values())
 
 
-def chain(n: int, ms: int, name: str | None = None, kind: str = "timed", tool: str = "sleep") -> Workload:
+def chain(
+    n: int, ms: int, name: str | None = None, kind: str = "timed", tool: str = "sleep"
+) -> Workload:
     ids = [f"s{i}" for i in range(n)]
     return Workload(
         name or f"chain-{n}",
@@ -116,12 +118,21 @@ def fan(width: int, ms: int) -> Workload:
     mids = [f"m{i}" for i in range(width)]
     durations = {"root": ms, **{m: ms for m in mids}, "sink": ms}
     deps: dict[str, list[str]] = {"root": [], **{m: ["root"] for m in mids}, "sink": list(mids)}
-    return Workload(f"fan-{width}", "timed", durations, deps,
-                    note=f"1 root -> {width} parallel -> 1 sink, {ms} ms each")  # fmt: skip
+    return Workload(
+        f"fan-{width}",
+        "timed",
+        durations,
+        deps,
+        note=f"1 root -> {width} parallel -> 1 sink, {ms} ms each",
+    )
 
 
-def layered(seed: int, n_range: tuple[int, int], layer_range: tuple[int, int],
-            ms_range: tuple[int, int] = (10, 200)) -> Workload:  # fmt: skip
+def layered(
+    seed: int,
+    n_range: tuple[int, int],
+    layer_range: tuple[int, int],
+    ms_range: tuple[int, int] = (10, 200),
+) -> Workload:
     """Random layered DAG: steps spread over layers; each step of layer >= 1 depends on one step
     of the previous layer plus 0-2 random steps of any earlier layer (1-3 deps in all)."""
     rng = random.Random(seed)
@@ -148,8 +159,13 @@ def layered(seed: int, n_range: tuple[int, int], layer_range: tuple[int, int],
                     chosen.append(d)
             deps[sid] = chosen
         layers.append(layer)
-    return Workload(f"random-s{seed}", "timed", durations, deps,
-                    note=f"{n} steps, {n_layers} layers, 1-3 deps, {ms_range[0]}-{ms_range[1]} ms")  # fmt: skip
+    return Workload(
+        f"random-s{seed}",
+        "timed",
+        durations,
+        deps,
+        note=f"{n} steps, {n_layers} layers, 1-3 deps, {ms_range[0]}-{ms_range[1]} ms",
+    )
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -195,7 +211,11 @@ def run_dagwright(w: Workload, *, store_kind: str = "sqlite") -> Callable[[], Sa
 
     def once() -> Sample:
         tmp = tempfile.mkdtemp(prefix="dagbench-")
-        store: Any = SqlTraceStore(str(Path(tmp) / "trace.db")) if store_kind == "sqlite" else MemoryTraceStore()
+        store: Any = (
+            SqlTraceStore(str(Path(tmp) / "trace.db"))
+            if store_kind == "sqlite"
+            else MemoryTraceStore()
+        )
         try:
             ex = LocalExecutor(store, max_parallel=MAX_PARALLEL)
             t0 = time.perf_counter()
@@ -292,6 +312,7 @@ def run_langgraph_sqlite(w: Workload) -> Callable[[], Sample]:
     def once() -> Sample:
         tmp = tempfile.mkdtemp(prefix="dagbench-lg-")
         try:
+
             async def go() -> dict[str, Any]:
                 async with AsyncSqliteSaver.from_conn_string(str(Path(tmp) / "cp.db")) as saver:
                     graph = langgraph_graph(w, checkpointer=saver)
@@ -317,8 +338,9 @@ def measure(once: Callable[[], Sample], repeats: int) -> Sample:
         gc.collect()
         samples.append(once())
     spans = [s.span for s in samples if s.span is not None]
-    return Sample(statistics.median(s.makespan for s in samples),
-                  statistics.median(spans) if spans else None)  # fmt: skip
+    return Sample(
+        statistics.median(s.makespan for s in samples), statistics.median(spans) if spans else None
+    )
 
 
 # --- 10,000-step planning ------------------------------------------------------------------------
@@ -345,7 +367,7 @@ def big_plan_data(n: int, width: int, seed: int = 7) -> dict[str, Any]:
                     chosen.add(rng.choice(pool))
                 for di, d in enumerate(sorted(chosen)):
                     if rng.random() < 0.5:
-                        args[f"in{di}"] = "${{ steps.%s.output }}" % d
+                        args[f"in{di}"] = "${{ steps." + d + ".output }}"
                     else:
                         needs.append(d)
             steps.append({"id": sid, "uses": "echo", "with": args, "needs": needs})
@@ -368,8 +390,13 @@ def simulate_schedule(plan: Plan) -> int:
         for sid in ready:
             engine.apply(plan, state, ev.Event(ev.STEP_SCHEDULED, run_id, tick, sid, 1))
         for sid in ready:
-            engine.apply(plan, state, ev.Event(ev.STEP_FINISHED, run_id, tick, sid, 1,
-                                               {"status": "succeeded", "output": {}}))  # fmt: skip
+            engine.apply(
+                plan,
+                state,
+                ev.Event(
+                    ev.STEP_FINISHED, run_id, tick, sid, 1, {"status": "succeeded", "output": {}}
+                ),
+            )
             done += 1
     return done
 
@@ -391,8 +418,13 @@ def bench_plan(n: int, width: int, repeats: int) -> dict[str, float]:
         t4 = time.perf_counter()
         assert not issues, issues[:3]
         assert done == n, done
-        t = {"model_validate": t1 - t0, "validate": t2 - t1, "Plan.from_workflow": t3 - t2,
-             "simulated schedule": t4 - t3, "total": t4 - t0}  # fmt: skip
+        t = {
+            "model_validate": t1 - t0,
+            "validate": t2 - t1,
+            "Plan.from_workflow": t3 - t2,
+            "simulated schedule": t4 - t3,
+            "total": t4 - t0,
+        }
         if not best or t["total"] < best["total"]:
             best = t
     best["edges"] = sum(len(d) for d in plan.deps.values())
@@ -415,7 +447,9 @@ def profile_noop(n: int) -> None:
     prof.enable()
     sample = once()
     prof.disable()
-    print(f"\n## cProfile: dagwright, SQLite trace, {w.name} ({sample.makespan:.3f} s under the profiler)")
+    print(
+        f"\n## cProfile: dagwright, SQLite trace, {w.name} ({sample.makespan:.3f} s under the profiler)"
+    )
     for sort in ("tottime", "cumulative"):
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).strip_dirs().sort_stats(sort).print_stats(25)
@@ -428,13 +462,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke check")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (median)")
-    parser.add_argument("--profile", action="store_true", help="cProfile dagwright on the no-op chain")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile dagwright on the no-op chain"
+    )
     parser.add_argument("--no-langgraph", action="store_true", help="skip LangGraph")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
 
-    print(f"# dagwright DAG benchmark  ({date.today()}, Python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, {'quick' if args.quick else 'full'}, median of {repeats})")  # fmt: skip
+    print(
+        f"# dagwright DAG benchmark  ({date.today()}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {'quick' if args.quick else 'full'}, median of {repeats})"
+    )
 
     engines: list[tuple[str, Callable[[Workload], Callable[[], Sample]]]] = [
         ("dagwright", run_dagwright),
@@ -457,14 +495,20 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], Sample] = {}
     print("\n## Workloads")
     for w in wls:
-        print(f"- {w.name:<15} {w.size:>4} steps, depth {w.depth():>3}, critical path "
-              f"{w.critical_path_s():.3f} s  ({w.note})")  # fmt: skip
+        print(
+            f"- {w.name:<15} {w.size:>4} steps, depth {w.depth():>3}, critical path "
+            f"{w.critical_path_s():.3f} s  ({w.note})"
+        )
 
-    print("\n## Makespan (target: makespan <= %.2f x critical path on random DAGs)" % TARGET_RATIO)
-    print("ms/level = (makespan - critical path) / depth: the delay added per dependency level;"
-          " dw span = dagwright's first step start -> last step finish")
-    header = (f"{'workload':<15} {'engine':<17} {'makespan s':>10} {'crit s':>7} {'ratio':>6} "
-              f"{'vs ideal':>8} {'ms/level':>8}  {'dw span s':>9}")
+    print(f"\n## Makespan (target: makespan <= {TARGET_RATIO:.2f} x critical path on random DAGs)")
+    print(
+        "ms/level = (makespan - critical path) / depth: the delay added per dependency level;"
+        " dw span = dagwright's first step start -> last step finish"
+    )
+    header = (
+        f"{'workload':<15} {'engine':<17} {'makespan s':>10} {'crit s':>7} {'ratio':>6} "
+        f"{'vs ideal':>8} {'ms/level':>8}  {'dw span s':>9}"
+    )
     print(header)
     print("-" * len(header))
     for w in [w for w in wls if w.kind == "timed"]:
@@ -476,52 +520,85 @@ def main(argv: list[str] | None = None) -> int:
             s = results[(w.name, name)]
             vs = f"{s.makespan / ideal.makespan:.3f}" if name != "asyncio-ideal" else ""
             per_level = 1000 * (s.makespan - cp) / w.depth()
-            print(f"{w.name:<15} {name:<17} {s.makespan:>10.3f} {cp:>7.3f} {s.makespan / cp:>6.3f} "
-                  f"{vs:>8} {per_level:>8.2f}  {fmt_s(s.span):>9}", flush=True)  # fmt: skip
+            print(
+                f"{w.name:<15} {name:<17} {s.makespan:>10.3f} {cp:>7.3f} {s.makespan / cp:>6.3f} "
+                f"{vs:>8} {per_level:>8.2f}  {fmt_s(s.span):>9}",
+                flush=True,
+            )
 
     noops = [w for w in wls if w.kind == "noop"]
-    print(f"\n## Per-step overhead, no-op chain (target: <= {TARGET_OVERHEAD_MS} ms/step for dagwright "
-          "with the SQLite trace; makespan / steps)")  # fmt: skip
-    header = f"{'workload':<15} {'engine':<26} {'makespan s':>10} {'per step ms':>11} {'vs ideal':>8}"
+    print(
+        f"\n## Per-step overhead, no-op chain (target: <= {TARGET_OVERHEAD_MS} ms/step for dagwright "
+        "with the SQLite trace; makespan / steps)"
+    )
+    header = (
+        f"{'workload':<15} {'engine':<26} {'makespan s':>10} {'per step ms':>11} {'vs ideal':>8}"
+    )
     print(header)
     print("-" * len(header))
     for w in noops:
         extra: list[tuple[str, Callable[[], Callable[[], Sample]]]] = [
             ("dagwright (sqlite, sleep0)", lambda w=w: run_dagwright(w)),
             ("dagwright (memory, sleep0)", lambda w=w: run_dagwright(w, store_kind="memory")),
-            ("dagwright (sqlite, echo)",
-             lambda w=w: run_dagwright(Workload(w.name, w.kind, w.durations, w.deps, tool="echo"))),
-        ]  # fmt: skip
+            (
+                "dagwright (sqlite, echo)",
+                lambda w=w: run_dagwright(
+                    Workload(w.name, w.kind, w.durations, w.deps, tool="echo")
+                ),
+            ),
+        ]
         rows = extra + [(name, lambda make=make, w=w: make(w)) for name, make in engines[1:]]
         noop_repeats = repeats if args.quick else max(repeats, 7)  # cheap runs: damp the noise
         ideal_s = measure(run_ideal(w), noop_repeats)
         for name, factory in rows:
             s = ideal_s if name == "asyncio-ideal" else measure(factory(), noop_repeats)
             results[(w.name, name)] = s
-            print(f"{w.name:<15} {name:<26} {s.makespan:>10.3f} {1000 * s.makespan / w.size:>11.3f} "
-                  f"{s.makespan / ideal_s.makespan:>8.1f}", flush=True)  # fmt: skip
+            print(
+                f"{w.name:<15} {name:<26} {s.makespan:>10.3f} {1000 * s.makespan / w.size:>11.3f} "
+                f"{s.makespan / ideal_s.makespan:>8.1f}",
+                flush=True,
+            )
 
     n, width = (2_000, 40) if args.quick else (10_000, 100)
-    print(f"\n## Validation + scheduling of a {n:,}-step plan (target: < {TARGET_PLAN_S:g} s total; "
-          "best of 3)")  # fmt: skip
+    print(
+        f"\n## Validation + scheduling of a {n:,}-step plan (target: < {TARGET_PLAN_S:g} s total; "
+        "best of 3)"
+    )
     t = bench_plan(n, width, 3)
-    print(f"({int(t['layers'])} layers of {width}, {int(t['edges']):,} dependency edges, echo steps)")
-    for phase in ("model_validate", "validate", "Plan.from_workflow", "simulated schedule", "total"):
+    print(
+        f"({int(t['layers'])} layers of {width}, {int(t['edges']):,} dependency edges, echo steps)"
+    )
+    for phase in (
+        "model_validate",
+        "validate",
+        "Plan.from_workflow",
+        "simulated schedule",
+        "total",
+    ):
         print(f"  {phase:<20} {t[phase]:>7.3f} s")
 
     print("\n## Targets")
-    random_ratios = [results[(w.name, "dagwright")].makespan / w.critical_path_s()
-                     for w in wls if w.name.startswith("random")]  # fmt: skip
+    random_ratios = [
+        results[(w.name, "dagwright")].makespan / w.critical_path_s()
+        for w in wls
+        if w.name.startswith("random")
+    ]
     worst = max(random_ratios)
-    print(f"- makespan <= {TARGET_RATIO} x critical path (random DAGs): dagwright "
-          f"{', '.join(f'{r:.3f}' for r in random_ratios)} -> {'MET' if worst <= TARGET_RATIO else 'MISSED'}")
+    print(
+        f"- makespan <= {TARGET_RATIO} x critical path (random DAGs): dagwright "
+        f"{', '.join(f'{r:.3f}' for r in random_ratios)} -> {'MET' if worst <= TARGET_RATIO else 'MISSED'}"
+    )
     for w in noops:
         per = 1000 * results[(w.name, "dagwright (sqlite, sleep0)")].makespan / w.size
-        print(f"- per-step overhead <= {TARGET_OVERHEAD_MS} ms (SQLite trace, {w.name}): dagwright "
-              f"{per:.3f} ms -> {'MET' if per <= TARGET_OVERHEAD_MS else 'MISSED'}")  # fmt: skip
-    print(f"- validation+scheduling of {n:,} steps < {TARGET_PLAN_S:g} s: {t['total']:.3f} s -> "
-          f"{'MET' if t['total'] < TARGET_PLAN_S else 'MISSED'}"
-          + ("" if n == 10_000 else "  (quick size; the target is for 10,000)"))  # fmt: skip
+        print(
+            f"- per-step overhead <= {TARGET_OVERHEAD_MS} ms (SQLite trace, {w.name}): dagwright "
+            f"{per:.3f} ms -> {'MET' if per <= TARGET_OVERHEAD_MS else 'MISSED'}"
+        )
+    print(
+        f"- validation+scheduling of {n:,} steps < {TARGET_PLAN_S:g} s: {t['total']:.3f} s -> "
+        f"{'MET' if t['total'] < TARGET_PLAN_S else 'MISSED'}"
+        + ("" if n == 10_000 else "  (quick size; the target is for 10,000)")
+    )
 
     if args.profile:
         profile_noop(noops[0].size)

@@ -42,15 +42,23 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Trace store: a SQLite file or postgresql:// URL. "
-                 "[env: DAGWRIGHT_DB; default: .dagwright/trace.db]", show_default=False),
-]  # fmt: skip
+    typer.Option(
+        "--db",
+        help="Trace store: a SQLite file or postgresql:// URL. "
+        "[env: DAGWRIGHT_DB; default: .dagwright/trace.db]",
+        show_default=False,
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")]
 InputOption = Annotated[
     list[str] | None,
-    typer.Option("--input", "-i", help="A run input as NAME=VALUE (repeatable). "
-                 "Objects and arrays are JSON.", show_default=False),
-]  # fmt: skip
+    typer.Option(
+        "--input",
+        "-i",
+        help="A run input as NAME=VALUE (repeatable). Objects and arrays are JSON.",
+        show_default=False,
+    ),
+]
 
 
 def _settings() -> Settings:
@@ -83,9 +91,14 @@ def _parse_inputs(pairs: list[str] | None) -> dict[str, str]:
 def _prepare(
     file: Path, pairs: list[str] | None, *, inputs_required: bool
 ) -> tuple[Workflow, ToolRegistry, dict[str, Any]]:
-    ready = prepare(file, default_registry, tool_modules=_settings().tools,
-                    inputs=_parse_inputs(pairs), inputs_required=inputs_required,
-                    inputs_as_text=True)  # fmt: skip
+    ready = prepare(
+        file,
+        default_registry,
+        tool_modules=_settings().tools,
+        inputs=_parse_inputs(pairs),
+        inputs_required=inputs_required,
+        inputs_as_text=True,
+    )
     return ready.workflow, ready.registry, ready.inputs
 
 
@@ -127,7 +140,9 @@ def validate_cmd(
         wf, registry, _ = _prepare(file, inputs, inputs_required=bool(inputs))
     except PlanError as exc:
         if as_json:
-            _json({"valid": False, "errors": [i.as_dict() for i in sorted(exc.issues, key=_by_line)]})
+            _json(
+                {"valid": False, "errors": [i.as_dict() for i in sorted(exc.issues, key=_by_line)]}
+            )
         else:
             _print_issues(exc)
         raise typer.Exit(EXIT_INVALID) from None
@@ -135,8 +150,10 @@ def validate_cmd(
         _json({"valid": True, "errors": [], "steps": len(wf.steps)})
         return
     needs = [f"{n} ({s.type})" for n, s in wf.inputs.items() if s.required]
-    out.print(f"[green]✓[/green] {escape(str(file))} is valid: {len(wf.steps)} steps"
-              + (f"; a run needs --input for: {', '.join(needs)}" if needs and not inputs else ""))  # fmt: skip
+    out.print(
+        f"[green]✓[/green] {escape(str(file))} is valid: {len(wf.steps)} steps"
+        + (f"; a run needs --input for: {', '.join(needs)}" if needs and not inputs else "")
+    )
 
 
 @app.command("run")
@@ -146,9 +163,14 @@ def run_cmd(
     as_json: JsonOption = False,
     db: DbOption = None,
     max_parallel: Annotated[
-        int | None, typer.Option("--max-parallel", min=1, help="Steps running at once "
-                                 "[env: DAGWRIGHT_MAX_PARALLEL; default: 8].", show_default=False)
-    ] = None,  # fmt: skip
+        int | None,
+        typer.Option(
+            "--max-parallel",
+            min=1,
+            help="Steps running at once [env: DAGWRIGHT_MAX_PARALLEL; default: 8].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Validate, then run a workflow on the local executor and record its trace.
 
@@ -157,14 +179,23 @@ def run_cmd(
         wf, registry, run_inputs = _prepare(file, inputs, inputs_required=True)
     except PlanError as exc:
         if as_json:
-            _json({"status": "invalid", "errors": [i.as_dict() for i in sorted(exc.issues, key=_by_line)]})
+            _json(
+                {
+                    "status": "invalid",
+                    "errors": [i.as_dict() for i in sorted(exc.issues, key=_by_line)],
+                }
+            )
         else:
             _print_issues(exc)
         raise typer.Exit(EXIT_INVALID) from None
     store = _store(db)
     progress = Progress(wf, enabled=not as_json, live=out.is_terminal, console=out)
-    executor = LocalExecutor(store, registry, max_parallel=max_parallel or _settings().max_parallel,
-                             on_event=progress.on_event)  # fmt: skip
+    executor = LocalExecutor(
+        store,
+        registry,
+        max_parallel=max_parallel or _settings().max_parallel,
+        on_event=progress.on_event,
+    )
     run_id = executor.id_factory()
     interrupted = False
     try:
@@ -196,8 +227,11 @@ def _exit(code: int) -> NoReturn:
 def _print_result(summary: dict[str, Any], db: str | None) -> None:
     status = summary["status"]
     color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(status, "white")
-    out.print(f"\nrun [bold]{summary['run_id']}[/bold]  [{color}]{status}[/{color}]"
-              f"  in {summary['duration']}s", highlight=False)  # fmt: skip
+    out.print(
+        f"\nrun [bold]{summary['run_id']}[/bold]  [{color}]{status}[/{color}]"
+        f"  in {summary['duration']}s",
+        highlight=False,
+    )
     if summary["error"]:
         err_info = summary["error"]
         where = f"step {err_info['step']!r}: " if err_info.get("step") else ""
@@ -214,37 +248,66 @@ def _print_result(summary: dict[str, Any], db: str | None) -> None:
 
 @app.command("runs")
 def runs_cmd(
-    status: Annotated[str | None, typer.Option(
-        "--status", help="Only runs with this status: running, succeeded, failed, cancelled.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many, newest first.")] = 20,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status", help="Only runs with this status: running, succeeded, failed, cancelled."
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="How many, newest first.")
+    ] = 20,
     as_json: JsonOption = False,
     db: DbOption = None,
-) -> None:  # fmt: skip
+) -> None:
     """List recent runs."""
     if status is not None and status not in ("running", "succeeded", "failed", "cancelled"):
         _die(f"--status {status!r}: use running, succeeded, failed or cancelled", EXIT_INVALID)
     store = _store(db)
     runs = store.list_runs(status=status, limit=limit)
     if as_json:
-        _json([{"run_id": r.record.run_id, "workflow": r.record.workflow_name, "status": r.status,
-                "created_at": iso(r.record.created_at), "finished_at": iso(r.finished_at),
-                "source": r.record.source} for r in runs])  # fmt: skip
+        _json(
+            [
+                {
+                    "run_id": r.record.run_id,
+                    "workflow": r.record.workflow_name,
+                    "status": r.status,
+                    "created_at": iso(r.record.created_at),
+                    "finished_at": iso(r.finished_at),
+                    "source": r.record.source,
+                }
+                for r in runs
+            ]
+        )
         return
     if not runs:
-        out.print(f"no runs{f' with status {status}' if status else ''} in {escape(store.location())}")
+        out.print(
+            f"no runs{f' with status {status}' if status else ''} in {escape(store.location())}"
+        )
         return
     table = Table(box=None, header_style="bold")
     for col in ("run id", "workflow", "status", "started", "duration"):
         table.add_column(col)
     for r in runs:
-        table.add_row(r.record.run_id, escape(r.record.workflow_name), _status_text(r.status),
-                      iso(r.record.created_at), _secs(duration(r.record.created_at, r.finished_at)))  # fmt: skip
+        table.add_row(
+            r.record.run_id,
+            escape(r.record.workflow_name),
+            _status_text(r.status),
+            iso(r.record.created_at),
+            _secs(duration(r.record.created_at, r.finished_at)),
+        )
     out.print(table)
 
 
 def _status_text(status: str) -> Text:
-    color = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "skipped": "dim",
-             "running": "cyan", "retrying": "magenta"}.get(status, "white")  # fmt: skip
+    color = {
+        "succeeded": "green",
+        "failed": "red",
+        "cancelled": "yellow",
+        "skipped": "dim",
+        "running": "cyan",
+        "retrying": "magenta",
+    }.get(status, "white")
     return Text(status, style=color)
 
 
@@ -266,8 +329,11 @@ def show_cmd(
     if as_json:
         _json(summary)
         return
-    out.print(f"run [bold]{record.run_id}[/bold]  workflow [bold]{escape(record.workflow_name)}"
-              f"[/bold]  ", _status_text(state.status), f"  {_secs(summary['duration'])}")  # fmt: skip
+    out.print(
+        f"run [bold]{record.run_id}[/bold]  workflow [bold]{escape(record.workflow_name)}[/bold]  ",
+        _status_text(state.status),
+        f"  {_secs(summary['duration'])}",
+    )
     if record.source:
         out.print(f"source: {escape(record.source)}   started: {summary['started_at']}")
     if record.inputs:
@@ -276,30 +342,41 @@ def show_cmd(
     for col in ("step", "status", "attempts", "started", "duration", "error / note"):
         table.add_column(col)
     for sid, step in summary["steps"].items():
-        table.add_row(sid, _status_text(step["status"]), str(step["attempts"]),
-                      step["started_at"] or "", _secs(step["duration"]),
-                      escape(step.get("error") or step.get("reason") or ""))  # fmt: skip
+        table.add_row(
+            sid,
+            _status_text(step["status"]),
+            str(step["attempts"]),
+            step["started_at"] or "",
+            _secs(step["duration"]),
+            escape(step.get("error") or step.get("reason") or ""),
+        )
     out.print(table)
     for sid, step in summary["steps"].items():
-        failed = [a for a in step["attempt_details"] if a["status"] != "succeeded"]
-        for a in failed:
-            error = a["error"] or {}
-            out.print(f"\n[bold]{sid}[/bold] attempt {a['attempt']} [red]{a['status']}[/red]"
-                      f" after {_secs(a['duration'])}: {escape(error.get('message', ''))}")  # fmt: skip
-            for check in a["checks"]:
-                if not check["passed"]:
-                    out.print(f"  ✗ {escape(check['message'])}")
-            if error.get("traceback"):
-                tail = error["traceback"].splitlines()[-6:]
-                out.print("[dim]" + escape("\n".join("  " + line for line in tail)) + "[/dim]")
-            if a["retry_in"] is not None:
-                out.print(f"  [dim]retried after {a['retry_in']:g}s[/dim]")
+        for attempt in step["attempt_details"]:
+            if attempt["status"] != "succeeded":
+                _print_failed_attempt(sid, attempt)
     if state.error:
         out.print(f"\n[red]error:[/red] {escape(state.error.get('message', ''))}")
     if state.status == "succeeded":
         out.print("\noutput:")
         out.print_json(json.dumps(state.output, default=str))
     out.print(f"\ntrace: dagwright trace {record.run_id}{escape(_db_flag(db))}")
+
+
+def _print_failed_attempt(sid: str, a: dict[str, Any]) -> None:
+    error = a["error"] or {}
+    out.print(
+        f"\n[bold]{sid}[/bold] attempt {a['attempt']} [red]{a['status']}[/red]"
+        f" after {_secs(a['duration'])}: {escape(error.get('message', ''))}"
+    )
+    for check in a["checks"]:
+        if not check["passed"]:
+            out.print(f"  ✗ {escape(check['message'])}")
+    if error.get("traceback"):
+        tail = error["traceback"].splitlines()[-6:]
+        out.print("[dim]" + escape("\n".join("  " + line for line in tail)) + "[/dim]")
+    if a["retry_in"] is not None:
+        out.print(f"  [dim]retried after {a['retry_in']:g}s[/dim]")
 
 
 @app.command("trace")
@@ -337,15 +414,31 @@ def tools_cmd(as_json: JsonOption = False) -> None:
     """List the registered tools and their arguments."""
     tools = list(default_registry)
     if as_json:
-        _json([{"name": t.name, "description": t.description, "arguments": t.args_schema(),
-                "output": t.output_schema} for t in tools])  # fmt: skip
+        _json(
+            [
+                {
+                    "name": t.name,
+                    "description": t.description,
+                    "arguments": t.args_schema(),
+                    "output": t.output_schema,
+                }
+                for t in tools
+            ]
+        )
         return
     for t in tools:
         props = t.args_schema().get("properties", {})
         required = set(t.args_schema().get("required", []))
-        args = ", ".join(f"{n}{'' if n in required else '?'}: {p.get('type', 'any')}"
-                         for n, p in props.items()) or "any arguments"  # fmt: skip
-        out.print(f"[bold]{t.name}[/bold]({escape(args)})  {escape(t.description.splitlines()[0] if t.description else '')}")
+        args = (
+            ", ".join(
+                f"{n}{'' if n in required else '?'}: {p.get('type', 'any')}"
+                for n, p in props.items()
+            )
+            or "any arguments"
+        )
+        out.print(
+            f"[bold]{t.name}[/bold]({escape(args)})  {escape(t.description.splitlines()[0] if t.description else '')}"
+        )
 
 
 def main() -> None:

@@ -16,10 +16,15 @@ from dagwright.executors.events import Event
 from dagwright.planner.schema import Workflow
 
 ICONS = {
-    engine.PENDING: "·", engine.SCHEDULED: "○", engine.RUNNING: "▶", engine.RETRYING: "↻",
-    engine.SUCCEEDED: "[green]✓[/green]", engine.FAILED: "[red]✗[/red]",
-    engine.SKIPPED: "[dim]-[/dim]", engine.CANCELLED: "[yellow]■[/yellow]",
-}  # fmt: skip
+    engine.PENDING: "·",
+    engine.SCHEDULED: "○",
+    engine.RUNNING: "▶",
+    engine.RETRYING: "↻",
+    engine.SUCCEEDED: "[green]✓[/green]",
+    engine.FAILED: "[red]✗[/red]",
+    engine.SKIPPED: "[dim]-[/dim]",
+    engine.CANCELLED: "[yellow]■[/yellow]",
+}
 MAX_ROWS = 24
 
 
@@ -29,7 +34,9 @@ class Progress:
         self.enabled = enabled
         self.console = console
         self.state: engine.RunState | None = None
-        self._live = Live(console=console, auto_refresh=False, transient=False) if enabled and live else None
+        self._live = (
+            Live(console=console, auto_refresh=False, transient=False) if enabled and live else None
+        )
         self._last = 0.0
 
     def __enter__(self) -> Progress:
@@ -37,8 +44,9 @@ class Progress:
             self._live.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._live is not None:
             if self.state is not None:
                 self._live.update(self.render(self.state), refresh=True)
@@ -64,7 +72,9 @@ class Progress:
         if event.type == ev.RUN_STARTED:
             return f"run [bold]{event.run_id}[/bold]: {escape(self.workflow.name)}, {len(state.steps)} steps"
         if event.type == ev.ATTEMPT_STARTED:
-            return f"  ▶ {sid}" + (f" (attempt {event.attempt})" if (event.attempt or 1) > 1 else "")
+            return f"  ▶ {sid}" + (
+                f" (attempt {event.attempt})" if (event.attempt or 1) > 1 else ""
+            )
         if event.type == ev.ATTEMPT_FINISHED and data.get("retry_in") is not None:
             msg = escape((data.get("error") or {}).get("message", ""))
             return f"  ↻ {sid} attempt {event.attempt} {data['status']}: {msg} (retry in {data['retry_in']:g}s)"
@@ -87,17 +97,25 @@ class Progress:
         for s in state.steps.values():
             counts[s.status] = counts.get(s.status, 0) + 1
         title = "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        table = Table(title=f"{escape(self.workflow.name)} — {title}", box=None, title_justify="left")
+        table = Table(
+            title=f"{escape(self.workflow.name)} — {title}", box=None, title_justify="left"
+        )
         for col in ("", "step", "tool", "attempts", "time"):
             table.add_column(col)
         steps = list(state.steps.values())
         if len(steps) > MAX_ROWS:  # big plans: what is running, then what failed, then the latest
             order = {engine.RUNNING: 0, engine.RETRYING: 0, engine.FAILED: 1, engine.SCHEDULED: 2}
-            steps = sorted(steps, key=lambda s: (order.get(s.status, 3), -(s.finished_at or 0)))[:MAX_ROWS]
+            steps = sorted(steps, key=lambda s: (order.get(s.status, 3), -(s.finished_at or 0)))[
+                :MAX_ROWS
+            ]
         for s in steps:
-            table.add_row(ICONS.get(s.status, "?"), escape(s.id),
-                          escape(self.workflow.step(s.id).uses), str(len(s.attempts)),
-                          engine_duration(s))  # fmt: skip
+            table.add_row(
+                ICONS.get(s.status, "?"),
+                escape(s.id),
+                escape(self.workflow.step(s.id).uses),
+                str(len(s.attempts)),
+                engine_duration(s),
+            )
         return table
 
 

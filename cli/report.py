@@ -44,18 +44,26 @@ def step_summary(step: engine.StepState, *, detail: bool = False) -> dict[str, A
         summary["output"] = step.output
         summary["attempt_details"] = [
             {
-                "attempt": a.number, "attempt_id": a.attempt_id, "status": a.status,
-                "started_at": iso(a.started_at), "finished_at": iso(a.finished_at),
-                "duration": duration(a.started_at, a.finished_at), "inputs": a.inputs,
-                "output": a.output, "error": a.error, "checks": a.checks, "retry_in": a.retry_in,
-            }  # fmt: skip
+                "attempt": a.number,
+                "attempt_id": a.attempt_id,
+                "status": a.status,
+                "started_at": iso(a.started_at),
+                "finished_at": iso(a.finished_at),
+                "duration": duration(a.started_at, a.finished_at),
+                "inputs": a.inputs,
+                "output": a.output,
+                "error": a.error,
+                "checks": a.checks,
+                "retry_in": a.retry_in,
+            }
             for a in step.attempts
         ]
     return summary
 
 
-def run_summary(record: RunRecord, state: engine.RunState, trace: str, *,
-                detail: bool = False) -> dict[str, Any]:  # fmt: skip
+def run_summary(
+    record: RunRecord, state: engine.RunState, trace: str, *, detail: bool = False
+) -> dict[str, Any]:
     return {
         "run_id": record.run_id,
         "workflow": record.workflow_name,

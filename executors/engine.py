@@ -69,8 +69,12 @@ class RunState:
     def initial(cls, plan: Plan, run_id: str) -> RunState:
         waiting = {sid: len(deps) for sid, deps in plan.deps.items()}
         ready = {sid: None for sid in plan.order if waiting[sid] == 0}
-        return cls(run_id=run_id, steps={sid: StepState(sid) for sid in plan.order},
-                   waiting=waiting, ready=ready)  # fmt: skip
+        return cls(
+            run_id=run_id,
+            steps={sid: StepState(sid) for sid in plan.order},
+            waiting=waiting,
+            ready=ready,
+        )
 
     def active(self) -> list[str]:
         return [sid for sid, s in self.steps.items() if s.status in ACTIVE]
@@ -101,10 +105,14 @@ def apply(plan: Plan, state: RunState, event: Event) -> RunState:
     elif kind == ev.ATTEMPT_STARTED:
         step.status = RUNNING
         step.started_at = step.started_at or event.at
-        step.attempts.append(AttemptState(
-            number=event.attempt or len(step.attempts) + 1,
-            attempt_id=event.data.get("attempt_id"), started_at=event.at,
-            inputs=event.data.get("inputs")))  # fmt: skip
+        step.attempts.append(
+            AttemptState(
+                number=event.attempt or len(step.attempts) + 1,
+                attempt_id=event.data.get("attempt_id"),
+                started_at=event.at,
+                inputs=event.data.get("inputs"),
+            )
+        )
     elif kind == ev.ATTEMPT_FINISHED:
         _finish_attempt(step, event)
     elif kind == ev.STEP_FINISHED:
@@ -205,7 +213,9 @@ def run_output(plan: Plan, state: RunState) -> Any:
     """The run's output: the workflow's ``output`` rendered, or each final step's output."""
     if plan.workflow.output is None:
         sinks = [sid for sid in plan.order if not plan.dependents[sid]]
-        return {sid: state.steps[sid].output for sid in sinks if state.steps[sid].status == SUCCEEDED}
+        return {
+            sid: state.steps[sid].output for sid in sinks if state.steps[sid].status == SUCCEEDED
+        }
     return render(plan.workflow.output, step_context(plan, state))
 
 

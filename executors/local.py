@@ -25,7 +25,14 @@ from dagwright.executors import engine
 from dagwright.executors import events as ev
 from dagwright.executors.events import Event
 from dagwright.executors.retry import backoff_delay, should_retry
-from dagwright.executors.runner import CANCELLED, FAILED, SUCCEEDED, Outcome, error_info, execute_attempt
+from dagwright.executors.runner import (
+    CANCELLED,
+    FAILED,
+    SUCCEEDED,
+    Outcome,
+    error_info,
+    execute_attempt,
+)
 from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.plan import Plan
 from dagwright.planner.references import ExpressionError, render
@@ -69,17 +76,31 @@ class LocalExecutor:
         self.on_event = on_event
         self._current: _Run | None = None
 
-    def run(self, workflow: Workflow, inputs: Mapping[str, Any] | None = None, *,
-            run_id: str | None = None, source: str | None = None) -> RunResult:  # fmt: skip
+    def run(
+        self,
+        workflow: Workflow,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        source: str | None = None,
+    ) -> RunResult:
         """Run to the end. Ctrl-C cancels the run (recorded) and raises KeyboardInterrupt."""
         return asyncio.run(self.run_async(workflow, inputs, run_id=run_id, source=source))
 
-    async def run_async(self, workflow: Workflow, inputs: Mapping[str, Any] | None = None, *,
-                        run_id: str | None = None, source: str | None = None) -> RunResult:  # fmt: skip
+    async def run_async(
+        self,
+        workflow: Workflow,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        source: str | None = None,
+    ) -> RunResult:
         issues = validate(workflow, self.registry)
         if issues:
             raise PlanError(issues)
-        run = _Run(self, Plan.from_workflow(workflow), run_id or self.id_factory(), dict(inputs or {}))
+        run = _Run(
+            self, Plan.from_workflow(workflow), run_id or self.id_factory(), dict(inputs or {})
+        )
         self._current = run
         try:
             return await run.execute(source)
@@ -94,7 +115,9 @@ class LocalExecutor:
 
 
 class _Run:
-    def __init__(self, executor: LocalExecutor, plan: Plan, run_id: str, inputs: dict[str, Any]) -> None:
+    def __init__(
+        self, executor: LocalExecutor, plan: Plan, run_id: str, inputs: dict[str, Any]
+    ) -> None:
         self.x = executor
         self.plan = plan
         self.run_id = run_id
@@ -111,8 +134,9 @@ class _Run:
         self.flush_scheduled = False
         self.arriving = 0  # steps dispatched in this turn whose task has not started yet
         self.store_error: BaseException | None = None
-        self.pool = ThreadPoolExecutor(max_workers=executor.max_parallel + 4,
-                                       thread_name_prefix="dagwright-step")  # fmt: skip
+        self.pool = ThreadPoolExecutor(
+            max_workers=executor.max_parallel + 4, thread_name_prefix="dagwright-step"
+        )
 
     # -- recording -----------------------------------------------------------------------------
     # Group commit: events emitted in the same turn of the loop are appended in one transaction
@@ -120,8 +144,9 @@ class _Run:
     # The state follows each event at once (scheduling reads it), but nothing outside the process
     # happens before the events that lead to it are durable: a tool is called only after its
     # `attempt_started` (and everything before it) is in the store, and a run ends with a flush.
-    def event(self, kind: str, step: str | None = None, attempt: int | None = None,
-              **data: Any) -> Event:  # fmt: skip
+    def event(
+        self, kind: str, step: str | None = None, attempt: int | None = None, **data: Any
+    ) -> Event:
         return Event(kind, self.run_id, self.x.clock(), step, attempt, data)
 
     def emit(self, *events: Event) -> None:
@@ -176,15 +201,31 @@ class _Run:
     async def execute(self, source: str | None) -> RunResult:
         self.loop = asyncio.get_running_loop()
         wf = self.plan.workflow
-        self.x.store.create_run(RunRecord(
-            run_id=self.run_id, workflow_name=wf.name, created_at=self.x.clock(),
-            workflow=wf.to_data(), inputs=self.inputs, source=source, executor="local"))  # fmt: skip
-        self.emit(self.event(ev.RUN_STARTED, inputs=self.inputs, executor="local",
-                             max_parallel=self.x.max_parallel))  # fmt: skip
+        self.x.store.create_run(
+            RunRecord(
+                run_id=self.run_id,
+                workflow_name=wf.name,
+                created_at=self.x.clock(),
+                workflow=wf.to_data(),
+                inputs=self.inputs,
+                source=source,
+                executor="local",
+            )
+        )
+        self.emit(
+            self.event(
+                ev.RUN_STARTED,
+                inputs=self.inputs,
+                executor="local",
+                max_parallel=self.x.max_parallel,
+            )
+        )
         try:
             self.dispatch()
-            waiters = [asyncio.ensure_future(self.settled.wait()),
-                       asyncio.ensure_future(self.cancel_requested.wait())]  # fmt: skip
+            waiters = [
+                asyncio.ensure_future(self.settled.wait()),
+                asyncio.ensure_future(self.cancel_requested.wait()),
+            ]
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -228,15 +269,31 @@ class _Run:
                     step.retry, attempt, outcome.kind, outcome.retryable
                 ):
                     delay = backoff_delay(step.retry, attempt, f"{self.run_id}/{sid}/{attempt}")
-                finished = self.event(ev.ATTEMPT_FINISHED, sid, attempt, attempt_id=attempt_id,
-                                      status=outcome.status, output=outcome.output,
-                                      error=outcome.error, checks=outcome.checks,
-                                      duration=outcome.duration, retry_in=delay)  # fmt: skip
+                finished = self.event(
+                    ev.ATTEMPT_FINISHED,
+                    sid,
+                    attempt,
+                    attempt_id=attempt_id,
+                    status=outcome.status,
+                    output=outcome.output,
+                    error=outcome.error,
+                    checks=outcome.checks,
+                    duration=outcome.duration,
+                    retry_in=delay,
+                )
                 if delay is None:
                     status = SUCCEEDED if outcome.status == SUCCEEDED else FAILED
-                    self.emit(finished, self.event(ev.STEP_FINISHED, sid, attempt, status=status,
-                                                   output=outcome.output if status == SUCCEEDED else None,
-                                                   error=outcome.error))  # fmt: skip
+                    self.emit(
+                        finished,
+                        self.event(
+                            ev.STEP_FINISHED,
+                            sid,
+                            attempt,
+                            status=status,
+                            output=outcome.output if status == SUCCEEDED else None,
+                            error=outcome.error,
+                        ),
+                    )
                     break
                 self.emit(finished)
                 await self.durable()
@@ -255,10 +312,16 @@ class _Run:
         try:
             args = render(step.with_, context)
         except ExpressionError as exc:
-            self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=None))
+            self.emit(
+                self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=None)
+            )
             msg = f"step {sid!r}: cannot resolve its arguments: {exc}"
-            return Outcome(FAILED, error=error_info(exc, kind="error", message=msg, retryable=False,
-                                                    with_traceback=False)), attempt_id  # fmt: skip
+            return Outcome(
+                FAILED,
+                error=error_info(
+                    exc, kind="error", message=msg, retryable=False, with_traceback=False
+                ),
+            ), attempt_id
         self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=args))
         await self.durable()  # the attempt is on record before the tool is called
         ctx = ToolContext(run_id=self.run_id, step_id=sid, attempt=attempt)
@@ -268,14 +331,35 @@ class _Run:
         step = self.state.steps[sid]
         events = []
         last = step.attempts[-1] if step.attempts else None
-        error = {"type": "Cancelled", "message": f"step {sid!r} was cancelled", "kind": "cancelled",
-                 "retryable": False}  # fmt: skip
+        error = {
+            "type": "Cancelled",
+            "message": f"step {sid!r} was cancelled",
+            "kind": "cancelled",
+            "retryable": False,
+        }
         if last is not None and last.status == engine.RUNNING:
-            events.append(self.event(ev.ATTEMPT_FINISHED, sid, last.number, attempt_id=last.attempt_id,
-                                     status=CANCELLED, error=error, checks=[], duration=None,
-                                     retry_in=None))  # fmt: skip
-        events.append(self.event(ev.STEP_FINISHED, sid, last.number if last else None,
-                                 status=engine.CANCELLED, error=error))  # fmt: skip
+            events.append(
+                self.event(
+                    ev.ATTEMPT_FINISHED,
+                    sid,
+                    last.number,
+                    attempt_id=last.attempt_id,
+                    status=CANCELLED,
+                    error=error,
+                    checks=[],
+                    duration=None,
+                    retry_in=None,
+                )
+            )
+        events.append(
+            self.event(
+                ev.STEP_FINISHED,
+                sid,
+                last.number if last else None,
+                status=engine.CANCELLED,
+                error=error,
+            )
+        )
         self.emit(*events)
 
     async def cancel_all(self) -> None:
@@ -293,8 +377,16 @@ class _Run:
         blocked = engine.blocked_steps(plan, state)
         pending = [sid for sid in plan.order if state.steps[sid].status == engine.PENDING]
         default_reason = "the run was cancelled" if cancelled else "the run stopped after a failure"
-        skipped = [self.event(ev.STEP_FINISHED, sid, None, status=engine.SKIPPED,
-                              reason=blocked.get(sid, default_reason)) for sid in pending]  # fmt: skip
+        skipped = [
+            self.event(
+                ev.STEP_FINISHED,
+                sid,
+                None,
+                status=engine.SKIPPED,
+                reason=blocked.get(sid, default_reason),
+            )
+            for sid in pending
+        ]
         status = engine.CANCELLED if cancelled else engine.final_status(plan, state)
         output, error = None, None
         if status == engine.SUCCEEDED:
@@ -302,13 +394,22 @@ class _Run:
                 output = engine.run_output(plan, state)
             except ExpressionError as exc:
                 status = engine.FAILED
-                error = {"type": "ExpressionError", "message": f"cannot compute the run's output: {exc}"}
+                error = {
+                    "type": "ExpressionError",
+                    "message": f"cannot compute the run's output: {exc}",
+                }
         elif status == engine.FAILED:
-            failed = next(sid for sid in plan.order if state.steps[sid].status == engine.FAILED
-                          and plan.steps[sid].on_failure == "fail")  # fmt: skip
+            failed = next(
+                sid
+                for sid in plan.order
+                if state.steps[sid].status == engine.FAILED and plan.steps[sid].on_failure == "fail"
+            )
             step_error = state.steps[failed].error or {}
-            error = {"type": step_error.get("type", "StepFailed"), "step": failed,
-                     "message": step_error.get("message", f"step {failed!r} failed")}  # fmt: skip
+            error = {
+                "type": step_error.get("type", "StepFailed"),
+                "step": failed,
+                "message": step_error.get("message", f"step {failed!r} failed"),
+            }
         else:
             error = {"type": "Cancelled", "message": "the run was cancelled"}
         self.emit(*skipped, self.event(ev.RUN_FINISHED, status=status, output=output, error=error))

@@ -44,9 +44,13 @@ class Outcome:
 
 
 def error_info(
-    exc: BaseException | None, *, kind: str, message: str | None = None, retryable: bool = True,
+    exc: BaseException | None,
+    *,
+    kind: str,
+    message: str | None = None,
+    retryable: bool = True,
     with_traceback: bool = True,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     info: dict[str, Any] = {
         "type": type(exc).__name__ if exc else kind,
         "message": message if message is not None else str(exc),
@@ -59,9 +63,14 @@ def error_info(
 
 
 async def execute_attempt(
-    tool: Tool, step: Step, args: Any, ctx: ToolContext, context: dict[str, Any],
-    *, pool: Executor | None = None,
-) -> Outcome:  # fmt: skip
+    tool: Tool,
+    step: Step,
+    args: Any,
+    ctx: ToolContext,
+    context: dict[str, Any],
+    *,
+    pool: Executor | None = None,
+) -> Outcome:
     """One attempt. ``context`` is what the step's references read (for its checks).
 
     Cancellation (``asyncio.CancelledError``) propagates to the caller."""
@@ -77,8 +86,14 @@ async def execute_attempt(
         msg = f"step {step.id!r}: invalid arguments for tool {tool.name!r}: " + "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'with'}: {e['msg']}" for e in exc.errors()
         )
-        return done(Outcome(FAILED, error=error_info(exc, kind="error", message=msg,
-                                                     retryable=False, with_traceback=False)))  # fmt: skip
+        return done(
+            Outcome(
+                FAILED,
+                error=error_info(
+                    exc, kind="error", message=msg, retryable=False, with_traceback=False
+                ),
+            )
+        )
     try:
         if tool.is_async:
             call = tool.fn(**kwargs)
@@ -89,13 +104,18 @@ async def execute_attempt(
         output = tool.to_json(result)
     except TimeoutError as exc:
         msg = f"step {step.id!r} timed out after {step.timeout:g}s (attempt {ctx.attempt})"
-        return done(Outcome(TIMED_OUT, error=error_info(exc, kind="timeout", message=msg,
-                                                        with_traceback=False)))  # fmt: skip
+        return done(
+            Outcome(
+                TIMED_OUT, error=error_info(exc, kind="timeout", message=msg, with_traceback=False)
+            )
+        )
     except StepError as exc:
         return done(Outcome(FAILED, error=error_info(exc, kind="error", retryable=exc.retryable)))
     except PydanticSerializationError as exc:
         msg = f"step {step.id!r}: the output of tool {tool.name!r} is not JSON data: {exc}"
-        return done(Outcome(FAILED, error=error_info(exc, kind="error", message=msg, retryable=False)))
+        return done(
+            Outcome(FAILED, error=error_info(exc, kind="error", message=msg, retryable=False))
+        )
     except Exception as exc:  # noqa: BLE001 - a tool's own failure, recorded with its traceback
         return done(Outcome(FAILED, error=error_info(exc, kind="error")))
     checks = run_checks(step.verify, output, context)

@@ -45,7 +45,9 @@ def run_check(check: Check, index: int, output: Any, context: dict[str, Any]) ->
     return result
 
 
-def _evaluate(check: Check, target: Any, scope: dict[str, Any], context: dict[str, Any]) -> tuple[bool, str]:
+def _evaluate(
+    check: Check, target: Any, scope: dict[str, Any], context: dict[str, Any]
+) -> tuple[bool, str]:
     kind = check.kind
     if kind == "expr":
         assert check.expr is not None

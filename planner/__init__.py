@@ -6,6 +6,14 @@ from dagwright.planner.source import Source
 from dagwright.planner.validate import check, resolve_inputs, validate
 
 __all__ = [
-    "Check", "InputSpec", "Plan", "RetryPolicy", "Source", "Step", "Workflow",
-    "check", "resolve_inputs", "validate",
-]  # fmt: skip
+    "Check",
+    "InputSpec",
+    "Plan",
+    "RetryPolicy",
+    "Source",
+    "Step",
+    "Workflow",
+    "check",
+    "resolve_inputs",
+    "validate",
+]

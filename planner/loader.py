@@ -15,6 +15,7 @@ from dagwright.errors import PlanError, PlanIssue
 from dagwright.planner.schema import Check, InputSpec, RetryPolicy, Step, Workflow
 from dagwright.planner.source import Path_, Source
 
+
 def _walk(node: yaml.Node, at: Path_, source: Source, issues: list[PlanIssue]) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
@@ -25,7 +26,9 @@ def _walk(node: yaml.Node, at: Path_, source: Source, issues: list[PlanIssue]) -
                 issues.append(
                     PlanIssue(
                         f"duplicate key {key!r} (first at line {seen[key]})",
-                        file=source.file, line=line, field=".".join(map(str, (*at, key))),
+                        file=source.file,
+                        line=line,
+                        field=".".join(map(str, (*at, key))),
                         hint="YAML keeps only the last one; remove or rename one of them",
                     )
                 )
@@ -49,9 +52,15 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Source]:
         context = getattr(exc, "context", None)
         msg = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
         raise PlanError(
-            [PlanIssue(msg, file=file, line=mark.line + 1 if mark else None,
-                       hint="check indentation and quoting on that line")]
-        ) from None  # fmt: skip
+            [
+                PlanIssue(
+                    msg,
+                    file=file,
+                    line=mark.line + 1 if mark else None,
+                    hint="check indentation and quoting on that line",
+                )
+            ]
+        ) from None
     issues: list[PlanIssue] = []
     if node is not None:
         _walk(node, (), source, issues)
@@ -70,8 +79,10 @@ _MODELS_BY_DEPTH: dict[tuple[str | None, ...], type[BaseModel]] = {
 
 
 def _model_at(loc: Path_) -> type[BaseModel] | None:
-    shape = tuple(None if isinstance(p, int) or (i == 1 and loc[0] == "inputs") else p
-                  for i, p in enumerate(loc))  # fmt: skip
+    shape = tuple(
+        None if isinstance(p, int) or (i == 1 and loc[0] == "inputs") else p
+        for i, p in enumerate(loc)
+    )
     return _MODELS_BY_DEPTH.get(shape)
 
 
@@ -96,8 +107,9 @@ def issues_from_validation(exc: ValidationError, data: Any, source: Source) -> l
     issues = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        loc = tuple("with" if p == "with_" else ("schema" if p == "json_schema" else p)
-                    for p in loc)  # fmt: skip
+        loc = tuple(
+            "with" if p == "with_" else ("schema" if p == "json_schema" else p) for p in loc
+        )
         step, fld = _step_of(data, loc)
         hint = None
         if err["type"] == "extra_forbidden":
@@ -121,9 +133,14 @@ def issues_from_validation(exc: ValidationError, data: Any, source: Source) -> l
 def workflow_from_data(data: Any, source: Source | None = None) -> Workflow:
     source = source or Source()
     if not isinstance(data, Mapping):
-        raise PlanError([source.issue(
-            "a workflow must be a mapping with at least 'name' and 'steps'",
-            hint="see workflows/examples/ for the shape")])  # fmt: skip
+        raise PlanError(
+            [
+                source.issue(
+                    "a workflow must be a mapping with at least 'name' and 'steps'",
+                    hint="see workflows/examples/ for the shape",
+                )
+            ]
+        )
     try:
         return Workflow.model_validate(data)
     except ValidationError as exc:
@@ -152,16 +169,25 @@ def _salvage(data: Mapping[str, Any]) -> Workflow | None:
         if salvaged is not None:
             steps.append(salvaged)
     inputs = {}
-    for name, spec in (data.get("inputs") or {}).items() if isinstance(data.get("inputs"), Mapping) else []:
+    for name, spec in (
+        (data.get("inputs") or {}).items() if isinstance(data.get("inputs"), Mapping) else []
+    ):
         try:
-            inputs[name] = InputSpec.model_validate({"type": spec} if isinstance(spec, str) else spec)
+            inputs[name] = InputSpec.model_validate(
+                {"type": spec} if isinstance(spec, str) else spec
+            )
         except ValidationError:
             inputs[name] = InputSpec()
     tools = data.get("tools")
     tools = [t for t in tools if isinstance(t, str)] if isinstance(tools, list) else []
     try:
-        return Workflow.model_construct(name=str(data.get("name") or "?"), inputs=inputs,
-                                        tools=tools, steps=steps, output=data.get("output"))
+        return Workflow.model_construct(
+            name=str(data.get("name") or "?"),
+            inputs=inputs,
+            tools=tools,
+            steps=steps,
+            output=data.get("output"),
+        )
     except Exception:  # noqa: BLE001 - salvage is best effort
         return None
 
@@ -207,11 +233,15 @@ def load_workflow(path: str | Path) -> LoadedWorkflow:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise PlanError([PlanIssue(f"cannot read the workflow: {exc.strerror}", file=str(path))])
+        raise PlanError(
+            [PlanIssue(f"cannot read the workflow: {exc.strerror}", file=str(path))]
+        ) from None
     return loads_workflow(text, file=str(path), base_dir=path.resolve().parent)
 
 
-def loads_workflow(text: str, *, file: str | None = None, base_dir: Path | None = None) -> LoadedWorkflow:
+def loads_workflow(
+    text: str, *, file: str | None = None, base_dir: Path | None = None
+) -> LoadedWorkflow:
     data, source = parse_yaml(text, file)
     return LoadedWorkflow(workflow_from_data(data, source), source, base_dir)
 

@@ -37,8 +37,12 @@ def _semantic_issues(
         try:
             registry.load_module(module)
         except (ImportError, DagwrightError) as exc:
-            issues.append(PlanIssue(f"cannot load tool module {module!r} from settings: {exc}",
-                                    hint="check DAGWRIGHT_TOOLS"))  # fmt: skip
+            issues.append(
+                PlanIssue(
+                    f"cannot load tool module {module!r} from settings: {exc}",
+                    hint="check DAGWRIGHT_TOOLS",
+                )
+            )
     registry, more = registry_for(wf, registry, base_dir, source)
     return registry, issues + more + validate(wf, registry, source)
 

@@ -32,10 +32,20 @@ _SIMPLE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*|
 _PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 
 SAFE_GLOBALS: dict[str, Any] = {
-    "len": len, "min": min, "max": max, "sum": sum, "abs": abs, "round": round,
-    "sorted": sorted, "any": any, "all": all, "str": str, "int": int, "float": float,
+    "len": len,
+    "min": min,
+    "max": max,
+    "sum": sum,
+    "abs": abs,
+    "round": round,
+    "sorted": sorted,
+    "any": any,
+    "all": all,
+    "str": str,
+    "int": int,
+    "float": float,
     "bool": bool,
-}  # fmt: skip
+}
 
 
 class ExpressionError(DagwrightError):
@@ -101,7 +111,9 @@ class Expression:
             if not parser.stream.eos:
                 raise TemplateSyntaxError("unexpected text after the expression", 1)
         except TemplateSyntaxError as exc:
-            raise ExpressionError(f"cannot parse expression {self.source!r}: {exc.message}") from None
+            raise ExpressionError(
+                f"cannot parse expression {self.source!r}: {exc.message}"
+            ) from None
         self._ast = ast
         self.refs = tuple(_refs_in(ast))
 
@@ -192,8 +204,13 @@ def lookup(context: Mapping[str, Any], ref: Ref) -> Any:
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {str: "a string", bool: "a boolean", int: "a number", float: "a number",
-            list: "a list"}.get(type(value), type(value).__name__)  # fmt: skip
+    return {
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+    }.get(type(value), type(value).__name__)
 
 
 Part = str | Expression
@@ -239,7 +256,9 @@ def has_refs(value: Any) -> bool:
     return False
 
 
-def expressions_in(value: Any, at: tuple[PathPart, ...] = ()) -> Iterator[tuple[tuple[PathPart, ...], Expression]]:
+def expressions_in(
+    value: Any, at: tuple[PathPart, ...] = ()
+) -> Iterator[tuple[tuple[PathPart, ...], Expression]]:
     """Every expression inside a value (nested dicts and lists), with where it sits."""
     if isinstance(value, str):
         if OPEN in value:

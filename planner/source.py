@@ -23,9 +23,14 @@ class Source:
         return None
 
     def issue(
-        self, message: str, path: Path_ = (), *, step: str | None = None,
-        field: str | None = None, hint: str | None = None,
-    ) -> PlanIssue:  # fmt: skip
+        self,
+        message: str,
+        path: Path_ = (),
+        *,
+        step: str | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> PlanIssue:
         return PlanIssue(
             message, file=self.file, line=self.line(path), step=step, field=field, hint=hint
         )

@@ -51,10 +51,14 @@ def registry_for(
         try:
             loaded.load_module(module, base_dir)
         except (ImportError, DagwrightError, SyntaxError) as exc:
-            issues.append(source.issue(
-                f"cannot load tool module {module!r}: {type(exc).__name__}: {exc}",
-                ("tools", i), field="tools",
-                hint="name an importable module, or a .py file next to the workflow"))  # fmt: skip
+            issues.append(
+                source.issue(
+                    f"cannot load tool module {module!r}: {type(exc).__name__}: {exc}",
+                    ("tools", i),
+                    field="tools",
+                    hint="name an importable module, or a .py file next to the workflow",
+                )
+            )
     return loaded, issues
 
 
@@ -121,17 +125,29 @@ class _Validator:
         self.step_ids: dict[str, int] = {}
         self.tools: dict[str, Tool] = {}
 
-    def add(self, message: str, path: Path_, *, step: str | None = None,
-            field: str | None = None, hint: str | None = None) -> None:  # fmt: skip
+    def add(
+        self,
+        message: str,
+        path: Path_,
+        *,
+        step: str | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
         self.issues.append(self.source.issue(message, path, step=step, field=field, hint=hint))
 
     def run(self) -> list[PlanIssue]:
         for i, step in enumerate(self.wf.steps):
             if step.id in self.step_ids:
                 first = self.source.line(("steps", self.step_ids[step.id]))
-                self.add(f"duplicate step id {step.id!r}" + (f" (first at line {first})" if first else ""),
-                         ("steps", i, "id"), step=step.id, field="id",
-                         hint="step ids must be unique; rename one")  # fmt: skip
+                self.add(
+                    f"duplicate step id {step.id!r}"
+                    + (f" (first at line {first})" if first else ""),
+                    ("steps", i, "id"),
+                    step=step.id,
+                    field="id",
+                    hint="step ids must be unique; rename one",
+                )
             else:
                 self.step_ids[step.id] = i
         for i, step in enumerate(self.wf.steps):
@@ -148,16 +164,29 @@ class _Validator:
             tool = self.tools[step.id] = self.registry.get(step.uses)
         else:
             hint = _did_you_mean(step.uses, self.registry.names())
-            self.add(f"unknown tool {step.uses!r}", (*at, "uses"), step=step.id, field="uses",
-                     hint=(hint + " " if hint else "") + "registered tools: "
-                     + ", ".join(self.registry.names()))  # fmt: skip
+            self.add(
+                f"unknown tool {step.uses!r}",
+                (*at, "uses"),
+                step=step.id,
+                field="uses",
+                hint=(hint + " " if hint else "")
+                + "registered tools: "
+                + ", ".join(self.registry.names()),
+            )
         for j, need in enumerate(step.needs):
             if need == step.id:
-                self.add("a step cannot need itself", (*at, "needs", j), step=step.id, field="needs")
+                self.add(
+                    "a step cannot need itself", (*at, "needs", j), step=step.id, field="needs"
+                )
             elif need not in self.step_ids:
                 hint = _did_you_mean(need, list(self.step_ids))
-                self.add(f"needs unknown step {need!r}", (*at, "needs", j), step=step.id,
-                         field="needs", hint=hint)  # fmt: skip
+                self.add(
+                    f"needs unknown step {need!r}",
+                    (*at, "needs", j),
+                    step=step.id,
+                    field="needs",
+                    hint=hint,
+                )
         ref_locs = self.check_value(step.with_, (*at, "with"), step=step.id, field="with")
         if tool is not None:
             self.check_args(tool, step, at, ref_locs)
@@ -176,17 +205,29 @@ class _Validator:
                 if err["type"] == "extra_forbidden":
                     allowed = list(tool.args_model.model_fields)
                     hint = _did_you_mean(str(loc[-1]), allowed)
-                    self.add(f"tool {tool.name!r} has no argument {loc[-1]!r}",
-                             (*at, "with", *loc), step=step.id, field=f"with.{name}",
-                             hint=(hint + " " if hint else "")
-                             + f"its arguments: {', '.join(allowed) or 'none'}")  # fmt: skip
+                    self.add(
+                        f"tool {tool.name!r} has no argument {loc[-1]!r}",
+                        (*at, "with", *loc),
+                        step=step.id,
+                        field=f"with.{name}",
+                        hint=(hint + " " if hint else "")
+                        + f"its arguments: {', '.join(allowed) or 'none'}",
+                    )
                 elif err["type"] == "missing":
-                    self.add(f"tool {tool.name!r} needs argument {name!r}", (*at, "with"),
-                             step=step.id, field=f"with.{name}",
-                             hint=f"add it under 'with:' ({_describe(tool, str(loc[0]))})")  # fmt: skip
+                    self.add(
+                        f"tool {tool.name!r} needs argument {name!r}",
+                        (*at, "with"),
+                        step=step.id,
+                        field=f"with.{name}",
+                        hint=f"add it under 'with:' ({_describe(tool, str(loc[0]))})",
+                    )
                 else:
-                    self.add(f"{err['msg']} (got {err.get('input')!r})", (*at, "with", *loc),
-                             step=step.id, field=f"with.{name}")  # fmt: skip
+                    self.add(
+                        f"{err['msg']} (got {err.get('input')!r})",
+                        (*at, "with", *loc),
+                        step=step.id,
+                        field=f"with.{name}",
+                    )
 
     # references
     def check_value(self, value: Any, at: Path_, *, step: str | None, field: str) -> list[Path_]:
@@ -200,17 +241,25 @@ class _Validator:
         for loc, expr in found:
             locs.append(loc)
             where = ".".join([field, *map(str, loc)])
-            self.check_expression(expr, (*at, *loc), step=step, field=where,
-                                  allowed_roots={"inputs", "steps"})  # fmt: skip
+            self.check_expression(
+                expr, (*at, *loc), step=step, field=where, allowed_roots={"inputs", "steps"}
+            )
         return locs
 
-    def check_expression(self, expr: Expression, at: Path_, *, step: str | None, field: str,
-                         allowed_roots: set[str]) -> None:  # fmt: skip
+    def check_expression(
+        self, expr: Expression, at: Path_, *, step: str | None, field: str, allowed_roots: set[str]
+    ) -> None:
         for name in sorted(expr.names() - set(SAFE_GLOBALS) - allowed_roots):
-            self.add(f"unknown name {name!r} in ${{{{ {expr.source} }}}}", at, step=step,
-                     field=field, hint="expressions can read "
-                     + ", ".join(sorted(allowed_roots)) + " and call "
-                     + ", ".join(sorted(SAFE_GLOBALS)))  # fmt: skip
+            self.add(
+                f"unknown name {name!r} in ${{{{ {expr.source} }}}}",
+                at,
+                step=step,
+                field=field,
+                hint="expressions can read "
+                + ", ".join(sorted(allowed_roots))
+                + " and call "
+                + ", ".join(sorted(SAFE_GLOBALS)),
+            )
         for ref in expr.refs:
             if ref.root in allowed_roots:
                 problem = self.ref_problem(ref, step)
@@ -226,18 +275,24 @@ class _Validator:
             return (f"${{{{ {ref} }}}} must name a step", "write steps.<id>.output")
         target = str(ref.path[0])
         if target not in self.step_ids:
-            return (f"${{{{ {ref} }}}} references unknown step {target!r}",
-                    _did_you_mean(target, list(self.step_ids)))  # fmt: skip
+            return (
+                f"${{{{ {ref} }}}} references unknown step {target!r}",
+                _did_you_mean(target, list(self.step_ids)),
+            )
         if target == step:
             return (f"${{{{ {ref} }}}}: a step cannot read its own output", None)
         if len(ref.path) < 2 or ref.path[1] != "output":
-            return (f"${{{{ {ref} }}}}: only a step's output can be read",
-                    f"write steps.{target}.output…")  # fmt: skip
+            return (
+                f"${{{{ {ref} }}}}: only a step's output can be read",
+                f"write steps.{target}.output…",
+            )
         tool = self.tools.get(target)
         problem = path_problem(tool.output_schema if tool else None, ref.path[2:])
         if problem:
-            return (f"${{{{ {ref} }}}} cannot exist: {problem}",
-                    f"tool {tool.name!r} returns {_schema_summary(tool)}" if tool else None)  # fmt: skip
+            return (
+                f"${{{{ {ref} }}}} cannot exist: {problem}",
+                f"tool {tool.name!r} returns {_schema_summary(tool)}" if tool else None,
+            )
         return None
 
     def input_ref_problem(self, ref: Ref) -> tuple[str, str | None] | None:
@@ -248,11 +303,15 @@ class _Validator:
         if spec is None:
             declared = list(self.wf.inputs)
             hint = _did_you_mean(name, declared)
-            return (f"${{{{ {ref} }}}} references undeclared input {name!r}",
-                    (hint + " " if hint else "") + "declare it under 'inputs:'")  # fmt: skip
+            return (
+                f"${{{{ {ref} }}}} references undeclared input {name!r}",
+                (hint + " " if hint else "") + "declare it under 'inputs:'",
+            )
         if len(ref.path) > 1 and spec.type not in ("object", "array"):
-            return (f"${{{{ {ref} }}}}: input {name!r} is a {spec.type}; it has no "
-                    f"{ref.path[1]!r}", None)  # fmt: skip
+            return (
+                f"${{{{ {ref} }}}}: input {name!r} is a {spec.type}; it has no {ref.path[1]!r}",
+                None,
+            )
         return None
 
     # verify checks
@@ -267,23 +326,42 @@ class _Validator:
             except ExpressionError as exc:
                 self.add(str(exc), (*at, key), step=step.id, field=f"{field}.{key}")
                 continue
-            self.check_expression(expr, (*at, key), step=step.id, field=f"{field}.{key}",
-                                  allowed_roots={"output", "inputs", "steps"})  # fmt: skip
-        for key, value in (("contains", check.contains), ("not_contains", check.not_contains),
-                           ("regex", check.regex), ("schema", check.json_schema)):  # fmt: skip
+            self.check_expression(
+                expr,
+                (*at, key),
+                step=step.id,
+                field=f"{field}.{key}",
+                allowed_roots={"output", "inputs", "steps"},
+            )
+        for key, value in (
+            ("contains", check.contains),
+            ("not_contains", check.not_contains),
+            ("regex", check.regex),
+            ("schema", check.json_schema),
+        ):
             self.check_value(value, (*at, key), step=step.id, field=f"{field}.{key}")
         if check.regex is not None and "${{" not in check.regex:
             try:
                 re.compile(check.regex)
             except re.error as exc:
-                self.add(f"invalid regex {check.regex!r}: {exc}", (*at, "regex"), step=step.id,
-                         field=f"{field}.regex")  # fmt: skip
+                self.add(
+                    f"invalid regex {check.regex!r}: {exc}",
+                    (*at, "regex"),
+                    step=step.id,
+                    field=f"{field}.regex",
+                )
         if check.json_schema is not None:
             try:
-                jsonschema.validators.validator_for(check.json_schema).check_schema(check.json_schema)
+                jsonschema.validators.validator_for(check.json_schema).check_schema(
+                    check.json_schema
+                )
             except jsonschema.SchemaError as exc:
-                self.add(f"invalid JSON Schema: {exc.message}", (*at, "schema"), step=step.id,
-                         field=f"{field}.schema")  # fmt: skip
+                self.add(
+                    f"invalid JSON Schema: {exc.message}",
+                    (*at, "schema"),
+                    step=step.id,
+                    field=f"{field}.schema",
+                )
 
     # graph
     def check_cycles(self) -> None:
@@ -303,10 +381,14 @@ class _Validator:
             names = names[start:-1] + names[:start] + [first]
             before = names[-2]
             fld = "needs" if before in self.wf.steps[self.step_ids[first]].needs else "with"
-            self.add("dependency cycle: " + " → ".join(names),
-                     ("steps", self.step_ids[first], fld), step=first, field=fld,
-                     hint="a step can only depend on steps that do not depend on it; "
-                     "remove one of these references or needs")  # fmt: skip
+            self.add(
+                "dependency cycle: " + " → ".join(names),
+                ("steps", self.step_ids[first], fld),
+                step=first,
+                field=fld,
+                hint="a step can only depend on steps that do not depend on it; "
+                "remove one of these references or needs",
+            )
 
 
 def _safe_deps(step: Step) -> list[str]:
@@ -340,9 +422,13 @@ def validate(
 # --- run inputs -------------------------------------------------------------------------------
 
 _TYPES: dict[str, Any] = {
-    "string": str, "integer": int, "number": float, "boolean": bool,
-    "object": dict[str, Any], "array": list[Any],
-}  # fmt: skip
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "object": dict[str, Any],
+    "array": list[Any],
+}
 
 
 def _parse_text(spec: InputSpec, text: str) -> Any:
@@ -361,9 +447,12 @@ def _parse_text(spec: InputSpec, text: str) -> Any:
 
 
 def resolve_inputs(
-    workflow: Workflow, given: Mapping[str, Any], *, as_text: bool = False,
+    workflow: Workflow,
+    given: Mapping[str, Any],
+    *,
+    as_text: bool = False,
     source: Source | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The run's inputs: given values checked and converted to their declared types, defaults
     filled in. ``as_text`` means values came from a command line (``--input k=v``)."""
     source = source or Source()
@@ -372,16 +461,27 @@ def resolve_inputs(
     for name in given:
         if name not in workflow.inputs:
             hint = _did_you_mean(name, list(workflow.inputs))
-            issues.append(source.issue(
-                f"unknown input {name!r}", ("inputs",), field=f"inputs.{name}",
-                hint=(hint + " " if hint else "") + "declared inputs: "
-                + (", ".join(workflow.inputs) or "none")))  # fmt: skip
+            issues.append(
+                source.issue(
+                    f"unknown input {name!r}",
+                    ("inputs",),
+                    field=f"inputs.{name}",
+                    hint=(hint + " " if hint else "")
+                    + "declared inputs: "
+                    + (", ".join(workflow.inputs) or "none"),
+                )
+            )
     for name, spec in workflow.inputs.items():
         if name not in given:
             if spec.required:
-                issues.append(source.issue(
-                    f"missing required input {name!r} ({spec.type})", ("inputs", name),
-                    field=f"inputs.{name}", hint=f"pass --input {name}=…"))  # fmt: skip
+                issues.append(
+                    source.issue(
+                        f"missing required input {name!r} ({spec.type})",
+                        ("inputs", name),
+                        field=f"inputs.{name}",
+                        hint=f"pass --input {name}=…",
+                    )
+                )
             else:
                 resolved[name] = spec.default
             continue
@@ -393,9 +493,13 @@ def resolve_inputs(
             resolved[name] = TypeAdapter(_TYPES[spec.type]).validate_python(value, strict=strict)
         except (ValueError, ValidationError) as exc:
             detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-            issues.append(source.issue(
-                f"input {name!r} must be {spec.type}: {detail} (got {given[name]!r})",
-                ("inputs", name), field=f"inputs.{name}"))  # fmt: skip
+            issues.append(
+                source.issue(
+                    f"input {name!r} must be {spec.type}: {detail} (got {given[name]!r})",
+                    ("inputs", name),
+                    field=f"inputs.{name}",
+                )
+            )
     if issues:
         raise PlanError(issues)
     return resolved

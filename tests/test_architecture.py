@@ -12,14 +12,35 @@ import dagwright.planner
 import dagwright.tools
 
 CORE = [
-    "dagwright.planner.schema", "dagwright.planner.references", "dagwright.planner.plan",
-    "dagwright.planner.validate", "dagwright.planner.source", "dagwright.executors.engine",
-    "dagwright.executors.events", "dagwright.executors.retry", "dagwright.executors.verify",
-    "dagwright.executors.runner", "dagwright.executors.local", "dagwright.executors.store.base",
-    "dagwright.executors.store.memory", "dagwright.tools",
-]  # fmt: skip
-IO_LIBRARIES = ["celery", "redis", "sqlalchemy", "psycopg", "httpx", "requests", "instructor",
-                "outlines", "yaml", "kombu", "openai", "transformers"]  # fmt: skip
+    "dagwright.planner.schema",
+    "dagwright.planner.references",
+    "dagwright.planner.plan",
+    "dagwright.planner.validate",
+    "dagwright.planner.source",
+    "dagwright.executors.engine",
+    "dagwright.executors.events",
+    "dagwright.executors.retry",
+    "dagwright.executors.verify",
+    "dagwright.executors.runner",
+    "dagwright.executors.local",
+    "dagwright.executors.store.base",
+    "dagwright.executors.store.memory",
+    "dagwright.tools",
+]
+IO_LIBRARIES = [
+    "celery",
+    "redis",
+    "sqlalchemy",
+    "psycopg",
+    "httpx",
+    "requests",
+    "instructor",
+    "outlines",
+    "yaml",
+    "kombu",
+    "openai",
+    "transformers",
+]
 
 
 def test_the_core_imports_no_io_library() -> None:
@@ -33,17 +54,51 @@ def test_the_core_imports_no_io_library() -> None:
 
 
 def test_public_names_are_pinned() -> None:
-    assert sorted(dagwright.__all__) == sorted([
-        "DagwrightError", "PlanError", "PlanIssue", "ReplayMismatch", "RunNotFound", "StepError",
-        "StepTimeout", "StoreError", "ToolNotFound", "VerificationFailed", "Check", "InputSpec",
-        "RetryPolicy", "Step", "Workflow", "Tool", "ToolContext", "ToolRegistry",
-        "default_registry", "tool", "__version__",
-    ])  # fmt: skip
+    assert sorted(dagwright.__all__) == sorted(
+        [
+            "DagwrightError",
+            "PlanError",
+            "PlanIssue",
+            "ReplayMismatch",
+            "RunNotFound",
+            "StepError",
+            "StepTimeout",
+            "StoreError",
+            "ToolNotFound",
+            "VerificationFailed",
+            "Check",
+            "InputSpec",
+            "RetryPolicy",
+            "Step",
+            "Workflow",
+            "Tool",
+            "ToolContext",
+            "ToolRegistry",
+            "default_registry",
+            "tool",
+            "__version__",
+        ]
+    )
     assert sorted(dagwright.executors.__all__) == [
-        "Event", "LocalExecutor", "RunResult", "RunState", "fold", "ready_steps"]  # fmt: skip
+        "Event",
+        "LocalExecutor",
+        "RunResult",
+        "RunState",
+        "fold",
+        "ready_steps",
+    ]
     assert sorted(dagwright.planner.__all__) == [
-        "Check", "InputSpec", "Plan", "RetryPolicy", "Source", "Step", "Workflow", "check",
-        "resolve_inputs", "validate"]  # fmt: skip
+        "Check",
+        "InputSpec",
+        "Plan",
+        "RetryPolicy",
+        "Source",
+        "Step",
+        "Workflow",
+        "check",
+        "resolve_inputs",
+        "validate",
+    ]
     for module in (dagwright, dagwright.executors, dagwright.planner, dagwright.tools):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"

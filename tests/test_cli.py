@@ -19,11 +19,20 @@ EXAMPLES = sorted((REPO / "workflows" / "examples").glob("*.yaml"))
 DAGWRIGHT = str(Path(sys.executable).parent / "dagwright")
 
 
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DAGWRIGHT_")}
     full_env.update(env or {})
-    return subprocess.run([DAGWRIGHT, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [DAGWRIGHT, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
@@ -61,15 +70,22 @@ def test_run_prints_what_to_do_next(tmp_path: Path) -> None:
 
 def test_failed_run_exits_1_and_names_the_step(tmp_path: Path) -> None:
     wf = tmp_path / "fail.yaml"
-    wf.write_text("name: fail\nsteps:\n  - id: boom\n    uses: flaky\n    with: {fail_times: 5}\n"
-                  "    retry: {max_attempts: 2, backoff: 0}\n  - {id: after, uses: echo, needs: [boom]}\n")  # fmt: skip
+    wf.write_text(
+        "name: fail\nsteps:\n  - id: boom\n    uses: flaky\n    with: {fail_times: 5}\n"
+        "    retry: {max_attempts: 2, backoff: 0}\n  - {id: after, uses: echo, needs: [boom]}\n"
+    )
     proc = cli("run", str(wf), "--json", cwd=tmp_path)
     assert proc.returncode == 1
     data = as_json(proc)
     assert data["status"] == "failed" and data["error"]["step"] == "boom"
     assert data["steps"]["boom"] | {"started_at": None, "finished_at": None, "duration": None} == {
-        "status": "failed", "attempts": 2, "started_at": None, "finished_at": None, "duration": None,
-        "error": "flaky failure (attempt 2 of the first 5 that fail)"}  # fmt: skip
+        "status": "failed",
+        "attempts": 2,
+        "started_at": None,
+        "finished_at": None,
+        "duration": None,
+        "error": "flaky failure (attempt 2 of the first 5 that fail)",
+    }
     assert data["steps"]["after"]["status"] == "skipped"
     human = cli("run", str(wf), cwd=tmp_path)
     assert human.returncode == 1 and "error: step 'boom': flaky failure" in human.stdout
@@ -80,8 +96,10 @@ def test_failed_run_exits_1_and_names_the_step(tmp_path: Path) -> None:
 
 def test_invalid_workflow_exits_2_and_runs_nothing(tmp_path: Path) -> None:
     wf = tmp_path / "bad.yaml"
-    wf.write_text("name: bad\nsteps:\n  - {id: a, uses: sleep, with: {ms: 1}}\n"
-                  "  - {id: b, uses: echo, with: {x: '${{ steps.a.output.nope }}'}}\n")  # fmt: skip
+    wf.write_text(
+        "name: bad\nsteps:\n  - {id: a, uses: sleep, with: {ms: 1}}\n"
+        "  - {id: b, uses: echo, with: {x: '${{ steps.a.output.nope }}'}}\n"
+    )
     for command in (["validate", str(wf)], ["run", str(wf)]):
         proc = cli(*command, cwd=tmp_path)
         assert proc.returncode == 2
@@ -94,8 +112,10 @@ def test_invalid_workflow_exits_2_and_runs_nothing(tmp_path: Path) -> None:
 
 def test_inputs_are_validated_before_running(tmp_path: Path) -> None:
     wf = tmp_path / "inputs.yaml"
-    wf.write_text("name: in\ninputs:\n  n: {type: integer}\nsteps:\n"
-                  "  - {id: a, uses: sleep, with: {ms: '${{ inputs.n }}'}}\n")  # fmt: skip
+    wf.write_text(
+        "name: in\ninputs:\n  n: {type: integer}\nsteps:\n"
+        "  - {id: a, uses: sleep, with: {ms: '${{ inputs.n }}'}}\n"
+    )
     missing = cli("run", str(wf), cwd=tmp_path)
     assert missing.returncode == 2 and "missing required input 'n' (integer)" in missing.stderr
     wrong = cli("run", str(wf), "--input", "n=ten", cwd=tmp_path)
@@ -109,8 +129,16 @@ def test_inputs_are_validated_before_running(tmp_path: Path) -> None:
 
 def test_db_option_and_environment(tmp_path: Path) -> None:
     db = tmp_path / "elsewhere" / "runs.db"
-    proc = cli("run", str(REPO / "workflows/examples/diamond.yaml"), "--db", str(db), "--json",
-               "--input", "delay_ms=10", cwd=tmp_path)  # fmt: skip
+    proc = cli(
+        "run",
+        str(REPO / "workflows/examples/diamond.yaml"),
+        "--db",
+        str(db),
+        "--json",
+        "--input",
+        "delay_ms=10",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0 and as_json(proc)["trace"] == str(db)
     env_runs = as_json(cli("runs", "--json", cwd=tmp_path, env={"DAGWRIGHT_DB": str(db)}))
     assert [r["run_id"] for r in env_runs] == [as_json(proc)["run_id"]]
@@ -120,7 +148,9 @@ def test_db_option_and_environment(tmp_path: Path) -> None:
 
 
 def test_postgres_store_by_url(tmp_path: Path, pg_url: str) -> None:
-    proc = cli("run", str(REPO / "workflows/examples/retries.yaml"), "--db", pg_url, "--json", cwd=tmp_path)
+    proc = cli(
+        "run", str(REPO / "workflows/examples/retries.yaml"), "--db", pg_url, "--json", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     data = as_json(proc)
     assert data["trace"].startswith("postgresql://") and data["steps"]["call_api"]["attempts"] == 3
@@ -130,12 +160,20 @@ def test_postgres_store_by_url(tmp_path: Path, pg_url: str) -> None:
 
 def test_ctrl_c_cancels_and_leaves_a_consistent_trace(tmp_path: Path) -> None:
     wf = tmp_path / "long.yaml"
-    wf.write_text("name: long\nsteps:\n  - {id: first, uses: sleep, with: {ms: 1}}\n"
-                  "  - {id: long, uses: sleep, with: {ms: 30000}, needs: [first]}\n"
-                  "  - {id: after, uses: echo, needs: [long]}\n")  # fmt: skip
+    wf.write_text(
+        "name: long\nsteps:\n  - {id: first, uses: sleep, with: {ms: 1}}\n"
+        "  - {id: long, uses: sleep, with: {ms: 30000}, needs: [first]}\n"
+        "  - {id: after, uses: echo, needs: [long]}\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGWRIGHT_")}
-    proc = subprocess.Popen([DAGWRIGHT, "run", str(wf), "--json"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [DAGWRIGHT, "run", str(wf), "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     db = tmp_path / ".dagwright" / "trace.db"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -151,7 +189,10 @@ def test_ctrl_c_cancels_and_leaves_a_consistent_trace(tmp_path: Path) -> None:
     data = json.loads(stdout)
     assert data["status"] == "cancelled"
     assert {k: v["status"] for k, v in data["steps"].items()} == {
-        "first": "succeeded", "long": "cancelled", "after": "skipped"}  # fmt: skip
+        "first": "succeeded",
+        "long": "cancelled",
+        "after": "skipped",
+    }
     events = as_json(cli("trace", data["run_id"], "--json", cwd=tmp_path))
     started = [(e["step"], e["attempt"]) for e in events if e["type"] == "attempt_started"]
     finished = [(e["step"], e["attempt"]) for e in events if e["type"] == "attempt_finished"]
@@ -163,4 +204,6 @@ def test_help_texts_list_every_command(tmp_path: Path) -> None:
     proc = cli("--help", cwd=tmp_path)
     for command in ("validate", "run", "runs", "show", "trace", "tools"):
         assert command in proc.stdout
-    assert "Exit code: 0 succeeded, 1 failed, 2 invalid" in cli("run", "--help", cwd=tmp_path).stdout
+    assert (
+        "Exit code: 0 succeeded, 1 failed, 2 invalid" in cli("run", "--help", cwd=tmp_path).stdout
+    )

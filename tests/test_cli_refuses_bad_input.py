@@ -15,30 +15,47 @@ CASES = {
     "yaml syntax": ("name: [unclosed\nsteps: []\n", "YAML syntax error"),
     "unknown key": (HEAD + "  - {id: a, uses: echo, wiht: {}}\n", "unknown key 'wiht'"),
     "duplicate key": (HEAD + "  - id: a\n    uses: echo\n    id: b\n", "duplicate key 'id'"),
-    "duplicate step id": (HEAD + "  - {id: a, uses: echo}\n  - {id: a, uses: echo}\n",
-                          "duplicate step id 'a'"),
+    "duplicate step id": (
+        HEAD + "  - {id: a, uses: echo}\n  - {id: a, uses: echo}\n",
+        "duplicate step id 'a'",
+    ),
     "unknown tool": (HEAD + "  - {id: a, uses: nope}\n", "unknown tool 'nope'"),
     "argument type": (HEAD + "  - {id: a, uses: sleep, with: {ms: soon}}\n", "valid integer"),
-    "unknown argument": (HEAD + "  - {id: a, uses: sleep, with: {ms: 1, s: 2}}\n",
-                         "has no argument 's'"),
+    "unknown argument": (
+        HEAD + "  - {id: a, uses: sleep, with: {ms: 1, s: 2}}\n",
+        "has no argument 's'",
+    ),
     "missing argument": (HEAD + "  - {id: a, uses: sleep}\n", "needs argument 'ms'"),
-    "missing step": (HEAD + "  - {id: a, uses: echo, with: {x: '${{ steps.b.output }}'}}\n",
-                     "unknown step 'b'"),
-    "missing input": (HEAD + "  - {id: a, uses: echo, with: {x: '${{ inputs.k }}'}}\n",
-                      "undeclared input 'k'"),
-    "impossible path": (HEAD + "  - {id: a, uses: sleep, with: {ms: 1}}\n"
-                        "  - {id: b, uses: echo, with: {x: '${{ steps.a.output.ms }}'}}\n",
-                        "output has no field 'ms'"),
-    "cycle": (HEAD + "  - {id: a, uses: echo, needs: [b]}\n  - {id: b, uses: echo, needs: [a]}\n",
-              "dependency cycle: a → b → a"),
-    "bad check": (HEAD + "  - id: a\n    uses: echo\n    verify: [{regex: '('}]\n", "invalid regex"),
+    "missing step": (
+        HEAD + "  - {id: a, uses: echo, with: {x: '${{ steps.b.output }}'}}\n",
+        "unknown step 'b'",
+    ),
+    "missing input": (
+        HEAD + "  - {id: a, uses: echo, with: {x: '${{ inputs.k }}'}}\n",
+        "undeclared input 'k'",
+    ),
+    "impossible path": (
+        HEAD + "  - {id: a, uses: sleep, with: {ms: 1}}\n"
+        "  - {id: b, uses: echo, with: {x: '${{ steps.a.output.ms }}'}}\n",
+        "output has no field 'ms'",
+    ),
+    "cycle": (
+        HEAD + "  - {id: a, uses: echo, needs: [b]}\n  - {id: b, uses: echo, needs: [a]}\n",
+        "dependency cycle: a → b → a",
+    ),
+    "bad check": (
+        HEAD + "  - id: a\n    uses: echo\n    verify: [{regex: '('}]\n",
+        "invalid regex",
+    ),
     "missing required input": (HEAD + "  - {id: a, uses: echo}\n", "missing required input 'm'"),
     "ill-typed input": (HEAD + "  - {id: a, uses: echo}\n", "input 'n' must be integer"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_refused_by_validate_and_run(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refused_by_validate_and_run(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     text, expected = CASES[case]
     path = tmp_path / "wf.yaml"
     path.write_text(text)

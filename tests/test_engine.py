@@ -9,13 +9,20 @@ from dagwright.executors.retry import backoff_delay, should_retry
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import RetryPolicy, Workflow
 
-PLAN = Plan.from_workflow(Workflow.model_validate({"name": "p", "steps": [
-    {"id": "a", "uses": "echo"},
-    {"id": "b", "uses": "echo", "with": {"x": "${{ steps.a.output }}"}},
-    {"id": "c", "uses": "echo", "needs": ["a"]},
-    {"id": "d", "uses": "echo", "needs": ["b", "c"]},
-    {"id": "e", "uses": "echo"},
-]}))  # fmt: skip
+PLAN = Plan.from_workflow(
+    Workflow.model_validate(
+        {
+            "name": "p",
+            "steps": [
+                {"id": "a", "uses": "echo"},
+                {"id": "b", "uses": "echo", "with": {"x": "${{ steps.a.output }}"}},
+                {"id": "c", "uses": "echo", "needs": ["a"]},
+                {"id": "d", "uses": "echo", "needs": ["b", "c"]},
+                {"id": "e", "uses": "echo"},
+            ],
+        }
+    )
+)
 
 
 def finish(step: str, status: str = "succeeded") -> Event:
@@ -55,8 +62,10 @@ def test_a_failure_halts_dispatch_and_blocks_dependents() -> None:
     state = engine.fold(PLAN, "r", [schedule("a"), schedule("e"), finish("a", "failed")])
     assert state.halted and engine.ready_steps(PLAN, state) == []
     assert engine.blocked_steps(PLAN, state) == {
-        "b": "upstream step 'a' failed", "c": "upstream step 'a' failed",
-        "d": "upstream step 'b' was skipped"}  # fmt: skip
+        "b": "upstream step 'a' failed",
+        "c": "upstream step 'a' failed",
+        "d": "upstream step 'b' was skipped",
+    }
     assert not engine.is_settled(state), "e is still running"
     engine.apply(PLAN, state, finish("e"))
     assert engine.is_settled(state)

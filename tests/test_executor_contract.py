@@ -60,13 +60,25 @@ def overlap(a: engine.StepState, b: engine.StepState) -> bool:
 
 
 def test_diamond_branches_overlap_and_the_join_sees_both(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([
-        {"id": "a", "uses": "echo", "with": {"topic": "dags"}},
-        {"id": "b", "uses": "sleep", "with": {"ms": 300}, "needs": ["a"]},
-        {"id": "c", "uses": "sleep", "with": {"ms": 300}, "needs": ["a"]},
-        {"id": "d", "uses": "echo", "with": {"b": "${{ steps.b.output }}", "c": "${{ steps.c.output.slept_ms }}",
-                                             "topic": "${{ steps.a.output.topic }}"}},
-    ], output="${{ steps.d.output }}"))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {"id": "a", "uses": "echo", "with": {"topic": "dags"}},
+                {"id": "b", "uses": "sleep", "with": {"ms": 300}, "needs": ["a"]},
+                {"id": "c", "uses": "sleep", "with": {"ms": 300}, "needs": ["a"]},
+                {
+                    "id": "d",
+                    "uses": "echo",
+                    "with": {
+                        "b": "${{ steps.b.output }}",
+                        "c": "${{ steps.c.output.slept_ms }}",
+                        "topic": "${{ steps.a.output.topic }}",
+                    },
+                },
+            ],
+            output="${{ steps.d.output }}",
+        )
+    )
     assert ran.result.status == "succeeded"
     assert overlap(ran.steps["b"], ran.steps["c"]), "b and c should run at the same time"
     assert ran.steps["d"].started_at >= max(ran.steps["b"].finished_at, ran.steps["c"].finished_at)
@@ -76,8 +88,18 @@ def test_diamond_branches_overlap_and_the_join_sees_both(execute) -> None:  # no
 
 
 def test_flaky_step_succeeds_on_its_third_attempt(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([{"id": "f", "uses": "flaky", "with": {"fail_times": 2, "value": 42},
-                       "retry": {"max_attempts": 3, "backoff": 0.01}}]))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {
+                    "id": "f",
+                    "uses": "flaky",
+                    "with": {"fail_times": 2, "value": 42},
+                    "retry": {"max_attempts": 3, "backoff": 0.01},
+                }
+            ]
+        )
+    )
     assert ran.result.status == "succeeded"
     assert ran.result.output == {"f": 42}
     finished = ran.of(ev.ATTEMPT_FINISHED, "f")
@@ -88,10 +110,19 @@ def test_flaky_step_succeeds_on_its_third_attempt(execute) -> None:  # noqa: ANN
 
 
 def test_flaky_step_out_of_attempts_fails_the_run_and_keeps_every_attempt(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([
-        {"id": "f", "uses": "flaky", "with": {"fail_times": 2}, "retry": {"max_attempts": 2, "backoff": 0}},
-        {"id": "after", "uses": "echo", "with": {"x": "${{ steps.f.output }}"}},
-    ]))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {
+                    "id": "f",
+                    "uses": "flaky",
+                    "with": {"fail_times": 2},
+                    "retry": {"max_attempts": 2, "backoff": 0},
+                },
+                {"id": "after", "uses": "echo", "with": {"x": "${{ steps.f.output }}"}},
+            ]
+        )
+    )
     assert ran.result.status == "failed"
     assert ran.result.error["step"] == "f"
     assert "'f'" in ran.result.error["message"] or "flaky failure" in ran.result.error["message"]
@@ -105,9 +136,19 @@ def test_flaky_step_out_of_attempts_fails_the_run_and_keeps_every_attempt(execut
 
 
 def test_failed_verification_names_the_check_and_is_retried(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([{"id": "e", "uses": "echo", "with": {"items": [1, 2]},
-                       "verify": [{"expr": "len(output.items) >= 3"}, {"contains": "items"}],
-                       "retry": {"max_attempts": 2, "backoff": 0}}]))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {
+                    "id": "e",
+                    "uses": "echo",
+                    "with": {"items": [1, 2]},
+                    "verify": [{"expr": "len(output.items) >= 3"}, {"contains": "items"}],
+                    "retry": {"max_attempts": 2, "backoff": 0},
+                }
+            ]
+        )
+    )
     assert ran.result.status == "failed"
     finished = ran.of(ev.ATTEMPT_FINISHED, "e")
     assert len(finished) == 2
@@ -116,19 +157,43 @@ def test_failed_verification_names_the_check_and_is_retried(execute) -> None:  #
     assert "check 1 (expr: len(output.items) >= 3) failed" in error["message"]
     checks = finished[0].data["checks"]
     assert [c["passed"] for c in checks] == [False, True]
-    assert finished[0].data["output"] == {"items": [1, 2]}, "the failed output is kept for debugging"
+    assert finished[0].data["output"] == {"items": [1, 2]}, (
+        "the failed output is kept for debugging"
+    )
 
 
 def test_verification_not_retried_when_retry_on_excludes_it(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([{"id": "e", "uses": "echo", "with": {"v": "x"}, "verify": [{"regex": "^y"}],
-                       "retry": {"max_attempts": 3, "backoff": 0, "retry_on": ["error"]}}]))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {
+                    "id": "e",
+                    "uses": "echo",
+                    "with": {"v": "x"},
+                    "verify": [{"regex": "^y"}],
+                    "retry": {"max_attempts": 3, "backoff": 0, "retry_on": ["error"]},
+                }
+            ]
+        )
+    )
     assert ran.result.status == "failed"
     assert len(ran.of(ev.ATTEMPT_STARTED, "e")) == 1
 
 
 def test_timeout_stops_waiting_for_an_async_tool(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([{"id": "slow", "uses": "sleep", "with": {"ms": 10_000}, "timeout": 0.2,
-                       "retry": {"max_attempts": 2, "backoff": 0}}]))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {
+                    "id": "slow",
+                    "uses": "sleep",
+                    "with": {"ms": 10_000},
+                    "timeout": 0.2,
+                    "retry": {"max_attempts": 2, "backoff": 0},
+                }
+            ]
+        )
+    )
     assert ran.result.status == "failed"
     finished = ran.of(ev.ATTEMPT_FINISHED, "slow")
     assert [e.data["status"] for e in finished] == ["timed_out", "timed_out"]
@@ -159,7 +224,9 @@ def test_non_retryable_error_is_not_retried(execute) -> None:  # noqa: ANN001
     def auth() -> str:
         raise StepError("bad credentials", retryable=False)
 
-    ran = execute(wf([{"id": "x", "uses": "test.auth", "retry": {"max_attempts": 5, "backoff": 0}}]))
+    ran = execute(
+        wf([{"id": "x", "uses": "test.auth", "retry": {"max_attempts": 5, "backoff": 0}}])
+    )
     assert ran.result.status == "failed"
     assert len(ran.of(ev.ATTEMPT_STARTED, "x")) == 1
     assert ran.of(ev.ATTEMPT_FINISHED, "x")[0].data["error"]["retryable"] is False
@@ -177,26 +244,40 @@ def test_unexpected_exception_is_recorded_with_its_traceback(execute) -> None:  
 
 
 def test_a_reference_that_cannot_resolve_fails_the_step_without_retrying(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([
-        {"id": "a", "uses": "echo", "with": {"x": 1}},
-        {"id": "b", "uses": "echo", "with": {"y": "${{ steps.a.output.missing }}"},
-         "retry": {"max_attempts": 3, "backoff": 0}},
-    ]))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {"id": "a", "uses": "echo", "with": {"x": 1}},
+                {
+                    "id": "b",
+                    "uses": "echo",
+                    "with": {"y": "${{ steps.a.output.missing }}"},
+                    "retry": {"max_attempts": 3, "backoff": 0},
+                },
+            ]
+        )
+    )
     assert ran.result.status == "failed"
     finished = ran.of(ev.ATTEMPT_FINISHED, "b")
     assert len(finished) == 1
-    assert "steps.a.output has no field 'missing' (it has: x)" in finished[0].data["error"]["message"]
+    assert (
+        "steps.a.output has no field 'missing' (it has: x)" in finished[0].data["error"]["message"]
+    )
 
 
 def test_steps_start_when_their_own_dependencies_finish(execute) -> None:  # noqa: ANN001
     """Dependency-driven: `fast2` does not wait for `slow`, its sibling's level-mate."""
-    ran = execute(wf([
-        {"id": "root", "uses": "sleep", "with": {"ms": 0}},
-        {"id": "slow", "uses": "sleep", "with": {"ms": 500}, "needs": ["root"]},
-        {"id": "fast", "uses": "sleep", "with": {"ms": 20}, "needs": ["root"]},
-        {"id": "fast2", "uses": "sleep", "with": {"ms": 20}, "needs": ["fast"]},
-        {"id": "join", "uses": "echo", "needs": ["slow", "fast2"]},
-    ]))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {"id": "root", "uses": "sleep", "with": {"ms": 0}},
+                {"id": "slow", "uses": "sleep", "with": {"ms": 500}, "needs": ["root"]},
+                {"id": "fast", "uses": "sleep", "with": {"ms": 20}, "needs": ["root"]},
+                {"id": "fast2", "uses": "sleep", "with": {"ms": 20}, "needs": ["fast"]},
+                {"id": "join", "uses": "echo", "needs": ["slow", "fast2"]},
+            ]
+        )
+    )
     s = ran.steps
     assert s["fast2"].finished_at < s["slow"].finished_at
     assert s["join"].started_at >= s["slow"].finished_at
@@ -206,9 +287,11 @@ def test_max_parallel_bounds_running_attempts(execute) -> None:  # noqa: ANN001
     steps = [{"id": f"s{i}", "uses": "sleep", "with": {"ms": 60}} for i in range(6)]
     ran = execute(wf(steps), max_parallel=2)
     assert ran.result.status == "succeeded"
-    marks = sorted([(a.started_at, 1) for s in ran.steps.values() for a in s.attempts]
-                   + [(a.finished_at, -1) for s in ran.steps.values() for a in s.attempts],
-                   key=lambda m: (m[0], m[1]))  # fmt: skip
+    marks = sorted(
+        [(a.started_at, 1) for s in ran.steps.values() for a in s.attempts]
+        + [(a.finished_at, -1) for s in ran.steps.values() for a in s.attempts],
+        key=lambda m: (m[0], m[1]),
+    )
     running = peak = 0
     for _, delta in marks:
         running += delta
@@ -217,12 +300,17 @@ def test_max_parallel_bounds_running_attempts(execute) -> None:  # noqa: ANN001
 
 
 def test_on_failure_continue_skips_dependents_and_keeps_going(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([
-        {"id": "bad", "uses": "flaky", "with": {"fail_times": 9}, "on_failure": "continue"},
-        {"id": "needs_bad", "uses": "echo", "with": {"v": "${{ steps.bad.output }}"}},
-        {"id": "then", "uses": "echo", "with": {"v": 1}, "needs": ["needs_bad"]},
-        {"id": "other", "uses": "echo", "with": {"v": 2}},
-    ], output="${{ steps.other.output.v }}"))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {"id": "bad", "uses": "flaky", "with": {"fail_times": 9}, "on_failure": "continue"},
+                {"id": "needs_bad", "uses": "echo", "with": {"v": "${{ steps.bad.output }}"}},
+                {"id": "then", "uses": "echo", "with": {"v": 1}, "needs": ["needs_bad"]},
+                {"id": "other", "uses": "echo", "with": {"v": 2}},
+            ],
+            output="${{ steps.other.output.v }}",
+        )
+    )
     assert ran.result.status == "succeeded"
     assert ran.result.output == 2
     assert ran.steps["bad"].status == "failed"
@@ -231,11 +319,15 @@ def test_on_failure_continue_skips_dependents_and_keeps_going(execute) -> None: 
 
 
 def test_a_failure_stops_new_steps_but_lets_running_ones_finish(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([
-        {"id": "bad", "uses": "flaky", "with": {"fail_times": 1}},
-        {"id": "running", "uses": "sleep", "with": {"ms": 200}},
-        {"id": "later", "uses": "echo", "needs": ["running"]},
-    ]))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {"id": "bad", "uses": "flaky", "with": {"fail_times": 1}},
+                {"id": "running", "uses": "sleep", "with": {"ms": 200}},
+                {"id": "later", "uses": "echo", "needs": ["running"]},
+            ]
+        )
+    )
     assert ran.result.status == "failed"
     assert ran.steps["running"].status == "succeeded", "its output is kept for a resume"
     assert ran.steps["later"].status == "skipped"
@@ -243,44 +335,71 @@ def test_a_failure_stops_new_steps_but_lets_running_ones_finish(execute) -> None
 
 
 def test_values_are_rendered_once_and_keep_their_types(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([
-        {"id": "a", "uses": "echo", "with": {"n": "${{ inputs.n }}", "text": "${{ inputs.text }}"}},
-        {"id": "b", "uses": "echo", "with": {
-            "n": "${{ steps.a.output.n }}", "label": "n=${{ steps.a.output.n }}",
-            "injected": "${{ steps.a.output.text }}", "list": ["${{ inputs.n }}", "x${{ inputs.n }}"]}},
-    ], inputs={"n": {"type": "integer"}, "text": {"type": "string"}}),
-        {"n": 3, "text": "${{ inputs.n }} {{ 7*7 }} {% for x in y %}"})  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {
+                    "id": "a",
+                    "uses": "echo",
+                    "with": {"n": "${{ inputs.n }}", "text": "${{ inputs.text }}"},
+                },
+                {
+                    "id": "b",
+                    "uses": "echo",
+                    "with": {
+                        "n": "${{ steps.a.output.n }}",
+                        "label": "n=${{ steps.a.output.n }}",
+                        "injected": "${{ steps.a.output.text }}",
+                        "list": ["${{ inputs.n }}", "x${{ inputs.n }}"],
+                    },
+                },
+            ],
+            inputs={"n": {"type": "integer"}, "text": {"type": "string"}},
+        ),
+        {"n": 3, "text": "${{ inputs.n }} {{ 7*7 }} {% for x in y %}"},
+    )
     out = ran.steps["b"].output
     assert out["n"] == 3 and isinstance(out["n"], int)
     assert out["label"] == "n=3"
-    assert out["injected"] == "${{ inputs.n }} {{ 7*7 }} {% for x in y %}", "data is never evaluated"
+    assert out["injected"] == "${{ inputs.n }} {{ 7*7 }} {% for x in y %}", (
+        "data is never evaluated"
+    )
     assert out["list"] == [3, "x3"]
 
 
 def test_default_output_is_each_final_step(execute) -> None:  # noqa: ANN001
-    ran = execute(wf([
-        {"id": "a", "uses": "echo", "with": {"v": 1}},
-        {"id": "b", "uses": "echo", "with": {"v": "${{ steps.a.output.v }}"}},
-        {"id": "c", "uses": "echo", "with": {"v": 3}},
-    ]))  # fmt: skip
+    ran = execute(
+        wf(
+            [
+                {"id": "a", "uses": "echo", "with": {"v": 1}},
+                {"id": "b", "uses": "echo", "with": {"v": "${{ steps.a.output.v }}"}},
+                {"id": "c", "uses": "echo", "with": {"v": 3}},
+            ]
+        )
+    )
     assert ran.result.output == {"b": {"v": 1}, "c": {"v": 3}}
 
 
 def test_cancellation_leaves_a_consistent_trace(store: TraceStore, registry: ToolRegistry) -> None:
     executor = LocalExecutor(store, registry)
-    workflow = wf([
-        {"id": "quick", "uses": "sleep", "with": {"ms": 1}},
-        {"id": "long1", "uses": "sleep", "with": {"ms": 20_000}, "needs": ["quick"]},
-        {"id": "long2", "uses": "sleep", "with": {"ms": 20_000}, "needs": ["quick"]},
-        {"id": "never", "uses": "echo", "needs": ["long1"]},
-    ])  # fmt: skip
+    workflow = wf(
+        [
+            {"id": "quick", "uses": "sleep", "with": {"ms": 1}},
+            {"id": "long1", "uses": "sleep", "with": {"ms": 20_000}, "needs": ["quick"]},
+            {"id": "long2", "uses": "sleep", "with": {"ms": 20_000}, "needs": ["quick"]},
+            {"id": "never", "uses": "echo", "needs": ["long1"]},
+        ]
+    )
     results: list[RunResult] = []
     runner = threading.Thread(target=lambda: results.append(executor.run(workflow)))
     runner.start()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         runs = store.list_runs(limit=1)
-        if runs and sum(e.type == ev.ATTEMPT_STARTED for e in store.events(runs[0].record.run_id)) == 3:
+        if (
+            runs
+            and sum(e.type == ev.ATTEMPT_STARTED for e in store.events(runs[0].record.run_id)) == 3
+        ):
             break
         time.sleep(0.01)
     executor.cancel()
@@ -290,7 +409,12 @@ def test_cancellation_leaves_a_consistent_trace(store: TraceStore, registry: Too
     assert result.status == "cancelled"
     events = store.events(result.run_id)
     statuses = {sid: s.status for sid, s in result.state.steps.items()}
-    assert statuses == {"quick": "succeeded", "long1": "cancelled", "long2": "cancelled", "never": "skipped"}
+    assert statuses == {
+        "quick": "succeeded",
+        "long1": "cancelled",
+        "long2": "cancelled",
+        "never": "skipped",
+    }
     started = {(e.step, e.attempt) for e in events if e.type == ev.ATTEMPT_STARTED}
     finished = {(e.step, e.attempt) for e in events if e.type == ev.ATTEMPT_FINISHED}
     assert started == finished, "every attempt that started is recorded as finished"
@@ -299,30 +423,62 @@ def test_cancellation_leaves_a_consistent_trace(store: TraceStore, registry: Too
 
 
 def test_state_is_the_fold_of_the_stored_trace(execute) -> None:  # noqa: ANN001
-    workflow = wf([
-        {"id": "a", "uses": "flaky", "with": {"fail_times": 1, "value": "ok"}, "retry": {"max_attempts": 2, "backoff": 0}},
-        {"id": "b", "uses": "echo", "with": {"a": "${{ steps.a.output }}"}},
-    ])  # fmt: skip
+    workflow = wf(
+        [
+            {
+                "id": "a",
+                "uses": "flaky",
+                "with": {"fail_times": 1, "value": "ok"},
+                "retry": {"max_attempts": 2, "backoff": 0},
+            },
+            {"id": "b", "uses": "echo", "with": {"a": "${{ steps.a.output }}"}},
+        ]
+    )
     ran = execute(workflow)
-    folded = engine.fold(Plan.from_workflow(workflow), ran.result.run_id, execute.store.events(ran.result.run_id))
+    folded = engine.fold(
+        Plan.from_workflow(workflow), ran.result.run_id, execute.store.events(ran.result.run_id)
+    )
     live = ran.result.state
     assert folded.status == live.status == "succeeded"
     for sid in ("a", "b"):
         assert folded.steps[sid].status == live.steps[sid].status
         assert folded.steps[sid].output == live.steps[sid].output
-        assert [a.status for a in folded.steps[sid].attempts] == [a.status for a in live.steps[sid].attempts]
+        assert [a.status for a in folded.steps[sid].attempts] == [
+            a.status for a in live.steps[sid].attempts
+        ]
 
 
 def test_the_same_workflow_runs_the_same_way_twice(execute) -> None:  # noqa: ANN001
-    workflow = wf([
-        {"id": "a", "uses": "flaky", "with": {"fail_times": 1, "value": [1, 2]}, "retry": {"max_attempts": 3, "backoff": 0.01, "jitter": 0.5}},
-        {"id": "b", "uses": "echo", "with": {"a": "${{ steps.a.output }}", "s": "${{ steps.a.output[1] }}!"}},
-    ])  # fmt: skip
+    workflow = wf(
+        [
+            {
+                "id": "a",
+                "uses": "flaky",
+                "with": {"fail_times": 1, "value": [1, 2]},
+                "retry": {"max_attempts": 3, "backoff": 0.01, "jitter": 0.5},
+            },
+            {
+                "id": "b",
+                "uses": "echo",
+                "with": {"a": "${{ steps.a.output }}", "s": "${{ steps.a.output[1] }}!"},
+            },
+        ]
+    )
     first, second = execute(workflow), execute(workflow)
 
     def shape(ran: Ran) -> list[tuple[Any, ...]]:
-        return [(e.type, e.step, e.attempt, e.data.get("status"), e.data.get("output"), e.data.get("inputs"))
-                for e in ran.events if e.type != ev.RUN_STARTED]  # fmt: skip
+        return [
+            (
+                e.type,
+                e.step,
+                e.attempt,
+                e.data.get("status"),
+                e.data.get("output"),
+                e.data.get("inputs"),
+            )
+            for e in ran.events
+            if e.type != ev.RUN_STARTED
+        ]
 
     assert shape(first) == shape(second)
     assert first.result.output == second.result.output == {"b": {"a": [1, 2], "s": "2!"}}

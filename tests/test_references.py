@@ -43,12 +43,15 @@ def test_rendered_text_is_never_evaluated_again() -> None:
     assert render("say ${{ inputs.evil }}", ctx) == "say ${{ inputs.secret }} {{ 7*7 }}"
 
 
-@pytest.mark.parametrize("source", [
-    "inputs.__class__",
-    "inputs.name.__class__.__mro__",
-    "steps.a.output.text.format.__globals__",
-    "inputs.name.__init__.__globals__['os']",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "source",
+    [
+        "inputs.__class__",
+        "inputs.name.__class__.__mro__",
+        "steps.a.output.text.format.__globals__",
+        "inputs.name.__init__.__globals__['os']",
+    ],
+)
 def test_the_sandbox_refuses_dunder_access(source: str) -> None:
     with pytest.raises(ExpressionError):
         expression(source).evaluate(CTX)
@@ -61,7 +64,9 @@ def test_no_builtins_beyond_the_safe_list() -> None:
 
 
 def test_missing_paths_say_what_is_there() -> None:
-    with pytest.raises(ExpressionError, match=r"steps.a.output has no field 'txt' \(it has: items, text, nested\)"):
+    with pytest.raises(
+        ExpressionError, match=r"steps.a.output has no field 'txt' \(it has: items, text, nested\)"
+    ):
         render("${{ steps.a.output.txt }}", CTX)
     with pytest.raises(ExpressionError, match="has 3 items, no index 5"):
         render("${{ steps.a.output.items[5] }}", CTX)
@@ -70,10 +75,18 @@ def test_missing_paths_say_what_is_there() -> None:
 
 
 def test_references_are_found_statically() -> None:
-    assert expression("steps.a.output.items[0]").refs == (Ref("steps", ("a", "output", "items", 0)),)
-    refs = expression("len(steps.a.output.items) + inputs.n if inputs.flag else steps['b'].output").refs
-    assert set(refs) == {Ref("steps", ("a", "output", "items")), Ref("inputs", ("n",)),
-                         Ref("inputs", ("flag",)), Ref("steps", ("b", "output"))}  # fmt: skip
+    assert expression("steps.a.output.items[0]").refs == (
+        Ref("steps", ("a", "output", "items", 0)),
+    )
+    refs = expression(
+        "len(steps.a.output.items) + inputs.n if inputs.flag else steps['b'].output"
+    ).refs
+    assert set(refs) == {
+        Ref("steps", ("a", "output", "items")),
+        Ref("inputs", ("n",)),
+        Ref("inputs", ("flag",)),
+        Ref("steps", ("b", "output")),
+    }
 
 
 def test_split_refuses_unclosed_and_empty_expressions() -> None:

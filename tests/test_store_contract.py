@@ -16,8 +16,15 @@ from dagwright.executors.store import RunRecord, TraceStore
 
 def _run(store: TraceStore, *, at: float = 1000.0, name: str = "wf") -> str:
     run_id = uuid.uuid4().hex
-    store.create_run(RunRecord(run_id=run_id, workflow_name=name, created_at=at,
-                               workflow={"name": name, "steps": []}, inputs={"x": 1}))  # fmt: skip
+    store.create_run(
+        RunRecord(
+            run_id=run_id,
+            workflow_name=name,
+            created_at=at,
+            workflow={"name": name, "steps": []},
+            inputs={"x": 1},
+        )
+    )
     return run_id
 
 
@@ -28,10 +35,15 @@ def _event(run_id: str, kind: str, step: str | None = None, **data: object) -> E
 def test_round_trip_keeps_order_data_and_assigns_seq(store: TraceStore) -> None:
     run_id = _run(store)
     first = store.append(run_id, [_event(run_id, ev.RUN_STARTED, inputs={"x": 1})])
-    more = store.append(run_id, [
-        _event(run_id, ev.STEP_SCHEDULED, "a"),
-        _event(run_id, ev.ATTEMPT_FINISHED, "a", status="succeeded", output={"n": [1, "two", None]}),
-    ])  # fmt: skip
+    more = store.append(
+        run_id,
+        [
+            _event(run_id, ev.STEP_SCHEDULED, "a"),
+            _event(
+                run_id, ev.ATTEMPT_FINISHED, "a", status="succeeded", output={"n": [1, "two", None]}
+            ),
+        ],
+    )
     assert [e.seq for e in first + more] == [1, 2, 3]
     events = store.events(run_id)
     assert [e.type for e in events] == [ev.RUN_STARTED, ev.STEP_SCHEDULED, ev.ATTEMPT_FINISHED]
@@ -87,8 +99,9 @@ def test_list_runs_newest_first_with_status_from_the_trace(store: TraceStore) ->
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_concurrent_appenders_never_share_a_seq(kind: str, tmp_path: Path,
-                                                request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_concurrent_appenders_never_share_a_seq(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Two store instances (two processes' worth) appending to one run: seqs stay unique."""
     from dagwright.executors.store.sql import SqlTraceStore
 
@@ -98,8 +111,13 @@ def test_concurrent_appenders_never_share_a_seq(kind: str, tmp_path: Path,
 
     def write(store: SqlTraceStore, n: int) -> None:
         for i in range(n):
-            store.append(run_id, [_event(run_id, ev.STEP_SCHEDULED, f"s{i}"),
-                                  _event(run_id, ev.STEP_FINISHED, f"s{i}", status="succeeded")])  # fmt: skip
+            store.append(
+                run_id,
+                [
+                    _event(run_id, ev.STEP_SCHEDULED, f"s{i}"),
+                    _event(run_id, ev.STEP_FINISHED, f"s{i}", status="succeeded"),
+                ],
+            )
 
     threads = [threading.Thread(target=write, args=(s, 25)) for s in (a, b)]
     for t in threads:

@@ -17,7 +17,9 @@ def test_builtins_are_registered_with_schemas() -> None:
     assert {"echo", "sleep", "flaky"} <= set(default_registry.names())
     sleep = default_registry.get("sleep")
     assert sleep.args_schema()["required"] == ["ms"]
-    assert sleep.output_schema["properties"] == {"slept_ms": {"title": "Slept Ms", "type": "integer"}}
+    assert sleep.output_schema["properties"] == {
+        "slept_ms": {"title": "Slept Ms", "type": "integer"}
+    }
     assert sleep.is_async
 
 
@@ -59,20 +61,26 @@ def test_names_are_checked_and_clashes_refused(registry: ToolRegistry) -> None:
         registry.register(other, name="x.one")
 
 
-def test_a_workflow_loads_its_tool_module_from_its_folder(tmp_path: Path, registry: ToolRegistry) -> None:
-    (tmp_path / "my_tools.py").write_text(textwrap.dedent('''
+def test_a_workflow_loads_its_tool_module_from_its_folder(
+    tmp_path: Path, registry: ToolRegistry
+) -> None:
+    (tmp_path / "my_tools.py").write_text(
+        textwrap.dedent("""
         from dagwright.tools import tool
 
         @tool("my.shout")
         def shout(text: str) -> str:
             return text.upper() + "!"
-    '''))  # fmt: skip
-    (tmp_path / "wf.yaml").write_text(textwrap.dedent('''
+    """)
+    )
+    (tmp_path / "wf.yaml").write_text(
+        textwrap.dedent("""
         name: uses-my-tools
         tools: [my_tools]
         steps:
           - {id: s, uses: my.shout, with: {text: hi}}
-    '''))  # fmt: skip
+    """)
+    )
     ready = prepare(tmp_path / "wf.yaml", registry)
     assert "my.shout" in ready.registry
     assert ready.registry.get("my.shout").fn(text="hi") == "HI!"

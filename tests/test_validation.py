@@ -38,7 +38,9 @@ def one(issues: list[PlanIssue], needle: str) -> PlanIssue:
 
 
 def test_a_valid_workflow_has_no_problems(registry: ToolRegistry) -> None:
-    assert problems("""
+    assert (
+        problems(
+            """
         name: ok
         inputs: {n: integer}
         steps:
@@ -49,23 +51,32 @@ def test_a_valid_workflow_has_no_problems(registry: ToolRegistry) -> None:
             uses: echo
             with: {ms: "${{ steps.a.output.slept_ms }}"}
             verify: [{expr: "output.ms >= 0"}, {schema: {type: object}}]
-        """, registry) == []  # fmt: skip
+        """,
+            registry,
+        )
+        == []
+    )
 
 
 def test_yaml_syntax_error_names_the_line(registry: ToolRegistry) -> None:
-    issue = one(problems("name: x\nsteps:\n  - id: a\n    uses: [echo\n", registry), "YAML syntax error")
+    issue = one(
+        problems("name: x\nsteps:\n  - id: a\n    uses: [echo\n", registry), "YAML syntax error"
+    )
     assert issue.file == "wf.yaml" and issue.line is not None and issue.line >= 4
 
 
 def test_unknown_keys_with_a_suggestion(registry: ToolRegistry) -> None:
-    issues = problems("""
+    issues = problems(
+        """
         name: x
         steps:
           - id: a
             uses: echo
             wiht: {a: 1}
             retry: {max_attemps: 2}
-        """, registry)  # fmt: skip
+        """,
+        registry,
+    )
     wiht = one(issues, "unknown key 'wiht'")
     assert (wiht.line, wiht.step, wiht.field) == (6, "a", "wiht")
     assert "did you mean 'with'" in (wiht.hint or "")
@@ -74,28 +85,39 @@ def test_unknown_keys_with_a_suggestion(registry: ToolRegistry) -> None:
 
 
 def test_duplicate_keys_are_refused(registry: ToolRegistry) -> None:
-    issue = one(problems("name: x\nsteps:\n  - id: a\n    uses: echo\n    uses: sleep\n", registry),
-                "duplicate key 'uses'")  # fmt: skip
+    issue = one(
+        problems("name: x\nsteps:\n  - id: a\n    uses: echo\n    uses: sleep\n", registry),
+        "duplicate key 'uses'",
+    )
     assert issue.line == 5
 
 
 def test_duplicate_step_ids(registry: ToolRegistry) -> None:
-    issue = one(problems("""
+    issue = one(
+        problems(
+            """
         name: x
         steps:
           - {id: a, uses: echo}
           - {id: a, uses: echo}
-        """, registry), "duplicate step id 'a'")  # fmt: skip
+        """,
+            registry,
+        ),
+        "duplicate step id 'a'",
+    )
     assert issue.line == 5 and issue.step == "a" and "first at line 4" in issue.message
 
 
 def test_unknown_tool_suggests_the_closest(registry: ToolRegistry) -> None:
-    issue = one(problems("name: x\nsteps:\n  - {id: a, uses: slep}\n", registry), "unknown tool 'slep'")
+    issue = one(
+        problems("name: x\nsteps:\n  - {id: a, uses: slep}\n", registry), "unknown tool 'slep'"
+    )
     assert issue.field == "uses" and "did you mean 'sleep'" in (issue.hint or "")
 
 
 def test_arguments_are_checked_against_the_tool_signature(registry: ToolRegistry) -> None:
-    issues = problems("""
+    issues = problems(
+        """
         name: x
         steps:
           - id: a
@@ -107,7 +129,9 @@ def test_arguments_are_checked_against_the_tool_signature(registry: ToolRegistry
           - id: c
             uses: sleep
             with: {ms: "${{ steps.a.output.slept_ms }}"}
-        """, registry)  # fmt: skip
+        """,
+        registry,
+    )
     assert one(issues, "valid integer").field == "with.ms"
     assert one(issues, "no argument 'extra'").line == 6
     missing = one(issues, "needs argument 'fail_times'")
@@ -116,7 +140,8 @@ def test_arguments_are_checked_against_the_tool_signature(registry: ToolRegistry
 
 
 def test_references_to_missing_steps_inputs_and_paths(registry: ToolRegistry) -> None:
-    issues = problems("""
+    issues = problems(
+        """
         name: x
         inputs: {topic: string}
         steps:
@@ -133,7 +158,9 @@ def test_references_to_missing_steps_inputs_and_paths(registry: ToolRegistry) ->
               t: "${{ inputs.topic.name }}"
               u: "${{ os.system('x') }}"
         output: "${{ steps.b.output.anything }} ${{ steps.zz.output }}"
-        """, registry)  # fmt: skip
+        """,
+        registry,
+    )
     assert one(issues, "unknown step 'nope'").field == "with.s"
     topik = one(issues, "undeclared input 'topik'")
     assert topik.line == 12 and "did you mean 'topic'" in (topik.hint or "")
@@ -146,31 +173,38 @@ def test_references_to_missing_steps_inputs_and_paths(registry: ToolRegistry) ->
 
 
 def test_needs_unknown_step_and_self(registry: ToolRegistry) -> None:
-    issues = problems("""
+    issues = problems(
+        """
         name: x
         steps:
           - {id: a, uses: echo, needs: [a, ghost]}
-        """, registry)  # fmt: skip
+        """,
+        registry,
+    )
     assert one(issues, "cannot need itself").step == "a"
     assert one(issues, "needs unknown step 'ghost'").field == "needs"
 
 
 def test_cycles_are_printed(registry: ToolRegistry) -> None:
-    issues = problems("""
+    issues = problems(
+        """
         name: x
         steps:
           - {id: a, uses: echo, needs: [c]}
           - {id: b, uses: echo, with: {v: "${{ steps.a.output }}"}}
           - {id: c, uses: echo, needs: [b]}
           - {id: free, uses: echo}
-        """, registry)  # fmt: skip
+        """,
+        registry,
+    )
     cycle = one(issues, "dependency cycle")
     assert cycle.message == "dependency cycle: a → b → c → a"
     assert cycle.step == "a" and cycle.field == "needs" and cycle.line == 4
 
 
 def test_bad_checks(registry: ToolRegistry) -> None:
-    issues = problems("""
+    issues = problems(
+        """
         name: x
         steps:
           - id: a
@@ -181,7 +215,9 @@ def test_bad_checks(registry: ToolRegistry) -> None:
               - schema: {type: 12}
               - {contains: x, regex: y}
               - expr: "output.x == secret"
-        """, registry)  # fmt: skip
+        """,
+        registry,
+    )
     assert one(issues, "cannot parse expression").field == "verify[0].expr"
     assert one(issues, "invalid regex").line == 8
     assert one(issues, "invalid JSON Schema").field == "verify[2].schema"
@@ -189,15 +225,19 @@ def test_bad_checks(registry: ToolRegistry) -> None:
     assert one(issues, "unknown name 'secret'").line == 11
 
 
-def test_schema_errors_and_semantic_errors_come_in_one_list(registry: ToolRegistry, tmp_path: Path) -> None:
+def test_schema_errors_and_semantic_errors_come_in_one_list(
+    registry: ToolRegistry, tmp_path: Path
+) -> None:
     """Even with a schema error, the CLI still reports unknown tools and references."""
     from typer.testing import CliRunner
 
     from dagwright.cli.main import app
 
     path = tmp_path / "wf.yaml"
-    path.write_text("name: x\nsteps:\n  - {id: a, uses: echo, retry: {max_attempts: 0}}\n"
-                    "  - {id: b, uses: nope}\n")  # fmt: skip
+    path.write_text(
+        "name: x\nsteps:\n  - {id: a, uses: echo, retry: {max_attempts: 0}}\n"
+        "  - {id: b, uses: nope}\n"
+    )
     result = CliRunner().invoke(app, ["validate", str(path), "--json"])
     assert result.exit_code == 2
     import json
@@ -208,17 +248,23 @@ def test_schema_errors_and_semantic_errors_come_in_one_list(registry: ToolRegist
 
 
 def test_inputs_are_checked_and_converted(registry: ToolRegistry) -> None:
-    loaded = loads_workflow(textwrap.dedent("""
+    loaded = loads_workflow(
+        textwrap.dedent("""
         name: x
         inputs:
           n: {type: integer}
           flag: {type: boolean, default: false}
           cfg: {type: object, default: {}}
         steps: [{id: a, uses: echo}]
-        """), file="wf.yaml")  # fmt: skip
+        """),
+        file="wf.yaml",
+    )
     wf = loaded.workflow
     assert resolve_inputs(wf, {"n": "3", "cfg": '{"a": 1}'}, as_text=True) == {
-        "n": 3, "flag": False, "cfg": {"a": 1}}  # fmt: skip
+        "n": 3,
+        "flag": False,
+        "cfg": {"a": 1},
+    }
     with pytest.raises(PlanError) as exc:
         resolve_inputs(wf, {"flag": "maybe", "m": "1"}, as_text=True, source=loaded.source)
     text = str(exc.value)

@@ -45,10 +45,16 @@ def test_regex_and_target() -> None:
 
 
 def test_schema() -> None:
-    schema = {"type": "object", "required": ["title", "tags"],
-              "properties": {"tags": {"type": "array", "minItems": 1}}}  # fmt: skip
+    schema = {
+        "type": "object",
+        "required": ["title", "tags"],
+        "properties": {"tags": {"type": "array", "minItems": 1}},
+    }
     assert check({"schema": schema}, {"title": "t", "tags": ["a"]})["passed"]
     failed = check({"schema": schema}, {"title": "t", "tags": []})
     assert "schema violation at tags" in failed["message"]
     missing = check({"schema": schema}, {})
-    assert "'title' is a required property" in missing["message"] and "(and 1 more)" in missing["message"]
+    assert (
+        "'title' is a required property" in missing["message"]
+        and "(and 1 more)" in missing["message"]
+    )

@@ -91,9 +91,7 @@ def _build_tool(fn: Callable[..., Any], name: str, description: str | None) -> T
             extra = "allow"
             continue
         if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
-            raise DagwrightError(
-                f"tool {name!r}: parameter {pname!r} must be passable by keyword"
-            )
+            raise DagwrightError(f"tool {name!r}: parameter {pname!r} must be passable by keyword")
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[pname] = (annotation, default)
     model_name = "".join(part.title() for part in re.split(r"[._]", name)) + "Args"
@@ -131,10 +129,9 @@ class ToolRegistry:
         t = _build_tool(fn, name or fn.__name__, description)
         existing = self._tools.get(t.name)
         if existing is not None and existing.fn is not fn:
-            same_source = (
-                getattr(existing.fn, "__module__", None) == getattr(fn, "__module__", None)
-                and getattr(existing.fn, "__qualname__", None) == getattr(fn, "__qualname__", None)
-            )
+            same_source = getattr(existing.fn, "__module__", None) == getattr(
+                fn, "__module__", None
+            ) and getattr(existing.fn, "__qualname__", None) == getattr(fn, "__qualname__", None)
             if not same_source:
                 raise DagwrightError(
                     f"tool {t.name!r} is already registered by "

@@ -15,4 +15,11 @@ def open_store(target: str) -> TraceStore:
     return SqlTraceStore(target)
 
 
-__all__ = ["MemoryTraceStore", "RunRecord", "RunSummary", "TraceStore", "match_run_id", "open_store"]
+__all__ = [
+    "MemoryTraceStore",
+    "RunRecord",
+    "RunSummary",
+    "TraceStore",
+    "match_run_id",
+    "open_store",
+]

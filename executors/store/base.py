@@ -42,7 +42,9 @@ def match_run_id(run_id: str, known: Sequence[str]) -> str:
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise RunNotFound(f"run id prefix {run_id!r} is ambiguous: {', '.join(sorted(matches)[:5])}")
+        raise RunNotFound(
+            f"run id prefix {run_id!r} is ambiguous: {', '.join(sorted(matches)[:5])}"
+        )
     raise RunNotFound(f"no run {run_id!r} in this trace store (see `dagwright runs`)")
 
 

@@ -44,7 +44,9 @@ class MemoryTraceStore:
         with self._lock:
             summaries = []
             for run in sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True):
-                finished = next((e for e in self._events[run.run_id] if e.type == RUN_FINISHED), None)
+                finished = next(
+                    (e for e in self._events[run.run_id] if e.type == RUN_FINISHED), None
+                )
                 run_status = str(finished.data["status"]) if finished else "running"
                 if status is None or run_status == status:
                     summaries.append(RunSummary(run, run_status, finished.at if finished else None))

@@ -91,14 +91,20 @@ class SqlTraceStore:
         self._writer: Connection | None = None
         self._insert_sql = ""
         self._insert_order: Sequence[str] | None = None
-        if self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:"):
+        if self.url.get_backend_name() == "sqlite" and self.url.database not in (
+            None,
+            "",
+            ":memory:",
+        ):
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine = self._engine()
             if create:
                 metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open the trace store {self.location()}: {exc.orig or exc}") from None
+            raise StoreError(
+                f"cannot open the trace store {self.location()}: {exc.orig or exc}"
+            ) from None
 
     def _engine(self) -> Engine:
         if self.url.get_backend_name() != "sqlite":
@@ -122,17 +128,23 @@ class SqlTraceStore:
 
     def create_run(self, run: RunRecord) -> None:
         row = {
-            "run_id": run.run_id, "workflow_name": run.workflow_name,
-            "created_at": run.created_at, "workflow": _dumps(run.workflow),
-            "inputs": _dumps(run.inputs), "source": run.source, "executor": run.executor,
-        }  # fmt: skip
+            "run_id": run.run_id,
+            "workflow_name": run.workflow_name,
+            "created_at": run.created_at,
+            "workflow": _dumps(run.workflow),
+            "inputs": _dumps(run.inputs),
+            "source": run.source,
+            "executor": run.executor,
+        }
         try:
             with self.engine.begin() as conn:
                 conn.execute(runs_table.insert(), row)
         except IntegrityError:
             raise StoreError(f"run {run.run_id!r} exists already") from None
         except OperationalError as exc:
-            raise StoreError(f"cannot write to the trace store {self.location()}: {exc.orig}") from None
+            raise StoreError(
+                f"cannot write to the trace store {self.location()}: {exc.orig}"
+            ) from None
 
     def append(self, run_id: str, events: Sequence[Event]) -> list[Event]:
         if not events:
@@ -165,8 +177,9 @@ class SqlTraceStore:
         (SQLAlchemy's per-call checkout and statement handling cost ~4x the SQLite commit.)"""
         if self._writer is None:
             self._writer = self.engine.connect()
-            compiled = events_table.insert().compile(dialect=self.engine.dialect,
-                                                     column_keys=list(rows[0]))  # fmt: skip
+            compiled = events_table.insert().compile(
+                dialect=self.engine.dialect, column_keys=list(rows[0])
+            )
             self._insert_sql = compiled.string
             self._insert_order = compiled.positiontup if self.engine.dialect.positional else None
         params: list[Any] = rows
@@ -179,9 +192,15 @@ class SqlTraceStore:
     def _row(run_id: str, e: Event) -> dict[str, Any]:
         status = e.data.get("status") if e.type in (STEP_FINISHED, RUN_FINISHED) else None
         return {
-            "run_id": run_id, "seq": e.seq, "type": e.type, "at": e.at, "step": e.step,
-            "attempt": e.attempt, "status": status, "data": _dumps(e.data),
-        }  # fmt: skip
+            "run_id": run_id,
+            "seq": e.seq,
+            "type": e.type,
+            "at": e.at,
+            "step": e.step,
+            "attempt": e.attempt,
+            "status": status,
+            "data": _dumps(e.data),
+        }
 
     def _drop_writer(self) -> None:
         if self._writer is not None:
@@ -215,8 +234,15 @@ class SqlTraceStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [
-            Event(type=r.type, run_id=run_id, at=r.at, step=r.step, attempt=r.attempt,
-                  data=json.loads(r.data), seq=r.seq)  # fmt: skip
+            Event(
+                type=r.type,
+                run_id=run_id,
+                at=r.at,
+                step=r.step,
+                attempt=r.attempt,
+                data=json.loads(r.data),
+                seq=r.seq,
+            )
             for r in rows
         ]
 
@@ -225,9 +251,15 @@ class SqlTraceStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(r).where(r.c.run_id == run_id)).first()
             if row is None:
-                ids = conn.execute(
-                    select(r.c.run_id).where(r.c.run_id.startswith(run_id, autoescape=True)).limit(10)
-                ).scalars().all()
+                ids = (
+                    conn.execute(
+                        select(r.c.run_id)
+                        .where(r.c.run_id.startswith(run_id, autoescape=True))
+                        .limit(10)
+                    )
+                    .scalars()
+                    .all()
+                )
                 full = match_run_id(run_id, list(ids))
                 row = conn.execute(select(r).where(r.c.run_id == full)).one()
         return self._record(row)
@@ -235,10 +267,14 @@ class SqlTraceStore:
     @staticmethod
     def _record(row: Any) -> RunRecord:
         return RunRecord(
-            run_id=row.run_id, workflow_name=row.workflow_name, created_at=row.created_at,
-            workflow=json.loads(row.workflow), inputs=json.loads(row.inputs), source=row.source,
+            run_id=row.run_id,
+            workflow_name=row.workflow_name,
+            created_at=row.created_at,
+            workflow=json.loads(row.workflow),
+            inputs=json.loads(row.inputs),
+            source=row.source,
             executor=row.executor,
-        )  # fmt: skip
+        )
 
     def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:
         r, e = runs_table, events_table

@@ -42,7 +42,9 @@ def keywords(
 ) -> list[Keyword]:
     """The most frequent words across texts, ties broken alphabetically (deterministic)."""
     stop = {w.lower() for w in (stopwords or [])}
-    counts = Counter(w for t in texts for w in WORD.findall(t.lower()) if w not in stop and len(w) > 2)
+    counts = Counter(
+        w for t in texts for w in WORD.findall(t.lower()) if w not in stop and len(w) > 2
+    )
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     return [Keyword(word=w, count=c) for w, c in ranked]
 
