@@ -21,21 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagwright.errors import PlanError
-from dagwright.executors import engine
+from dagwright.executors import decisions, engine
 from dagwright.executors import events as ev
 from dagwright.executors.events import Event
-from dagwright.executors.retry import backoff_delay, should_retry
 from dagwright.executors.runner import (
-    CANCELLED,
-    FAILED,
-    SUCCEEDED,
     Outcome,
-    error_info,
     execute_attempt,
 )
 from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.plan import Plan
-from dagwright.planner.references import ExpressionError, render
 from dagwright.planner.schema import Workflow
 from dagwright.planner.validate import validate
 from dagwright.tools.registry import ToolContext, ToolRegistry, default_registry
@@ -264,42 +258,16 @@ class _Run:
                 attempt += 1
                 async with self.sem:
                     outcome, attempt_id = await self.attempt(sid, attempt, tool)
-                delay = None
-                if outcome.status != SUCCEEDED and should_retry(
-                    step.retry, attempt, outcome.kind, outcome.retryable
-                ):
-                    delay = backoff_delay(step.retry, attempt, f"{self.run_id}/{sid}/{attempt}")
-                finished = self.event(
-                    ev.ATTEMPT_FINISHED,
-                    sid,
-                    attempt,
-                    attempt_id=attempt_id,
-                    status=outcome.status,
-                    output=outcome.output,
-                    error=outcome.error,
-                    checks=outcome.checks,
-                    duration=outcome.duration,
-                    retry_in=delay,
+                events, delay = decisions.outcome_events(
+                    self.plan, self.run_id, sid, attempt, attempt_id, outcome, self.x.clock()
                 )
+                self.emit(*events)
                 if delay is None:
-                    status = SUCCEEDED if outcome.status == SUCCEEDED else FAILED
-                    self.emit(
-                        finished,
-                        self.event(
-                            ev.STEP_FINISHED,
-                            sid,
-                            attempt,
-                            status=status,
-                            output=outcome.output if status == SUCCEEDED else None,
-                            error=outcome.error,
-                        ),
-                    )
                     break
-                self.emit(finished)
                 await self.durable()
                 await asyncio.sleep(delay)
         except asyncio.CancelledError:
-            self.record_cancelled(sid)
+            self.emit(*decisions.cancel_events(self.state, sid, self.x.clock()))
             raise
         finally:
             self.tasks.pop(sid, None)
@@ -308,59 +276,14 @@ class _Run:
     async def attempt(self, sid: str, attempt: int, tool: Any) -> tuple[Outcome, str]:
         step = self.plan.steps[sid]
         attempt_id = self.x.id_factory()
-        context = engine.step_context(self.plan, self.state, sid)
-        try:
-            args = render(step.with_, context)
-        except ExpressionError as exc:
-            self.emit(
-                self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=None)
-            )
-            msg = f"step {sid!r}: cannot resolve its arguments: {exc}"
-            return Outcome(
-                FAILED,
-                error=error_info(
-                    exc, kind="error", message=msg, retryable=False, with_traceback=False
-                ),
-            ), attempt_id
+        args, failed = decisions.resolve_args(self.plan, self.state, sid)
         self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=args))
+        if failed is not None:
+            return failed, attempt_id
         await self.durable()  # the attempt is on record before the tool is called
         ctx = ToolContext(run_id=self.run_id, step_id=sid, attempt=attempt)
+        context = engine.step_context(self.plan, self.state, sid)
         return await execute_attempt(tool, step, args, ctx, context, pool=self.pool), attempt_id
-
-    def record_cancelled(self, sid: str) -> None:
-        step = self.state.steps[sid]
-        events = []
-        last = step.attempts[-1] if step.attempts else None
-        error = {
-            "type": "Cancelled",
-            "message": f"step {sid!r} was cancelled",
-            "kind": "cancelled",
-            "retryable": False,
-        }
-        if last is not None and last.status == engine.RUNNING:
-            events.append(
-                self.event(
-                    ev.ATTEMPT_FINISHED,
-                    sid,
-                    last.number,
-                    attempt_id=last.attempt_id,
-                    status=CANCELLED,
-                    error=error,
-                    checks=[],
-                    duration=None,
-                    retry_in=None,
-                )
-            )
-        events.append(
-            self.event(
-                ev.STEP_FINISHED,
-                sid,
-                last.number if last else None,
-                status=engine.CANCELLED,
-                error=error,
-            )
-        )
-        self.emit(*events)
 
     async def cancel_all(self) -> None:
         tasks = list(self.tasks.values())
@@ -372,51 +295,15 @@ class _Run:
         self.cancelled = True
 
     def finish(self) -> RunResult:
-        state, plan = self.state, self.plan
-        cancelled = self.cancelled
-        blocked = engine.blocked_steps(plan, state)
-        pending = [sid for sid in plan.order if state.steps[sid].status == engine.PENDING]
-        default_reason = "the run was cancelled" if cancelled else "the run stopped after a failure"
-        skipped = [
-            self.event(
-                ev.STEP_FINISHED,
-                sid,
-                None,
-                status=engine.SKIPPED,
-                reason=blocked.get(sid, default_reason),
-            )
-            for sid in pending
-        ]
-        status = engine.CANCELLED if cancelled else engine.final_status(plan, state)
-        output, error = None, None
-        if status == engine.SUCCEEDED:
-            try:
-                output = engine.run_output(plan, state)
-            except ExpressionError as exc:
-                status = engine.FAILED
-                error = {
-                    "type": "ExpressionError",
-                    "message": f"cannot compute the run's output: {exc}",
-                }
-        elif status == engine.FAILED:
-            failed = next(
-                sid
-                for sid in plan.order
-                if state.steps[sid].status == engine.FAILED and plan.steps[sid].on_failure == "fail"
-            )
-            step_error = state.steps[failed].error or {}
-            error = {
-                "type": step_error.get("type", "StepFailed"),
-                "step": failed,
-                "message": step_error.get("message", f"step {failed!r} failed"),
-            }
-        else:
-            error = {"type": "Cancelled", "message": "the run was cancelled"}
-        self.emit(*skipped, self.event(ev.RUN_FINISHED, status=status, output=output, error=error))
+        events = decisions.conclude(self.plan, self.state, self.x.clock(), cancelled=self.cancelled)
+        self.emit(*events)
         self.flush()
         if self.store_error is not None:
             raise self.store_error
-        return RunResult(self.run_id, status, output, error, state, self.x.store.location())
+        state = self.state
+        return RunResult(
+            self.run_id, state.status, state.output, state.error, state, self.x.store.location()
+        )
 
 
 __all__ = ["LocalExecutor", "RunResult", "new_id"]
