@@ -4,50 +4,73 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dagwright.errors import DagwrightError
 
 DEFAULT_DB = ".dagwright/trace.db"
-_KNOWN = {"DAGWRIGHT_DB", "DAGWRIGHT_TOOLS", "DAGWRIGHT_MAX_PARALLEL"}
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True)
 class Settings:
     db: str = DEFAULT_DB
-    """Trace store: a SQLite file path, ``sqlite:///path`` or ``postgresql://user@host/db``."""
+    """DAGWRIGHT_DB: trace store, a SQLite file, ``sqlite:///path`` or ``postgresql://…``."""
     tools: tuple[str, ...] = ()
-    """Modules of user tools loaded for every workflow (comma-separated in the environment)."""
+    """DAGWRIGHT_TOOLS: modules of user tools loaded for every workflow (comma-separated)."""
     max_parallel: int = 8
-    """Attempts the local executor runs at once."""
+    """DAGWRIGHT_MAX_PARALLEL: attempts the local executor runs at once."""
+    broker: str = DEFAULT_BROKER
+    """DAGWRIGHT_BROKER: the Celery broker (Redis)."""
+    heartbeat: float = 5.0
+    """DAGWRIGHT_HEARTBEAT: seconds between a worker's heartbeats for a running attempt; an
+    attempt silent for 3 heartbeats is treated as lost and sent again."""
+    sweep_interval: float = 5.0
+    """DAGWRIGHT_SWEEP_INTERVAL: seconds between a worker's sweeps for stalled runs."""
+    redispatch_after: float = 60.0
+    """DAGWRIGHT_REDISPATCH_AFTER: a dispatched step no worker has started after this many
+    seconds is sent again (its message was lost, e.g. the broker restarted)."""
+    visibility_timeout: float = 3600.0
+    """DAGWRIGHT_VISIBILITY_TIMEOUT: seconds before Redis hands an unacknowledged message to
+    another worker; keep it above the longest step timeout."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        known = {f"DAGWRIGHT_{f.name.upper()}": f for f in fields(cls)}
         unknown = sorted(
             k
             for k in env
-            if k.startswith("DAGWRIGHT_")
-            and k not in _KNOWN
-            and not k.startswith("DAGWRIGHT_TEST_")
+            if k.startswith("DAGWRIGHT_") and k not in known and not k.startswith("DAGWRIGHT_TEST_")
         )
         if unknown:
             raise DagwrightError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}"
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        max_parallel = env.get("DAGWRIGHT_MAX_PARALLEL", "8")
-        if not max_parallel.isdigit() or int(max_parallel) < 1:
-            raise DagwrightError(
-                f"DAGWRIGHT_MAX_PARALLEL must be a positive integer, got {max_parallel!r}"
-            )
-        tools = tuple(t.strip() for t in env.get("DAGWRIGHT_TOOLS", "").split(",") if t.strip())
-        return cls(
-            db=env.get("DAGWRIGHT_DB") or DEFAULT_DB, tools=tools, max_parallel=int(max_parallel)
-        )
+        values: dict[str, object] = {}
+        for name, f in known.items():
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            default = f.default
+            if isinstance(default, tuple):
+                values[f.name] = tuple(t.strip() for t in raw.split(",") if t.strip())
+            elif isinstance(default, int | float):
+                try:
+                    value = type(default)(raw)
+                except ValueError:
+                    value = -1
+                if value <= 0:
+                    kind = "integer" if isinstance(default, int) else "number"
+                    raise DagwrightError(f"{name} must be a positive {kind}, got {raw!r}")
+                values[f.name] = value
+            else:
+                values[f.name] = raw
+        return cls(**values)  # type: ignore[arg-type]
 
     def db_location(self) -> str:
         return self.db if "://" in self.db else str(Path(self.db).resolve())
 
 
-__all__ = ["DEFAULT_DB", "Settings"]
+__all__ = ["DEFAULT_BROKER", "DEFAULT_DB", "Settings"]

@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -19,6 +20,7 @@ from rich.text import Text
 from dagwright.cli.progress import Progress
 from dagwright.cli.report import duration, iso, run_summary, state_of
 from dagwright.errors import DagwrightError, PlanError, PlanIssue
+from dagwright.executors import engine
 from dagwright.executors.local import LocalExecutor
 from dagwright.executors.store import TraceStore, open_store
 from dagwright.planner.prepare import prepare
@@ -167,14 +169,33 @@ def run_cmd(
         typer.Option(
             "--max-parallel",
             min=1,
-            help="Steps running at once [env: DAGWRIGHT_MAX_PARALLEL; default: 8].",
+            help="Local executor: steps running at once [env: DAGWRIGHT_MAX_PARALLEL; default: 8].",
             show_default=False,
         ),
     ] = None,
+    executor_name: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            "-x",
+            help="local: in this process. celery: on `dagwright worker` processes "
+            "(broker DAGWRIGHT_BROKER; workers must use the same trace store).",
+        ),
+    ] = "local",
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach", help="With --executor celery: print the run id and return at once."
+        ),
+    ] = False,
 ) -> None:
-    """Validate, then run a workflow on the local executor and record its trace.
+    """Validate, then run a workflow and record its trace; show progress, then the result.
 
     Exit code: 0 succeeded, 1 failed, 2 invalid workflow or inputs (nothing runs), 130 cancelled."""
+    if executor_name not in ("local", "celery"):
+        _die(f"--executor {executor_name!r}: use local or celery", EXIT_INVALID)
+    if detach and executor_name != "celery":
+        _die("--detach needs --executor celery (a local run lives in this process)", EXIT_INVALID)
     try:
         wf, registry, run_inputs = _prepare(file, inputs, inputs_required=True)
     except PlanError as exc:
@@ -190,19 +211,32 @@ def run_cmd(
         raise typer.Exit(EXIT_INVALID) from None
     store = _store(db)
     progress = Progress(wf, enabled=not as_json, live=out.is_terminal, console=out)
-    executor = LocalExecutor(
-        store,
-        registry,
-        max_parallel=max_parallel or _settings().max_parallel,
-        on_event=progress.on_event,
-    )
-    run_id = executor.id_factory()
-    interrupted = False
-    try:
-        with progress:
-            executor.run(wf, run_inputs, run_id=run_id, source=str(file))
-    except KeyboardInterrupt:
-        interrupted = True
+    source = str(file.resolve())
+    if executor_name == "celery":
+        run_id, interrupted = _run_on_celery(
+            store, registry, wf, run_inputs, source, progress, detach
+        )
+        if detach:
+            if as_json:
+                _json({"run_id": run_id, "status": "running", "trace": store.location()})
+            else:
+                out.print(f"run [bold]{run_id}[/bold] submitted")
+                out.print(f"follow: dagwright show {run_id}{escape(_db_flag(db))}")
+            raise typer.Exit(EXIT_OK)
+    else:
+        local = LocalExecutor(
+            store,
+            registry,
+            max_parallel=max_parallel or _settings().max_parallel,
+            on_event=progress.on_event,
+        )
+        run_id = local.id_factory()
+        interrupted = False
+        try:
+            with progress:
+                local.run(wf, run_inputs, run_id=run_id, source=source)
+        except KeyboardInterrupt:
+            interrupted = True
     record = store.get_run(run_id)
     _, state = state_of(record, store.events(run_id))
     summary = run_summary(record, state, store.location())
@@ -213,6 +247,45 @@ def run_cmd(
     code = {"succeeded": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(state.status, EXIT_FAILED)
     store.close()
     _exit(EXIT_CANCELLED if interrupted else code)
+
+
+def _run_on_celery(
+    store: TraceStore,
+    registry: ToolRegistry,
+    wf: Workflow,
+    inputs: dict[str, Any],
+    source: str,
+    progress: Progress,
+    detach: bool,
+) -> tuple[str, bool]:
+    """Submit to the Celery workers and, unless detached, follow the trace until the run ends.
+    Ctrl-C cancels the run (recorded; running steps are revoked)."""
+    from dagwright.executors import celery_app
+    from dagwright.executors.distributed import Engine
+
+    dist = Engine(store, registry)
+    run_id, dispatches = dist.start(wf, inputs, source=source)
+    celery_app.send(dispatches)
+    if detach:
+        return run_id, False
+    plan, _ = dist.plan_of(run_id)
+    state = engine.RunState.initial(plan, run_id)
+    seen = 0
+    try:
+        with progress:
+            while state.status not in ("succeeded", "failed", "cancelled"):
+                new = store.events(run_id, after=seen)
+                for event in new:
+                    engine.apply(plan, state, event)
+                    progress.on_event(event, state)
+                if new:
+                    seen = new[-1].seq or seen
+                else:
+                    time.sleep(0.05)
+    except KeyboardInterrupt:
+        celery_app.cancel(run_id)
+        return run_id, True
+    return run_id, False
 
 
 def _exit(code: int) -> NoReturn:
@@ -407,6 +480,51 @@ def trace_cmd(
         if e.type == "attempt_started":
             bits.append(f"inputs={json.dumps(data.get('inputs'), ensure_ascii=False)[:120]}")
         out.print(escape("  ".join(bits)), soft_wrap=True)
+
+
+@app.command("worker")
+def worker_cmd(
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Processes (or threads) per worker.")
+    ] = 2,
+    pool: Annotated[
+        str, typer.Option("--pool", help="prefork (default), threads (sleep/IO-bound steps), solo.")
+    ] = "prefork",
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Worker node name.")] = None,
+) -> None:
+    """Start a Celery worker that executes runs submitted with --executor celery.
+
+    Same as `celery -A worker worker`. Uses DAGWRIGHT_BROKER and DAGWRIGHT_DB (the trace store
+    shared with clients: PostgreSQL when workers run on several hosts)."""
+    if pool not in ("prefork", "threads", "solo"):
+        _die(f"--pool {pool!r}: use prefork, threads or solo", EXIT_INVALID)
+    from dagwright.executors.celery_app import app as celery
+
+    argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
+    argv += ["--without-gossip", "--without-mingle"]
+    if name:
+        argv.append(f"--hostname={name}")
+    celery.worker_main(argv)
+
+
+@app.command("cancel")
+def cancel_cmd(
+    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
+    db: DbOption = None,
+) -> None:
+    """Cancel a run executing on Celery workers: recorded at once, running steps revoked.
+
+    (A local run is cancelled with Ctrl-C in the terminal running it.)"""
+    store = _store(db)
+    record = store.get_run(run_id)
+    if record.executor != "celery":
+        _die(f"run {record.run_id} runs on the {record.executor} executor: use Ctrl-C there", 1)
+    from dagwright.executors import celery_app
+
+    celery_app.cancel(record.run_id)
+    _, state = state_of(record, store.events(record.run_id))
+    out.print(f"run {record.run_id}: ", _status_text(state.status))
 
 
 @app.command("tools")

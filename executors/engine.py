@@ -36,6 +36,7 @@ class AttemptState:
     error: dict[str, Any] | None = None
     checks: list[dict[str, Any]] = field(default_factory=list)
     retry_in: float | None = None
+    restarts: int = 0
 
 
 @dataclass
@@ -99,12 +100,22 @@ def apply(plan: Plan, state: RunState, event: Event) -> RunState:
     step = state.steps[event.step]
     if kind == ev.STEP_SCHEDULED:
         state.ready.pop(step.id, None)
+        last = step.attempts[-1] if step.attempts else None
+        if last is not None and last.number == event.attempt and last.status == RUNNING:
+            return state  # the running attempt sent again (its worker was lost): still running
         step.status = SCHEDULED
         if step.scheduled_at is None:
             step.scheduled_at = event.at
     elif kind == ev.ATTEMPT_STARTED:
         step.status = RUNNING
         step.started_at = step.started_at or event.at
+        last = step.attempts[-1] if step.attempts else None
+        if last is not None and last.number == event.attempt and last.status == RUNNING:
+            # the same attempt delivered again (its worker was lost): one attempt, restarted
+            last.started_at = event.at
+            last.inputs = event.data.get("inputs")
+            last.restarts += 1
+            return state
         step.attempts.append(
             AttemptState(
                 number=event.attempt or len(step.attempts) + 1,

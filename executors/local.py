@@ -157,7 +157,7 @@ class _Run:
         events, self.buffer = self.buffer, []
         waiters, self.waiters = self.waiters, []
         try:
-            stored = self.x.store.append(self.run_id, events) if events else []
+            stored = (self.x.store.append(self.run_id, events) or []) if events else []
         except Exception as exc:  # noqa: BLE001 - the run cannot go on without its trace
             self.store_error = exc
             for w in waiters:

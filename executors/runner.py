@@ -11,7 +11,7 @@ import asyncio
 import functools
 import time
 import traceback
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,8 +131,15 @@ async def execute_attempt(
 def run_step(
     tool: Tool, step: Step, args: Any, ctx: ToolContext, context: dict[str, Any]
 ) -> Outcome:
-    """Synchronous ``execute_attempt``: for worker processes and tests."""
-    return asyncio.run(execute_attempt(tool, step, args, ctx, context))
+    """Synchronous ``execute_attempt``: for worker processes and tests.
+
+    A plain-function tool runs in a thread of its own, which is not waited for after a
+    timeout (``asyncio.run`` would wait for its default executor)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagwright-step")
+    try:
+        return asyncio.run(execute_attempt(tool, step, args, ctx, context, pool=pool))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 __all__ = ["Outcome", "error_info", "execute_attempt", "run_step"]

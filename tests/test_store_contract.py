@@ -132,3 +132,60 @@ def test_concurrent_appenders_never_share_a_seq(
         assert pairs[i][0] == ev.STEP_SCHEDULED and pairs[i + 1] == (ev.STEP_FINISHED, pairs[i][1])
     a.close()
     b.close()
+
+
+def test_a_claim_is_taken_once_and_its_events_only_with_it(store: TraceStore) -> None:
+    run_id = _run(store)
+    won = store.append(run_id, [_event(run_id, ev.STEP_SCHEDULED, "a")], claims=["dispatch:a:1"])
+    assert won is not None and won[0].seq == 1
+    lost = store.append(run_id, [_event(run_id, ev.STEP_SCHEDULED, "a")], claims=["dispatch:a:1"])
+    assert lost is None
+    both = store.append(
+        run_id, [_event(run_id, ev.STEP_SCHEDULED, "b")], claims=["dispatch:b:1", "dispatch:a:1"]
+    )
+    assert both is None, "claims are all or none"
+    assert store.append(run_id, [_event(run_id, ev.STEP_SCHEDULED, "b")], claims=["dispatch:b:1"])
+    assert [e.step for e in store.events(run_id)] == ["a", "b"]
+    other = _run(store)
+    assert store.append(other, [_event(other, ev.STEP_SCHEDULED, "a")], claims=["dispatch:a:1"])
+
+
+def test_heartbeats_keep_the_latest_beat(store: TraceStore) -> None:
+    run_id = _run(store)
+    store.heartbeat(run_id, "a", 1, 10.0)
+    store.heartbeat(run_id, "a", 1, 12.5)
+    store.heartbeat(run_id, "b", 2, 11.0)
+    assert store.heartbeats(run_id) == {("a", 1): 12.5, ("b", 2): 11.0}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_concurrent_claimers_one_winner(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Eight writers on four connections race for the same claims: each is won exactly once."""
+    from dagwright.executors.store.sql import SqlTraceStore
+
+    target = str(tmp_path / "claims.db") if kind == "sqlite" else request.getfixturevalue("pg_url")
+    stores = [SqlTraceStore(target) for _ in range(4)]
+    run_id = _run(stores[0])
+    wins: list[str] = []
+
+    def race(store: SqlTraceStore, me: int) -> None:
+        for i in range(20):
+            got = store.append(
+                run_id,
+                [_event(run_id, ev.STEP_SCHEDULED, f"s{i}", by=me)],
+                claims=[f"dispatch:s{i}:1"],
+            )
+            if got is not None:
+                wins.append(f"s{i}")
+
+    threads = [threading.Thread(target=race, args=(stores[i % 4], i)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == sorted(f"s{i}" for i in range(20))
+    assert sorted(e.step for e in stores[0].events(run_id)) == sorted(wins)
+    for s in stores:
+        s.close()

@@ -52,8 +52,21 @@ class TraceStore(Protocol):
     def create_run(self, run: RunRecord) -> None:
         """Record a new run. A run id that exists already is an error."""
 
-    def append(self, run_id: str, events: Sequence[Event]) -> list[Event]:
-        """Append events atomically (all or none), in order; returns them with their ``seq``."""
+    def append(
+        self, run_id: str, events: Sequence[Event], *, claims: Sequence[str] = ()
+    ) -> list[Event] | None:
+        """Append events atomically (all or none), in order; returns them with their ``seq``.
+
+        With ``claims``, the append also takes those keys for the run, all or none: when any of
+        them was taken already, nothing is written and the result is None. This is the
+        compare-and-set that makes dispatching and recording results idempotent across workers.
+        """
+
+    def heartbeat(self, run_id: str, step: str, attempt: int, at: float) -> None:
+        """Record that an attempt is still being worked on (kept beside the trace)."""
+
+    def heartbeats(self, run_id: str) -> dict[tuple[str, int], float]:
+        """The latest heartbeat of each (step, attempt) of a run."""
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         """The run's events with ``seq > after``, in order."""

@@ -14,6 +14,8 @@ class MemoryTraceStore:
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, list[Event]] = {}
+        self._claims: dict[str, set[str]] = {}
+        self._beats: dict[str, dict[tuple[str, int], float]] = {}
         self._lock = threading.Lock()
 
     def create_run(self, run: RunRecord) -> None:
@@ -23,14 +25,28 @@ class MemoryTraceStore:
             self._runs[run.run_id] = run
             self._events[run.run_id] = []
 
-    def append(self, run_id: str, events: Sequence[Event]) -> list[Event]:
+    def append(
+        self, run_id: str, events: Sequence[Event], *, claims: Sequence[str] = ()
+    ) -> list[Event] | None:
         with self._lock:
             if run_id not in self._runs:
                 raise StoreError(f"cannot append to unknown run {run_id!r}")
+            taken = self._claims.setdefault(run_id, set())
+            if any(k in taken for k in claims):
+                return None
+            taken.update(claims)
             trace = self._events[run_id]
             stored = [e.with_seq(len(trace) + i + 1) for i, e in enumerate(events)]
             trace.extend(stored)
             return stored
+
+    def heartbeat(self, run_id: str, step: str, attempt: int, at: float) -> None:
+        with self._lock:
+            self._beats.setdefault(run_id, {})[(step, attempt)] = at
+
+    def heartbeats(self, run_id: str) -> dict[tuple[str, int], float]:
+        with self._lock:
+            return dict(self._beats.get(run_id, {}))
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         with self._lock:

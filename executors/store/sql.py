@@ -65,6 +65,25 @@ events_table = Table(
 )
 Index("ix_dagwright_events_type", events_table.c.type, events_table.c.run_id)
 
+# Compare-and-set for workers: a claim key (e.g. "dispatch:step:1") is taken by exactly one
+# append, whoever calls first; the events of a losing append are not written.
+claims_table = Table(
+    "dagwright_claims",
+    metadata,
+    Column("run_id", String(64), ForeignKey("dagwright_runs.run_id"), primary_key=True),
+    Column("key", String(300), primary_key=True),
+)
+
+# Liveness of running attempts (not part of the trace: a heartbeat is not a fact about the run).
+heartbeats_table = Table(
+    "dagwright_heartbeats",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("step", String(128), primary_key=True),
+    Column("attempt", Integer, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+)
+
 
 def _dumps(value: Any) -> str:
     try:
@@ -146,7 +165,9 @@ class SqlTraceStore:
                 f"cannot write to the trace store {self.location()}: {exc.orig}"
             ) from None
 
-    def append(self, run_id: str, events: Sequence[Event]) -> list[Event]:
+    def append(
+        self, run_id: str, events: Sequence[Event], *, claims: Sequence[str] = ()
+    ) -> list[Event] | None:
         if not events:
             return []
         with self._lock:
@@ -154,10 +175,13 @@ class SqlTraceStore:
                 start = self._next_seq.get(run_id) or self._max_seq(run_id) + 1
                 stored = [e.with_seq(start + i) for i, e in enumerate(events)]
                 try:
-                    self._insert_events([self._row(run_id, e) for e in stored])
+                    self._insert_events(run_id, [self._row(run_id, e) for e in stored], claims)
                 except IntegrityError as exc:
-                    # another writer took these sequence numbers (or the run does not exist)
+                    # a claim was taken, another writer took these sequence numbers, or the
+                    # run does not exist
                     self._next_seq.pop(run_id, None)
+                    if claims and self._claimed(run_id, claims):
+                        return None
                     if self._max_seq(run_id) < start and not self._run_exists(run_id):
                         raise StoreError(f"cannot append to unknown run {run_id!r}") from exc
                     continue
@@ -171,7 +195,9 @@ class SqlTraceStore:
                 return stored
         raise StoreError(f"could not append to run {run_id!r}: too much contention")
 
-    def _insert_events(self, rows: list[dict[str, Any]]) -> None:
+    def _insert_events(
+        self, run_id: str, rows: list[dict[str, Any]], claims: Sequence[str]
+    ) -> None:
         """The hot path: one transaction on a held connection, a statement compiled once.
 
         (SQLAlchemy's per-call checkout and statement handling cost ~4x the SQLite commit.)"""
@@ -186,7 +212,44 @@ class SqlTraceStore:
         if self._insert_order is not None:
             params = [tuple(row[k] for k in self._insert_order) for row in rows]
         with self._writer.begin():
+            if claims:
+                self._writer.execute(
+                    claims_table.insert(), [{"run_id": run_id, "key": k} for k in claims]
+                )
             self._writer.exec_driver_sql(self._insert_sql, params)
+
+    def _claimed(self, run_id: str, claims: Sequence[str]) -> bool:
+        c = claims_table
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(c.c.key).where(c.c.run_id == run_id, c.c.key.in_(list(claims))).limit(1)
+            ).first()
+        return found is not None
+
+    def heartbeat(self, run_id: str, step: str, attempt: int, at: float) -> None:
+        h = heartbeats_table
+        row = {"run_id": run_id, "step": step, "attempt": attempt, "at": at}
+        try:
+            with self.engine.begin() as conn:
+                updated = conn.execute(
+                    h.update()
+                    .where(h.c.run_id == run_id, h.c.step == step, h.c.attempt == attempt)
+                    .values(at=at)
+                ).rowcount
+                if not updated:
+                    conn.execute(h.insert(), row)
+        except IntegrityError:  # two first beats at once: the other one is as good
+            pass
+        except OperationalError as exc:
+            raise StoreError(
+                f"cannot write to the trace store {self.location()}: {exc.orig}"
+            ) from None
+
+    def heartbeats(self, run_id: str) -> dict[tuple[str, int], float]:
+        h = heartbeats_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(h.c.step, h.c.attempt, h.c.at).where(h.c.run_id == run_id))
+            return {(r.step, r.attempt): r.at for r in rows}
 
     @staticmethod
     def _row(run_id: str, e: Event) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""The Celery executor: a thin wrapper around ``executors.distributed.Engine``.
+
+Start workers with ``dagwright worker`` or ``celery -A worker worker`` (from the repository
+root). Every worker and client must use the same trace store (``DAGWRIGHT_DB``): a SQLite file
+when they share one machine, PostgreSQL when they run on several hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery, signals
+
+from dagwright.errors import DagwrightError
+from dagwright.executors.distributed import Dispatch, Engine, Timing
+from dagwright.executors.store import open_store
+from dagwright.settings import Settings
+from dagwright.tools import default_registry
+
+log = logging.getLogger("dagwright.worker")
+settings = Settings.from_env()
+
+app = Celery("dagwright", broker=settings.broker)
+app.conf.update(
+    # Progress lives in the trace store, never in Celery results (no result backend, no chords:
+    # Celery's chords on a Redis result backend have open bugs #4207, #8211, #5229).
+    task_ignore_result=True,
+    result_backend=None,
+    # At-least-once execution: a message is acknowledged only after its task ran, and put back
+    # when the worker process running it dies. The trace records each attempt's outcome once.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # Each worker process reserves one message at a time, so a long step never holds others.
+    worker_prefetch_multiplier=1,
+    # Redis gives an unacknowledged message to another worker after `visibility_timeout` seconds:
+    # it must exceed the longest step timeout, or a running step is delivered twice. Lost workers
+    # are detected sooner by heartbeats (the sweeper), not by this timeout.
+    broker_transport_options={
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    },
+    # Data, never code: JSON messages only.
+    task_serializer="json",
+    accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+)
+
+_engines: dict[int, Engine] = {}
+
+
+def engine() -> Engine:
+    """This process's engine (one per process: database connections don't survive a fork)."""
+    pid = os.getpid()
+    if pid not in _engines:
+        _engines.clear()
+        _engines[pid] = Engine(
+            open_store(settings.db),
+            default_registry,
+            tool_modules=settings.tools,
+            timing=Timing(heartbeat=settings.heartbeat, redispatch_after=settings.redispatch_after),
+        )
+    return _engines[pid]
+
+
+def send(dispatches: Iterable[Dispatch]) -> None:
+    for d in dispatches:
+        options: dict[str, Any] = {"task_id": d.attempt_id}
+        if d.countdown:
+            options["countdown"] = d.countdown
+        if d.timeout:
+            options["time_limit"] = d.timeout + 30  # the runner stops waiting at `timeout`
+        run_attempt.apply_async((d.run_id, d.step, d.attempt, d.attempt_id, d.timeout), **options)
+
+
+@app.task(name="dagwright.attempt")
+def run_attempt(
+    run_id: str, step: str, attempt: int, attempt_id: str, timeout: float | None = None
+) -> None:
+    send(engine().execute(Dispatch(run_id, step, attempt, attempt_id, 0.0, timeout)))
+
+
+def cancel(run_id: str) -> None:
+    """Cancel a run: record it, then stop its running attempts."""
+    running = engine().cancel(run_id)
+    if running:
+        app.control.revoke(running, terminate=True)
+
+
+# -- the sweeper: each worker's main process re-advances stalled runs ------------------------------
+
+
+def _sweep_forever(stop: threading.Event) -> None:
+    while not stop.wait(settings.sweep_interval):
+        try:
+            send(engine().sweep())
+        except DagwrightError as exc:
+            log.warning("sweep failed: %s", exc)
+        except Exception:  # noqa: BLE001 - keep sweeping; the next round may succeed
+            log.exception("sweep failed")
+
+
+_stop_sweeper = threading.Event()
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    threading.Thread(
+        target=_sweep_forever, args=(_stop_sweeper,), name="dagwright-sweeper", daemon=True
+    ).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweeping(**_: Any) -> None:
+    _stop_sweeper.set()
+
+
+__all__ = ["app", "cancel", "engine", "run_attempt", "send"]

@@ -1,0 +1,344 @@
+"""The engine over a shared trace store, for workers in many processes (no Celery in here).
+
+- ``advance(run_id)`` reads the trace, finds ready steps not dispatched yet, records their
+  dispatch and returns them to be enqueued. It is idempotent: any worker may call it at any time,
+  concurrently, and each step attempt is dispatched once, because every dispatch takes a claim
+  (``dispatch:<step>:<attempt>``) in the same transaction as its event.
+- ``execute(dispatch)`` is a worker's whole job for one message: run the attempt (unless it is
+  stale or already done), record its outcome once (claim ``finish:<step>:<attempt>``), schedule
+  a retry or advance the run.
+- ``sweep()`` finds runs whose progress stalled (a worker died, a message was lost) and sends
+  their work again; ``cancel(run_id)`` ends a run as cancelled.
+
+At-least-once execution, exactly-once results: a message may be delivered twice and an attempt
+may run twice, but only one outcome per attempt enters the trace.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dagwright.errors import DagwrightError
+from dagwright.executors import decisions, engine
+from dagwright.executors import events as ev
+from dagwright.executors.events import Event
+from dagwright.executors.runner import Outcome, run_step
+from dagwright.executors.store.base import RunRecord, TraceStore
+from dagwright.planner.plan import Plan
+from dagwright.planner.schema import Workflow
+from dagwright.planner.source import Source
+from dagwright.planner.validate import registry_for
+from dagwright.tools.registry import ToolContext, ToolRegistry
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One message for a worker: run this attempt of this step."""
+
+    run_id: str
+    step: str
+    attempt: int
+    attempt_id: str
+    countdown: float = 0.0
+    timeout: float | None = None
+
+
+@dataclass
+class Timing:
+    heartbeat: float = 5.0
+    redispatch_after: float = 60.0
+
+    @property
+    def lost_after(self) -> float:
+        return 3 * self.heartbeat
+
+
+class Engine:
+    """The distributed engine over one trace store, shared by every worker and client."""
+
+    def __init__(
+        self,
+        store: TraceStore,
+        registry: ToolRegistry,
+        *,
+        tool_modules: tuple[str, ...] = (),
+        timing: Timing | None = None,
+        clock: Callable[[], float] = time.time,
+        id_factory: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.tool_modules = tool_modules
+        self.timing = timing or Timing()
+        self.clock = clock
+        self.id_factory = id_factory
+        self._plans: dict[str, tuple[Plan, ToolRegistry]] = {}
+
+    # -- reading ---------------------------------------------------------------------------------
+    def plan_of(self, run_id: str) -> tuple[Plan, ToolRegistry]:
+        cached = self._plans.get(run_id)
+        if cached is None:
+            record = self.store.get_run(run_id)
+            cached = self._compile(record)
+            if len(self._plans) > 256:
+                self._plans.clear()
+            self._plans[run_id] = cached
+        return cached
+
+    def _compile(self, record: RunRecord) -> tuple[Plan, ToolRegistry]:
+        workflow = Workflow.model_validate(record.workflow)
+        registry = self.registry
+        if self.tool_modules:
+            registry = registry.copy()
+            for module in self.tool_modules:
+                registry.load_module(module)
+        base_dir = Path(record.source).resolve().parent if record.source else None
+        registry, issues = registry_for(workflow, registry, base_dir, Source(record.source))
+        if issues:
+            raise DagwrightError("; ".join(str(i) for i in issues))
+        return Plan.from_workflow(workflow), registry
+
+    def state(self, run_id: str) -> tuple[Plan, ToolRegistry, engine.RunState]:
+        plan, registry = self.plan_of(run_id)
+        return plan, registry, engine.fold(plan, run_id, self.store.events(run_id))
+
+    # -- starting a run ----------------------------------------------------------------------------
+    def start(
+        self,
+        workflow: Workflow,
+        inputs: dict[str, Any],
+        *,
+        run_id: str | None = None,
+        source: str | None = None,
+    ) -> tuple[str, list[Dispatch]]:
+        """Record a new run (validated by the caller) and dispatch its first steps."""
+        run_id = run_id or self.id_factory()
+        self.store.create_run(
+            RunRecord(
+                run_id=run_id,
+                workflow_name=workflow.name,
+                created_at=self.clock(),
+                workflow=workflow.to_data(),
+                inputs=inputs,
+                source=source,
+                executor="celery",
+            )
+        )
+        started = Event(
+            ev.RUN_STARTED,
+            run_id,
+            self.clock(),
+            None,
+            None,
+            {"inputs": inputs, "executor": "celery"},
+        )
+        self.store.append(run_id, [started])
+        return run_id, self.advance(run_id)
+
+    # -- the one scheduling function -----------------------------------------------------------------
+    def advance(self, run_id: str) -> list[Dispatch]:
+        """Dispatch every ready step not dispatched yet, and end the run once nothing can move."""
+        plan, _, state = self.state(run_id)
+        if state.status in engine.FINAL:
+            return []
+        dispatches = []
+        for sid in engine.ready_steps(plan, state):
+            d = self._dispatch(plan, run_id, sid, attempt=1)
+            if d is not None:
+                dispatches.append(d)
+        if not dispatches and engine.is_settled(state):
+            self.store.append(
+                run_id,
+                decisions.conclude(plan, state, self.clock(), cancelled=False),
+                claims=["conclude"],
+            )
+        return dispatches
+
+    def _schedule(
+        self,
+        plan: Plan,
+        run_id: str,
+        sid: str,
+        attempt: int,
+        *,
+        delay: float = 0.0,
+        reason: str | None = None,
+    ) -> tuple[Dispatch, Event]:
+        attempt_id = self.id_factory()
+        data: dict[str, Any] = {"attempt_id": attempt_id}
+        if delay:
+            data["not_before"] = self.clock() + delay
+        if reason:
+            data["reason"] = reason
+        event = Event(ev.STEP_SCHEDULED, run_id, self.clock(), sid, attempt, data)
+        return Dispatch(run_id, sid, attempt, attempt_id, delay, plan.steps[sid].timeout), event
+
+    def _dispatch(
+        self, plan: Plan, run_id: str, sid: str, *, attempt: int, reason: str | None = None
+    ) -> Dispatch | None:
+        """Record a dispatch under its claim; None when someone else dispatched it first."""
+        dispatch, event = self._schedule(plan, run_id, sid, attempt, reason=reason)
+        claim = f"dispatch:{sid}:{attempt}"
+        if reason:  # sending an attempt again: one claim per (attempt, trace length) round
+            claim = f"redispatch:{sid}:{attempt}:{len(self.store.events(run_id))}"
+        if self.store.append(run_id, [event], claims=[claim]) is None:
+            return None
+        return dispatch
+
+    # -- a worker's job ----------------------------------------------------------------------------------
+    def execute(self, d: Dispatch) -> list[Dispatch]:
+        """Run one dispatched attempt and record it; returns what to enqueue next."""
+        plan, registry, state = self.state(d.run_id)
+        if state.status in engine.FINAL:
+            return []
+        step = state.steps[d.step]
+        if step.status in engine.FINAL or self._stale(state, d):
+            return self.advance(d.run_id)
+        args, failed = decisions.resolve_args(plan, state, d.step)
+        started = Event(
+            ev.ATTEMPT_STARTED,
+            d.run_id,
+            self.clock(),
+            d.step,
+            d.attempt,
+            {"attempt_id": d.attempt_id, "inputs": args},
+        )
+        self.store.append(d.run_id, [started])
+        if failed is not None:
+            outcome = failed
+        else:
+            ctx = ToolContext(run_id=d.run_id, step_id=d.step, attempt=d.attempt)
+            context = engine.step_context(plan, state, d.step)
+            tool = registry.get(plan.steps[d.step].uses)
+            with self._beating(d):
+                outcome = run_step(tool, plan.steps[d.step], args, ctx, context)
+        return self.record(plan, d, outcome)
+
+    def _stale(self, state: engine.RunState, d: Dispatch) -> bool:
+        """A message for an attempt that is over, superseded, or alive on another worker."""
+        step = state.steps[d.step]
+        if not step.attempts:
+            return False
+        last = step.attempts[-1]
+        if d.attempt != last.number:
+            return d.attempt < last.number  # older: superseded; newer: a retry not started yet
+        if last.status != engine.RUNNING:
+            return True  # this attempt has its outcome already
+        beat = self.store.heartbeats(d.run_id).get((d.step, d.attempt), last.started_at or 0)
+        return self.clock() - beat < self.timing.lost_after  # still alive elsewhere
+
+    @contextmanager
+    def _beating(self, d: Dispatch) -> Iterator[None]:
+        stop = threading.Event()
+
+        def beat() -> None:
+            while True:
+                try:
+                    self.store.heartbeat(d.run_id, d.step, d.attempt, self.clock())
+                except DagwrightError:
+                    pass  # the sweeper may redispatch; the finish claim keeps one outcome
+                if stop.wait(self.timing.heartbeat):
+                    return
+
+        thread = threading.Thread(target=beat, name=f"dagwright-heartbeat-{d.step}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    def record(self, plan: Plan, d: Dispatch, outcome: Outcome) -> list[Dispatch]:
+        """Record an attempt's outcome once; a retry is dispatched in the same transaction."""
+        events, delay = decisions.outcome_events(
+            plan, d.run_id, d.step, d.attempt, d.attempt_id, outcome, self.clock()
+        )
+        claims = [f"finish:{d.step}:{d.attempt}"]
+        retry = None
+        if delay is not None:
+            retry, scheduled = self._schedule(plan, d.run_id, d.step, d.attempt + 1, delay=delay)
+            events.append(scheduled)
+            claims.append(f"dispatch:{d.step}:{d.attempt + 1}")
+        if self.store.append(d.run_id, events, claims=claims) is None:
+            return []  # another delivery of this attempt recorded its outcome first
+        return [retry] if retry is not None else self.advance(d.run_id)
+
+    # -- recovery and cancellation -------------------------------------------------------------------
+    def sweep(self, *, limit: int = 200) -> list[Dispatch]:
+        """Send again what a stalled run is waiting for; end runs that can end."""
+        out: list[Dispatch] = []
+        for summary in self.store.list_runs(status="running", limit=limit):
+            try:
+                out += self._sweep_run(summary.record.run_id)
+            except DagwrightError:
+                continue
+        return out
+
+    def _sweep_run(self, run_id: str) -> list[Dispatch]:
+        out = self.advance(run_id)
+        plan, _, state = self.state(run_id)
+        if state.status in engine.FINAL:
+            return out
+        now = self.clock()
+        beats = self.store.heartbeats(run_id)
+        schedules = _latest_schedules(self.store.events(run_id))
+        for sid, step in state.steps.items():
+            if step.status not in (engine.SCHEDULED, engine.RUNNING) or sid not in schedules:
+                continue
+            at, not_before, attempt = schedules[sid]
+            if step.status == engine.SCHEDULED:
+                if now - max(at, not_before) > self.timing.redispatch_after:
+                    reason = f"not started {now - at:.0f}s after it was dispatched"
+                    d = self._dispatch(plan, run_id, sid, attempt=attempt, reason=reason)
+                    out += [d] if d else []
+                continue
+            last = step.attempts[-1]
+            beat = max(beats.get((sid, last.number), 0.0), last.started_at or 0.0)
+            if attempt == last.number:
+                beat = max(beat, at)
+            if now - beat > self.timing.lost_after:
+                reason = f"no heartbeat for {now - beat:.0f}s: its worker was lost"
+                d = self._dispatch(plan, run_id, sid, attempt=last.number, reason=reason)
+                out += [d] if d else []
+        return out
+
+    def cancel(self, run_id: str) -> list[str]:
+        """End a run as cancelled; returns the attempt ids that may still be running (to revoke)."""
+        for _ in range(20):
+            plan, _, state = self.state(run_id)
+            if state.status in engine.FINAL:
+                return []
+            now = self.clock()
+            events: list[Event] = []
+            claims = ["conclude"]
+            running = []
+            for sid in state.active():
+                step = state.steps[sid]
+                events += decisions.cancel_events(state, sid, now)
+                if step.attempts and step.attempts[-1].status == engine.RUNNING:
+                    claims.append(f"finish:{sid}:{step.attempts[-1].number}")
+                    running.append(step.attempts[-1].attempt_id or "")
+            for e in events:
+                engine.apply(plan, state, e)
+            events += decisions.conclude(plan, state, now, cancelled=True)
+            if self.store.append(run_id, events, claims=claims) is not None:
+                return [a for a in running if a]
+        raise DagwrightError(f"could not cancel run {run_id!r}: it kept changing")
+
+
+def _latest_schedules(events: list[Event]) -> dict[str, tuple[float, float, int]]:
+    """For each step: when it was last dispatched, not before when, and which attempt."""
+    latest: dict[str, tuple[float, float, int]] = {}
+    for e in events:
+        if e.type == ev.STEP_SCHEDULED and e.step:
+            latest[e.step] = (e.at, float(e.data.get("not_before") or e.at), e.attempt or 1)
+    return latest
+
+
+__all__ = ["Dispatch", "Engine", "Timing"]
