@@ -283,7 +283,7 @@ def _run_on_celery(
                 else:
                     time.sleep(0.05)
     except KeyboardInterrupt:
-        celery_app.cancel(run_id)
+        celery_app.cancel(run_id, dist)
         return run_id, True
     return run_id, False
 
@@ -521,8 +521,9 @@ def cancel_cmd(
     if record.executor != "celery":
         _die(f"run {record.run_id} runs on the {record.executor} executor: use Ctrl-C there", 1)
     from dagwright.executors import celery_app
+    from dagwright.executors.distributed import Engine
 
-    celery_app.cancel(record.run_id)
+    celery_app.cancel(record.run_id, Engine(store, default_registry))
     _, state = state_of(record, store.events(record.run_id))
     out.print(f"run {record.run_id}: ", _status_text(state.status))
 

@@ -84,9 +84,9 @@ def run_attempt(
     send(engine().execute(Dispatch(run_id, step, attempt, attempt_id, 0.0, timeout)))
 
 
-def cancel(run_id: str) -> None:
+def cancel(run_id: str, using: Engine | None = None) -> None:
     """Cancel a run: record it, then stop its running attempts."""
-    running = engine().cancel(run_id)
+    running = (using or engine()).cancel(run_id)
     if running:
         app.control.revoke(running, terminate=True)
 

@@ -37,9 +37,11 @@ def outcome_events(
     attempt_id: str,
     outcome: Outcome,
     at: float,
+    next_attempt_id: str | None = None,
 ) -> tuple[list[Event], float | None]:
-    """The events that record an attempt's outcome, and the retry delay when there is one
-    (then the step is not finished: its next attempt comes after the delay)."""
+    """The events that record an attempt's outcome, and the retry delay when there is one:
+    then the step is not finished, and its next attempt is scheduled (``next_attempt_id``)
+    ``not_before`` the delay has passed."""
     step = plan.steps[sid]
     delay = None
     if outcome.status != SUCCEEDED and should_retry(
@@ -63,7 +65,8 @@ def outcome_events(
         },
     )
     if delay is not None:
-        return [finished], delay
+        data = {"attempt_id": next_attempt_id, "not_before": round(at + delay, 6)}
+        return [finished, Event(ev.STEP_SCHEDULED, run_id, at, sid, attempt + 1, data)], delay
     status = SUCCEEDED if outcome.status == SUCCEEDED else FAILED
     data = {
         "status": status,

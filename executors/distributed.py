@@ -255,19 +255,20 @@ class Engine:
             stop.set()
 
     def record(self, plan: Plan, d: Dispatch, outcome: Outcome) -> list[Dispatch]:
-        """Record an attempt's outcome once; a retry is dispatched in the same transaction."""
+        """Record an attempt's outcome once; a retry is scheduled in the same transaction."""
+        next_id = self.id_factory()
         events, delay = decisions.outcome_events(
-            plan, d.run_id, d.step, d.attempt, d.attempt_id, outcome, self.clock()
+            plan, d.run_id, d.step, d.attempt, d.attempt_id, outcome, self.clock(), next_id
         )
         claims = [f"finish:{d.step}:{d.attempt}"]
-        retry = None
         if delay is not None:
-            retry, scheduled = self._schedule(plan, d.run_id, d.step, d.attempt + 1, delay=delay)
-            events.append(scheduled)
             claims.append(f"dispatch:{d.step}:{d.attempt + 1}")
         if self.store.append(d.run_id, events, claims=claims) is None:
             return []  # another delivery of this attempt recorded its outcome first
-        return [retry] if retry is not None else self.advance(d.run_id)
+        if delay is not None:
+            timeout = plan.steps[d.step].timeout
+            return [Dispatch(d.run_id, d.step, d.attempt + 1, next_id, delay, timeout)]
+        return self.advance(d.run_id)
 
     # -- recovery and cancellation -------------------------------------------------------------------
     def sweep(self, *, limit: int = 200) -> list[Dispatch]:

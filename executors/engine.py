@@ -82,8 +82,13 @@ class RunState:
 
 
 def apply(plan: Plan, state: RunState, event: Event) -> RunState:
-    """Fold one event into the state (in place, and returned for chaining)."""
+    """Fold one event into the state (in place, and returned for chaining).
+
+    Events after ``run_finished`` (a worker's late report on a cancelled run) stay in the trace
+    but do not change the run's state."""
     kind = event.type
+    if state.status in FINAL:
+        return state
     if kind == ev.RUN_STARTED:
         state.status = RUNNING
         state.inputs = event.data.get("inputs", {})

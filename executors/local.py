@@ -253,14 +253,24 @@ class _Run:
         step = self.plan.steps[sid]
         tool = self.x.registry.get(step.uses)
         attempt = 0
+        attempt_id = self.x.id_factory()
         try:
             while True:
                 attempt += 1
                 async with self.sem:
-                    outcome, attempt_id = await self.attempt(sid, attempt, tool)
+                    outcome = await self.attempt(sid, attempt, attempt_id, tool)
+                next_id = self.x.id_factory()
                 events, delay = decisions.outcome_events(
-                    self.plan, self.run_id, sid, attempt, attempt_id, outcome, self.x.clock()
+                    self.plan,
+                    self.run_id,
+                    sid,
+                    attempt,
+                    attempt_id,
+                    outcome,
+                    self.x.clock(),
+                    next_id,
                 )
+                attempt_id = next_id
                 self.emit(*events)
                 if delay is None:
                     break
@@ -273,17 +283,16 @@ class _Run:
             self.tasks.pop(sid, None)
         self.dispatch()
 
-    async def attempt(self, sid: str, attempt: int, tool: Any) -> tuple[Outcome, str]:
+    async def attempt(self, sid: str, attempt: int, attempt_id: str, tool: Any) -> Outcome:
         step = self.plan.steps[sid]
-        attempt_id = self.x.id_factory()
         args, failed = decisions.resolve_args(self.plan, self.state, sid)
         self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=args))
         if failed is not None:
-            return failed, attempt_id
+            return failed
         await self.durable()  # the attempt is on record before the tool is called
         ctx = ToolContext(run_id=self.run_id, step_id=sid, attempt=attempt)
         context = engine.step_context(self.plan, self.state, sid)
-        return await execute_attempt(tool, step, args, ctx, context, pool=self.pool), attempt_id
+        return await execute_attempt(tool, step, args, ctx, context, pool=self.pool)
 
     async def cancel_all(self) -> None:
         tasks = list(self.tasks.values())

@@ -10,11 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import contract_tools  # noqa: F401  (registers test.block, test.auth, test.boom)
 import pytest
+from conftest import make_store
 
-from dagwright.errors import StepError
 from dagwright.executors import engine
 from dagwright.executors import events as ev
 from dagwright.executors.events import Event
@@ -42,16 +44,67 @@ class Ran:
         return [e for e in self.events if e.type == kind and (step is None or e.step == step)]
 
 
-@pytest.fixture
-def execute(store: TraceStore, registry: ToolRegistry):  # noqa: ANN201
+COMBOS = [("local", "memory"), ("local", "sqlite"), ("local", "postgres"), ("celery", "sqlite")]
+
+
+class CeleryRunner:
+    """Submits to real Celery worker processes and follows the shared trace until the end."""
+
+    def __init__(self, store: TraceStore, registry: ToolRegistry) -> None:
+        from dagwright.executors.distributed import Engine
+
+        self.store = store
+        self.engine = Engine(store, registry)
+
+    def start(self, workflow: Workflow, inputs: dict[str, Any] | None = None) -> str:
+        from dagwright.executors import celery_app
+
+        run_id, dispatches = self.engine.start(workflow, inputs or {})
+        celery_app.send(dispatches)
+        return run_id
+
+    def wait(self, run_id: str, timeout: float = 60) -> RunResult:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.store.events(run_id)
+            if any(e.type == ev.RUN_FINISHED for e in events):
+                plan, _ = self.engine.plan_of(run_id)
+                state = engine.fold(plan, run_id, events)
+                return RunResult(run_id, state.status, state.output, state.error, state, "")
+            time.sleep(0.02)
+        raise AssertionError(f"run {run_id} did not finish in {timeout}s")
+
+    def cancel(self, run_id: str) -> None:
+        from dagwright.executors import celery_app
+
+        celery_app.cancel(run_id, self.engine)
+
+
+@pytest.fixture(params=COMBOS, ids=lambda c: f"{c[0]}-{c[1]}")
+def execute(request: pytest.FixtureRequest, tmp_path: Path, registry: ToolRegistry):  # noqa: ANN201
+    executor, kind = request.param
+    if executor == "celery":
+        from dagwright.executors.store.sql import SqlTraceStore
+
+        db, _ = request.getfixturevalue("celery_cluster")
+        store: TraceStore = SqlTraceStore(db)
+        celery = CeleryRunner(store, registry)
+    else:
+        store = make_store(kind, tmp_path, request)
+
     def run(workflow: Workflow, inputs: dict[str, Any] | None = None, **kw: Any) -> Ran:
-        executor = LocalExecutor(store, registry, **kw)
-        result = executor.run(workflow, inputs or {})
+        if executor == "celery":
+            result = celery.wait(celery.start(workflow, inputs))
+        else:
+            result = LocalExecutor(store, registry, **kw).run(workflow, inputs or {})
         return Ran(result, store.events(result.run_id))
 
-    run.registry = registry  # type: ignore[attr-defined]
+    run.executor = executor  # type: ignore[attr-defined]
     run.store = store  # type: ignore[attr-defined]
-    return run
+    run.registry = registry  # type: ignore[attr-defined]
+    run.celery = celery if executor == "celery" else None  # type: ignore[attr-defined]
+    yield run
+    store.close()
 
 
 def overlap(a: engine.StepState, b: engine.StepState) -> bool:
@@ -204,26 +257,12 @@ def test_timeout_stops_waiting_for_an_async_tool(execute) -> None:  # noqa: ANN0
 
 
 def test_timeout_stops_waiting_for_a_blocking_tool(execute) -> None:  # noqa: ANN001
-    release = threading.Event()
-
-    @execute.registry.tool("test.block")
-    def block() -> str:
-        release.wait(10)
-        return "late"
-
-    try:
-        ran = execute(wf([{"id": "b", "uses": "test.block", "timeout": 0.2}]))
-    finally:
-        release.set()
+    ran = execute(wf([{"id": "b", "uses": "test.block", "with": {"seconds": 3}, "timeout": 0.2}]))
     assert ran.result.status == "failed"
     assert ran.of(ev.ATTEMPT_FINISHED, "b")[0].data["status"] == "timed_out"
 
 
 def test_non_retryable_error_is_not_retried(execute) -> None:  # noqa: ANN001
-    @execute.registry.tool("test.auth")
-    def auth() -> str:
-        raise StepError("bad credentials", retryable=False)
-
     ran = execute(
         wf([{"id": "x", "uses": "test.auth", "retry": {"max_attempts": 5, "backoff": 0}}])
     )
@@ -233,10 +272,6 @@ def test_non_retryable_error_is_not_retried(execute) -> None:  # noqa: ANN001
 
 
 def test_unexpected_exception_is_recorded_with_its_traceback(execute) -> None:  # noqa: ANN001
-    @execute.registry.tool("test.boom")
-    def boom(n: int) -> int:
-        return n // 0
-
     ran = execute(wf([{"id": "x", "uses": "test.boom", "with": {"n": 1}}]))
     error = ran.of(ev.ATTEMPT_FINISHED, "x")[0].data["error"]
     assert error["type"] == "ZeroDivisionError"
@@ -284,6 +319,8 @@ def test_steps_start_when_their_own_dependencies_finish(execute) -> None:  # noq
 
 
 def test_max_parallel_bounds_running_attempts(execute) -> None:  # noqa: ANN001
+    if execute.executor != "local":
+        pytest.skip("max_parallel bounds the local executor; Celery's bound is worker concurrency")
     steps = [{"id": f"s{i}", "uses": "sleep", "with": {"ms": 60}} for i in range(6)]
     ran = execute(wf(steps), max_parallel=2)
     assert ran.result.status == "succeeded"
@@ -380,32 +417,41 @@ def test_default_output_is_each_final_step(execute) -> None:  # noqa: ANN001
     assert ran.result.output == {"b": {"v": 1}, "c": {"v": 3}}
 
 
-def test_cancellation_leaves_a_consistent_trace(store: TraceStore, registry: ToolRegistry) -> None:
-    executor = LocalExecutor(store, registry)
-    workflow = wf(
-        [
-            {"id": "quick", "uses": "sleep", "with": {"ms": 1}},
-            {"id": "long1", "uses": "sleep", "with": {"ms": 20_000}, "needs": ["quick"]},
-            {"id": "long2", "uses": "sleep", "with": {"ms": 20_000}, "needs": ["quick"]},
-            {"id": "never", "uses": "echo", "needs": ["long1"]},
-        ]
-    )
-    results: list[RunResult] = []
-    runner = threading.Thread(target=lambda: results.append(executor.run(workflow)))
-    runner.start()
-    deadline = time.monotonic() + 10
+def test_cancellation_leaves_a_consistent_trace(execute) -> None:  # noqa: ANN001
+    store = execute.store
+    workflow = wf([
+        {"id": "quick", "uses": "sleep", "with": {"ms": 1}},
+        {"id": "long1", "uses": "sleep", "with": {"ms": 20_000}, "needs": ["quick"]},
+        {"id": "long2", "uses": "sleep", "with": {"ms": 20_000}, "needs": ["quick"]},
+        {"id": "never", "uses": "echo", "needs": ["long1"]},
+    ])  # fmt: skip
+    if execute.celery is not None:
+        run_id = execute.celery.start(workflow)
+        cancel = lambda: execute.celery.cancel(run_id)  # noqa: E731
+        wait = lambda: execute.celery.wait(run_id)  # noqa: E731
+    else:
+        executor = LocalExecutor(store, execute.registry)
+        results: list[RunResult] = []
+        runner = threading.Thread(target=lambda: results.append(executor.run(workflow)))
+        runner.start()
+        cancel = executor.cancel
+
+        def wait() -> RunResult:
+            runner.join(10)
+            assert not runner.is_alive()
+            return results[0]
+
+        run_id = None
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        runs = store.list_runs(limit=1)
-        if (
-            runs
-            and sum(e.type == ev.ATTEMPT_STARTED for e in store.events(runs[0].record.run_id)) == 3
-        ):
+        rid = run_id or (
+            store.list_runs(limit=1)[0].record.run_id if store.list_runs(limit=1) else None
+        )
+        if rid and sum(e.type == ev.ATTEMPT_STARTED for e in store.events(rid)) == 3:
             break
         time.sleep(0.01)
-    executor.cancel()
-    runner.join(10)
-    assert not runner.is_alive()
-    result = results[0]
+    cancel()
+    result = wait()
     assert result.status == "cancelled"
     events = store.events(result.run_id)
     statuses = {sid: s.status for sid, s in result.state.steps.items()}
@@ -415,11 +461,13 @@ def test_cancellation_leaves_a_consistent_trace(store: TraceStore, registry: Too
         "long2": "cancelled",
         "never": "skipped",
     }
-    started = {(e.step, e.attempt) for e in events if e.type == ev.ATTEMPT_STARTED}
-    finished = {(e.step, e.attempt) for e in events if e.type == ev.ATTEMPT_FINISHED}
+    finished_at = next(i for i, e in enumerate(events) if e.type == ev.RUN_FINISHED)
+    before = events[: finished_at + 1]
+    started = {(e.step, e.attempt) for e in before if e.type == ev.ATTEMPT_STARTED}
+    finished = {(e.step, e.attempt) for e in before if e.type == ev.ATTEMPT_FINISHED}
     assert started == finished, "every attempt that started is recorded as finished"
-    assert {e.step for e in events if e.type == ev.STEP_FINISHED} == set(statuses)
-    assert events[-1].type == ev.RUN_FINISHED and events[-1].data["status"] == "cancelled"
+    assert {e.step for e in before if e.type == ev.STEP_FINISHED} == set(statuses)
+    assert events[finished_at].data["status"] == "cancelled"
 
 
 def test_state_is_the_fold_of_the_stored_trace(execute) -> None:  # noqa: ANN001
