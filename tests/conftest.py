@@ -166,10 +166,12 @@ def use_broker(broker: str) -> None:
     """Point this process's Celery client at the test broker."""
     from dagwright.executors import celery_app
 
+    if celery_app.app.conf.broker_url == broker:
+        return
     celery_app.app.conf.broker_url = broker
-    if celery_app.app._pool is not None:  # connections made for another broker
-        celery_app.app._pool.force_close_all()
-        celery_app.app._pool = None
+    # forget connections and producers made for another broker
+    celery_app.app._pool = None
+    celery_app.app.amqp._producer_pool = None
 
 
 def flush_broker(broker: str) -> None:

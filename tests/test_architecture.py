@@ -25,6 +25,8 @@ CORE = [
     "dagwright.executors.local",
     "dagwright.executors.store.base",
     "dagwright.executors.store.memory",
+    "dagwright.executors.decisions",
+    "dagwright.executors.distributed",
     "dagwright.tools",
 ]
 IO_LIBRARIES = [

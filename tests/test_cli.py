@@ -207,3 +207,31 @@ def test_help_texts_list_every_command(tmp_path: Path) -> None:
     assert (
         "Exit code: 0 succeeded, 1 failed, 2 invalid" in cli("run", "--help", cwd=tmp_path).stdout
     )
+
+
+def test_run_on_celery_workers_follows_and_detaches(tmp_path: Path, celery_cluster: Any) -> None:
+    from conftest import REDIS_URL
+
+    db, _ = celery_cluster
+    env = {"DAGWRIGHT_DB": db, "DAGWRIGHT_BROKER": REDIS_URL}
+    example = str(REPO / "workflows/examples/retries.yaml")
+    proc = cli("run", example, "--executor", "celery", "--json", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    data = as_json(proc)
+    assert data["status"] == "succeeded" and data["steps"]["call_api"]["attempts"] == 3
+    assert data["output"]["items"] == ["alpha", "beta", "gamma"]
+    detached = cli(
+        "run", example, "--executor", "celery", "--detach", "--json", cwd=tmp_path, env=env
+    )
+    assert detached.returncode == 0, detached.stderr
+    run_id = as_json(detached)["run_id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        shown = as_json(cli("show", run_id, "--json", cwd=tmp_path, env=env))
+        if shown["status"] != "running":
+            break
+        time.sleep(0.2)
+    assert shown["status"] == "succeeded"
+    assert (
+        "--detach needs --executor celery" in cli("run", example, "--detach", cwd=tmp_path).stderr
+    )

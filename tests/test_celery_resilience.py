@@ -1,0 +1,204 @@
+"""The Celery executor when things go wrong: a worker killed mid-step, load, Redis restarting.
+
+Real worker processes on a real Redis, each test with its own broker database and trace store.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Workers, celery_env, flush_broker, require_redis, use_broker
+
+from dagwright.executors import engine
+from dagwright.executors import events as ev
+from dagwright.executors.distributed import Engine
+from dagwright.executors.events import Event
+from dagwright.executors.store.sql import SqlTraceStore
+from dagwright.planner.schema import Workflow
+from dagwright.tools import default_registry
+
+BROKER = "redis://127.0.0.1:6379/14"
+
+
+def wf(steps: list[dict[str, Any]], name: str = "resilience") -> Workflow:
+    return Workflow.model_validate({"name": name, "steps": steps})
+
+
+def submit(eng: Engine, workflow: Workflow) -> str:
+    from dagwright.executors import celery_app
+
+    run_id, dispatches = eng.start(workflow, {})
+    celery_app.send(dispatches)
+    return run_id
+
+
+def wait_finished(store: SqlTraceStore, run_ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(run_ids)
+    while pending and time.monotonic() < deadline:
+        for rid in list(pending):
+            if any(e.type == ev.RUN_FINISHED for e in store.events(rid)):
+                pending.discard(rid)
+        time.sleep(0.1)
+    assert not pending, f"{len(pending)} runs did not finish in {timeout}s"
+
+
+def wait_for(store: SqlTraceStore, run_id: str, predicate: Any, timeout: float = 20) -> list[Event]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = store.events(run_id)
+        if predicate(events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met in {timeout}s")
+
+
+def finished_once(events: list[Event]) -> None:
+    """Every step ran to one outcome: one step_finished and one final attempt_finished each."""
+    finishes = Counter(e.step for e in events if e.type == ev.STEP_FINISHED)
+    assert all(n == 1 for n in finishes.values()), finishes
+    outcomes = Counter((e.step, e.attempt) for e in events if e.type == ev.ATTEMPT_FINISHED)
+    assert all(n == 1 for n in outcomes.values()), outcomes
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[SqlTraceStore, Engine, Workers]]:
+    require_redis(BROKER)
+    flush_broker(BROKER)
+    use_broker(BROKER)
+    db = str(tmp_path / "trace.db")
+    store = SqlTraceStore(db)
+    workers = Workers(celery_env(db, BROKER), tmp_path)
+    yield store, Engine(store, default_registry), workers
+    workers.stop_all()
+    store.close()
+    flush_broker(BROKER)
+
+
+def test_a_worker_killed_mid_step_loses_no_work(cluster) -> None:  # noqa: ANN001
+    store, eng, workers = cluster
+    first = workers.start(concurrency=2)
+    run_id = submit(eng, wf([
+        {"id": "before", "uses": "echo", "with": {"v": 1}},
+        {"id": "long", "uses": "sleep", "with": {"ms": 2500}, "needs": ["before"]},
+        {"id": "after", "uses": "echo", "with": {"v": "${{ steps.long.output.slept_ms }}"}},
+    ]))  # fmt: skip
+    wait_for(
+        store, run_id, lambda es: any(e.type == ev.ATTEMPT_STARTED and e.step == "long" for e in es)
+    )
+    workers.kill(first)  # kill -9 of the worker and its pool: the step's worker is gone
+    workers.start(concurrency=2)
+    wait_finished(store, [run_id], timeout=60)
+    events = store.events(run_id)
+    plan, _ = eng.plan_of(run_id)
+    state = engine.fold(plan, run_id, events)
+    assert state.status == "succeeded", state.error
+    assert state.output == {"after": {"v": 2500}}
+    finished_once(events)
+    starts = Counter(e.step for e in events if e.type == ev.ATTEMPT_STARTED)
+    assert starts["before"] == 1 and starts["after"] == 1, "every other step ran once"
+    assert starts["long"] == 2, "the lost attempt was sent again"
+    assert len(state.steps["long"].attempts) == 1, "…as the same attempt, not a new one"
+    resent = [
+        e
+        for e in events
+        if e.type == ev.STEP_SCHEDULED and e.step == "long" and e.data.get("reason")
+    ]
+    assert resent and "worker was lost" in resent[0].data["reason"]
+
+
+def test_twenty_runs_at_once_on_two_worker_processes(cluster) -> None:  # noqa: ANN001
+    store, eng, workers = cluster
+    workers.start(concurrency=1)
+    workers.start(concurrency=1)
+    steps = [{"id": "root", "uses": "echo", "with": {"v": 0}}]
+    for i in range(1, 19):
+        deps = (
+            ["root"] if i < 7 else [f"s{i - 6}", f"s{(i * 5) % 6 + 1}"] if i < 13 else [f"s{i - 6}"]
+        )
+        steps.append({"id": f"s{i}", "uses": "echo", "with": {"i": i}, "needs": sorted(set(deps))})
+    steps.append({"id": "sink", "uses": "echo", "needs": [f"s{i}" for i in range(13, 19)]})
+    workflow = wf(steps, name="load")
+    assert len(workflow.steps) == 20
+    run_ids = [submit(eng, workflow) for _ in range(20)]
+    wait_finished(store, run_ids, timeout=120)
+    for rid in run_ids:
+        events = store.events(rid)
+        plan, _ = eng.plan_of(rid)
+        assert engine.fold(plan, rid, events).status == "succeeded"
+        finished_once(events)
+        starts = Counter(e.step for e in events if e.type == ev.ATTEMPT_STARTED)
+        assert set(starts.values()) == {1} and len(starts) == 20, "no step recorded twice"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is needed to restart Redis in the middle of a run")
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
+
+
+def test_redis_restarting_mid_run_does_not_lose_the_run(tmp_path: Path) -> None:
+    require_redis()
+    port = _free_port()
+    broker = f"redis://127.0.0.1:{port}/0"
+    redis_proc = _redis(port, tmp_path)
+    use_broker(broker)
+    db = str(tmp_path / "trace.db")
+    store = SqlTraceStore(db)
+    eng = Engine(store, default_registry)
+    workers = Workers(celery_env(db, broker), tmp_path)
+    try:
+        workers.start(concurrency=2)
+        steps = [{"id": "s0", "uses": "sleep", "with": {"ms": 100}}]
+        steps += [
+            {"id": f"s{i}", "uses": "sleep", "with": {"ms": 300}, "needs": [f"s{i - 1}"]}
+            for i in range(1, 8)
+        ]
+        run_id = submit(eng, wf(steps, name="redis-restart"))
+        wait_for(
+            store, run_id, lambda es: any(e.type == ev.STEP_FINISHED and e.step == "s2" for e in es)
+        )
+        redis_proc.kill()  # Redis dies with the queue in it (no persistence)
+        redis_proc.wait(10)
+        time.sleep(1)
+        redis_proc = _redis(port, tmp_path)
+        wait_finished(store, [run_id], timeout=90)
+        events = store.events(run_id)
+        plan, _ = eng.plan_of(run_id)
+        state = engine.fold(plan, run_id, events)
+        assert state.status == "succeeded", state.error
+        finished_once(events)
+        assert [e.type for e in events].count(ev.RUN_FINISHED) == 1
+    finally:
+        workers.stop_all()
+        redis_proc.kill()
+        redis_proc.wait(10)
+        store.close()
+        use_broker(BROKER)
