@@ -91,6 +91,22 @@ def cancel(run_id: str, using: Engine | None = None) -> None:
         app.control.revoke(running, terminate=True)
 
 
+@signals.worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    """Open the trace store and run one no-op attempt in each new pool process, so that a
+    run's first steps don't each pay a cold start (hundreds of ms) in parallel."""
+    from dagwright.executors.runner import run_step
+    from dagwright.planner.schema import Step
+    from dagwright.tools.registry import ToolContext
+
+    try:
+        engine().store.list_runs(limit=1)
+        step = Step(id="warm_up", uses="echo")
+        run_step(default_registry.get("echo"), step, {}, ToolContext("", "warm_up", 1), {})
+    except Exception:  # noqa: BLE001 - warming up is an optimisation; tasks report real errors
+        log.exception("warm-up failed")
+
+
 # -- the sweeper: each worker's main process re-advances stalled runs ------------------------------
 
 
