@@ -16,6 +16,7 @@ may run twice, but only one outcome per attempt enters the trace.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import uuid
@@ -80,6 +81,8 @@ class Engine:
         self.clock = clock
         self.id_factory = id_factory
         self._plans: dict[str, tuple[Plan, ToolRegistry]] = {}
+        # folded states, per thread: a threads-pool worker runs several attempts at once
+        self._local = threading.local()
 
     # -- reading ---------------------------------------------------------------------------------
     def plan_of(self, run_id: str) -> tuple[Plan, ToolRegistry]:
@@ -105,9 +108,30 @@ class Engine:
             raise DagwrightError("; ".join(str(i) for i in issues))
         return Plan.from_workflow(workflow), registry
 
+    def _states(self) -> dict[str, tuple[engine.RunState, list[int]]]:
+        if not hasattr(self._local, "states"):
+            self._local.states = {}
+        return self._local.states  # type: ignore[no-any-return]
+
     def state(self, run_id: str) -> tuple[Plan, ToolRegistry, engine.RunState]:
+        """The run's state, folded incrementally from the events this process has not seen.
+
+        Only a gap-free prefix is applied: with several writers, an append that took an earlier
+        ``seq`` may become visible after a later one; its writer advances the run itself."""
         plan, registry = self.plan_of(run_id)
-        return plan, registry, engine.fold(plan, run_id, self.store.events(run_id))
+        states = self._states()
+        folded = states.get(run_id)
+        if folded is None:
+            folded = states[run_id] = (engine.RunState.initial(plan, run_id), [0])
+        state, seen = folded
+        for event in self.store.events(run_id, after=seen[0]):
+            if event.seq != seen[0] + 1:
+                break
+            engine.apply(plan, state, event)
+            seen[0] = event.seq
+        if state.status in engine.FINAL or len(states) > 256:
+            states.pop(run_id, None)
+        return plan, registry, state
 
     # -- starting a run ----------------------------------------------------------------------------
     def start(
@@ -238,14 +262,12 @@ class Engine:
     def _beating(self, d: Dispatch) -> Iterator[None]:
         stop = threading.Event()
 
-        def beat() -> None:
-            while True:
+        def beat() -> None:  # attempt_started is the first beat
+            while not stop.wait(self.timing.heartbeat):
                 try:
                     self.store.heartbeat(d.run_id, d.step, d.attempt, self.clock())
                 except DagwrightError:
                     pass  # the sweeper may redispatch; the finish claim keeps one outcome
-                if stop.wait(self.timing.heartbeat):
-                    return
 
         thread = threading.Thread(target=beat, name=f"dagwright-heartbeat-{d.step}", daemon=True)
         thread.start()
@@ -255,20 +277,43 @@ class Engine:
             stop.set()
 
     def record(self, plan: Plan, d: Dispatch, outcome: Outcome) -> list[Dispatch]:
-        """Record an attempt's outcome once; a retry is scheduled in the same transaction."""
+        """Record an attempt's outcome once. In the same transaction: its retry, or the
+        dispatch of the dependents it made ready (then no separate advance is needed)."""
         next_id = self.id_factory()
         events, delay = decisions.outcome_events(
             plan, d.run_id, d.step, d.attempt, d.attempt_id, outcome, self.clock(), next_id
         )
-        claims = [f"finish:{d.step}:{d.attempt}"]
+        finish = f"finish:{d.step}:{d.attempt}"
         if delay is not None:
-            claims.append(f"dispatch:{d.step}:{d.attempt + 1}")
+            claims = [finish, f"dispatch:{d.step}:{d.attempt + 1}"]
+            if self.store.append(d.run_id, events, claims=claims) is None:
+                return []  # another delivery of this attempt recorded its outcome first
+            return [
+                Dispatch(
+                    d.run_id, d.step, d.attempt + 1, next_id, delay, plan.steps[d.step].timeout
+                )
+            ]
+        ready: list[str] = []
+        if outcome.status == "succeeded":
+            _, _, state = self.state(d.run_id)
+            ready = engine.ready_after(plan, state, d.step)
+        dispatches = []
+        claims = [finish]
+        for sid in ready:
+            dispatch, event = self._schedule(plan, d.run_id, sid, 1)
+            events.append(event)
+            claims.append(f"dispatch:{sid}:1")
+            dispatches.append(dispatch)
         if self.store.append(d.run_id, events, claims=claims) is None:
-            return []  # another delivery of this attempt recorded its outcome first
-        if delay is not None:
-            timeout = plan.steps[d.step].timeout
-            return [Dispatch(d.run_id, d.step, d.attempt + 1, next_id, delay, timeout)]
-        return self.advance(d.run_id)
+            if not dispatches:
+                return []  # another delivery of this attempt recorded its outcome first
+            # a dependent was dispatched by someone else meanwhile: record the outcome alone
+            if self.store.append(d.run_id, events[: -len(dispatches)], claims=[finish]) is None:
+                return []
+            return self.advance(d.run_id)
+        if ready and len(ready) == len(plan.dependents[d.step]):
+            return dispatches  # every dependent is on its way; nothing else can have changed
+        return dispatches + self.advance(d.run_id)
 
     # -- recovery and cancellation -------------------------------------------------------------------
     def sweep(self, *, limit: int = 200) -> list[Dispatch]:
@@ -325,9 +370,10 @@ class Engine:
                 if step.attempts and step.attempts[-1].status == engine.RUNNING:
                     claims.append(f"finish:{sid}:{step.attempts[-1].number}")
                     running.append(step.attempts[-1].attempt_id or "")
+            after = copy.deepcopy(state)  # the cached state only follows stored events
             for e in events:
-                engine.apply(plan, state, e)
-            events += decisions.conclude(plan, state, now, cancelled=True)
+                engine.apply(plan, after, e)
+            events += decisions.conclude(plan, after, now, cancelled=True)
             if self.store.append(run_id, events, claims=claims) is not None:
                 return [a for a in running if a]
         raise DagwrightError(f"could not cancel run {run_id!r}: it kept changing")

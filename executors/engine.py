@@ -189,6 +189,18 @@ def ready_steps(plan: Plan, state: RunState) -> list[str]:
     return list(state.ready)
 
 
+def ready_after(plan: Plan, state: RunState, step_id: str) -> list[str]:
+    """The dependents that ``step_id`` succeeding would make ready (its last dependency),
+    computed without changing the state."""
+    if state.halted or state.status in FINAL:
+        return []
+    return [
+        nxt
+        for nxt in plan.dependents[step_id]
+        if state.waiting[nxt] == 1 and state.steps[nxt].status == PENDING
+    ]
+
+
 def blocked_steps(plan: Plan, state: RunState) -> dict[str, str]:
     """Pending steps that can never run, with why: an upstream step failed or was skipped."""
     blocked: dict[str, str] = {}
@@ -253,6 +265,7 @@ __all__ = [
     "final_status",
     "fold",
     "is_settled",
+    "ready_after",
     "ready_steps",
     "run_output",
     "step_context",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 import traceback
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -135,11 +136,22 @@ def run_step(
 
     A plain-function tool runs in a thread of its own, which is not waited for after a
     timeout (``asyncio.run`` would wait for its default executor)."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagwright-step")
+    loop = getattr(_local, "loop", None)
+    if loop is None:  # one event loop per worker thread, reused: a new loop per step costs
+        loop = _local.loop = asyncio.new_event_loop()
+    pool = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagwright-step")
+        if not tool.is_async
+        else None
+    )
     try:
-        return asyncio.run(execute_attempt(tool, step, args, ctx, context, pool=pool))
+        return loop.run_until_complete(execute_attempt(tool, step, args, ctx, context, pool=pool))
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+_local = threading.local()
 
 
 __all__ = ["Outcome", "error_info", "execute_attempt", "run_step"]
