@@ -263,6 +263,15 @@ def _run_on_celery(
     from dagwright.executors import celery_app
     from dagwright.executors.distributed import Engine
 
+    visibility = _settings().visibility_timeout
+    too_long = [s.id for s in wf.steps if s.timeout and s.timeout >= visibility]
+    if too_long:
+        _die(
+            f"step(s) {', '.join(too_long)} may run longer than Redis' visibility timeout "
+            f"({visibility:g}s), so their messages would be delivered twice: lower their "
+            "timeout or raise DAGWRIGHT_VISIBILITY_TIMEOUT (for workers and this client)",
+            EXIT_INVALID,
+        )
     dist = Engine(store, registry)
     run_id, dispatches = dist.start(wf, inputs, source=source)
     celery_app.send(dispatches)
