@@ -35,6 +35,14 @@ class Settings:
     """DAGWRIGHT_VISIBILITY_TIMEOUT: seconds before Redis hands an unacknowledged message to
     another worker; keep it above the longest step timeout."""
 
+    model_base_url: str = ""
+    """DAGWRIGHT_MODEL_BASE_URL: the OpenAI-compatible endpoint for ``openai:`` models (vLLM,
+    Ollama, llama.cpp server, LiteLLM proxy); empty means OpenAI's own."""
+    model_api_key: str = ""
+    """DAGWRIGHT_MODEL_API_KEY: the key for that endpoint (else OPENAI_API_KEY is used)."""
+    model_seed: int = 0
+    """DAGWRIGHT_MODEL_SEED: the seed sent with every model request, where supported."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -61,7 +69,7 @@ class Settings:
                     value = type(default)(raw)
                 except ValueError:
                     value = -1
-                if value <= 0:
+                if value <= 0 and f.name != "model_seed":
                     kind = "integer" if isinstance(default, int) else "number"
                     raise DagwrightError(f"{name} must be a positive {kind}, got {raw!r}")
                 values[f.name] = value

@@ -491,6 +491,75 @@ def trace_cmd(
         out.print(escape("  ".join(bits)), soft_wrap=True)
 
 
+@app.command("plan")
+def plan_cmd(
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="What the workflow should do, in plain words.")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="PROVIDER:MODEL, e.g. openai:gpt-4o-mini.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the plan here as YAML.")
+    ] = None,
+    max_repairs: Annotated[
+        int,
+        typer.Option("--max-repairs", min=0, max=10, help="Re-asks after a plan fails validation."),
+    ] = 2,
+    calls: Annotated[
+        Path | None,
+        typer.Option(
+            "--calls", help="Write every model call (request, response, error, usage) as JSON."
+        ),
+    ] = None,
+) -> None:
+    """Ask a model for a plan; print it (or write it with -o) as a reviewable YAML workflow.
+
+    The model can only name registered tools (`dagwright tools`); the plan is validated like a
+    YAML workflow and its problems fed back for up to --max-repairs re-asks. Endpoint settings:
+    DAGWRIGHT_MODEL_BASE_URL, DAGWRIGHT_MODEL_API_KEY (or OPENAI_API_KEY), DAGWRIGHT_MODEL_SEED."""
+    from dagwright.agents.models import ModelCall, connect
+    from dagwright.planner.llm import PlanningFailed, plan
+    from dagwright.planner.loader import dump_workflow
+
+    settings = _settings()
+    registry = default_registry
+    if settings.tools:
+        registry = registry.copy()
+        for module in settings.tools:
+            registry.load_module(module)
+    recorded: list[ModelCall] = []
+    try:
+        provider = connect(model, _model_settings(settings))
+        workflow = plan(task, registry, provider, max_repairs=max_repairs, record=recorded.append)
+    except PlanningFailed as exc:
+        _die(f"no valid plan: {exc}", EXIT_FAILED)
+    finally:
+        _write_calls(calls, recorded)
+    text = dump_workflow(workflow)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"plan written to {escape(str(output))} after {len(recorded)} model call(s); "
+                  f"review it, then: dagwright run {escape(str(output))}")  # fmt: skip
+    else:
+        sys.stdout.write(text)
+
+
+def _model_settings(settings: Settings) -> Any:
+    from dagwright.agents.models import ModelSettings
+
+    return ModelSettings(
+        base_url=settings.model_base_url or None,
+        api_key=settings.model_api_key or os.environ.get("OPENAI_API_KEY") or None,
+        seed=settings.model_seed,
+    )
+
+
+def _write_calls(path: Path | None, recorded: list[Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps([c.as_dict() for c in recorded], indent=2, default=str))
+
+
 @app.command("worker")
 def worker_cmd(
     concurrency: Annotated[

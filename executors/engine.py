@@ -87,7 +87,7 @@ def apply(plan: Plan, state: RunState, event: Event) -> RunState:
     Events after ``run_finished`` (a worker's late report on a cancelled run) stay in the trace
     but do not change the run's state."""
     kind = event.type
-    if state.status in FINAL:
+    if state.status in FINAL or kind == ev.MODEL_CALL:  # model calls: kept for inspection/replay
         return state
     if kind == ev.RUN_STARTED:
         state.status = RUNNING

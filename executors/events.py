@@ -11,6 +11,7 @@ ATTEMPT_STARTED = "attempt_started"
 ATTEMPT_FINISHED = "attempt_finished"
 STEP_FINISHED = "step_finished"
 RUN_FINISHED = "run_finished"
+MODEL_CALL = "model_call"
 
 EVENT_TYPES = (
     RUN_STARTED,
@@ -19,6 +20,7 @@ EVENT_TYPES = (
     ATTEMPT_FINISHED,
     STEP_FINISHED,
     RUN_FINISHED,
+    MODEL_CALL,
 )
 
 
@@ -54,6 +56,7 @@ __all__ = [
     "ATTEMPT_STARTED",
     "EVENT_TYPES",
     "Event",
+    "MODEL_CALL",
     "RUN_FINISHED",
     "RUN_STARTED",
     "STEP_FINISHED",

@@ -1,0 +1,207 @@
+"""The provider adapters. Each imports its client library only when it is used."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from dagwright.agents.models import (
+    CallTimer,
+    M,
+    ModelCall,
+    ModelError,
+    ModelSettings,
+    Recorder,
+    provider,
+)
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else value
+
+
+class _InstructorCalls:
+    """Instructor hooks → one ModelCall per request, validation errors included."""
+
+    def __init__(self, provider_name: str, model: str, purpose: str) -> None:
+        self.provider_name = provider_name
+        self.model = model
+        self.purpose = purpose
+        self.timers: list[CallTimer] = []
+        self.calls: list[ModelCall] = []
+
+    def attach(self, client: Any) -> None:
+        client.on("completion:kwargs", self.on_request)
+        client.on("completion:response", self.on_response)
+        client.on("completion:error", self.on_error)
+        client.on("parse:error", self.on_parse_error)
+
+    def on_request(self, *args: Any, **kwargs: Any) -> None:
+        request = {
+            "messages": kwargs.get("messages"),
+            "tools": kwargs.get("tools"),
+            "tool_choice": kwargs.get("tool_choice"),
+            "temperature": kwargs.get("temperature"),
+            "seed": kwargs.get("seed"),
+            "max_tokens": kwargs.get("max_tokens"),
+        }
+        call = ModelCall(
+            model=self.model,
+            provider=self.provider_name,
+            request={k: v for k, v in request.items() if v is not None},
+            attempt=len(self.timers) + 1,
+            purpose=self.purpose,
+        )
+        self.timers.append(CallTimer(call))
+
+    def _current(self) -> CallTimer | None:
+        return self.timers[-1] if self.timers else None
+
+    def on_response(self, response: Any) -> None:
+        timer = self._current()
+        if timer is None:
+            return
+        usage = getattr(response, "usage", None)
+        timer.call.response = _dump(response)
+        timer.call.model_id = getattr(response, "model", None)
+        timer.call.usage = _dump(usage) if usage is not None else None
+        timer.call.latency = None
+
+    def on_error(self, error: Exception) -> None:
+        timer = self._current()
+        if timer is not None:
+            timer.call.error = f"{type(error).__name__}: {error}"
+
+    def on_parse_error(self, error: Exception) -> None:
+        timer = self._current()
+        if timer is not None:
+            timer.call.error = f"invalid answer: {error}"
+
+    def flush(self, record: Recorder) -> list[ModelCall]:
+        for timer in self.timers:
+            self.calls.append(timer.done(record))
+        self.timers = []
+        return self.calls
+
+
+class OpenAIProvider:
+    """Any OpenAI-compatible endpoint, through Instructor (tool-calling mode)."""
+
+    name = "openai"
+
+    def __init__(self, model: str, settings: ModelSettings) -> None:
+        try:
+            import openai
+        except ImportError as exc:  # pragma: no cover - openai comes with instructor
+            raise ModelError("openai: pip install instructor (it brings openai)") from exc
+        self.model = model
+        self.settings = settings
+        self.client = openai.OpenAI(
+            base_url=settings.base_url,
+            api_key=settings.api_key or "not-needed",
+            max_retries=0,  # no HTTP retries hidden inside: every request is recorded
+            timeout=settings.timeout,
+        )
+
+    def _instructor(self) -> Any:
+        import instructor
+
+        return instructor.from_openai(self.client, mode=instructor.Mode.TOOLS)
+
+    def structured(
+        self, messages: list[dict[str, Any]], response_model: type[M], *, max_retries: int,
+        record: Recorder, purpose: str = "",
+    ) -> M:  # fmt: skip
+        from instructor.core import InstructorRetryException
+
+        client = self._instructor()
+        calls = _InstructorCalls(self.name, f"{self.name}:{self.model}", purpose)
+        calls.attach(client)
+        try:
+            result = client.chat.completions.create(
+                model=self.model,
+                response_model=response_model,
+                messages=messages,
+                max_retries=max_retries,
+                temperature=0,
+                seed=self.settings.seed,
+                max_tokens=self.settings.max_tokens,
+            )
+        except InstructorRetryException as exc:
+            calls.flush(record)
+            raise ModelError(
+                f"{self.name}:{self.model} gave no valid answer in {exc.n_attempts} attempts: "
+                f"{_last_line(exc)}",
+                attempts=exc.n_attempts,
+                last_error=str(exc),
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - the client's own errors (network, HTTP)
+            calls.flush(record)
+            raise ModelError(f"{self.name}:{self.model}: {type(exc).__name__}: {exc}") from None
+        calls.flush(record)
+        return result  # type: ignore[no-any-return]
+
+    def text(self, messages: list[dict[str, Any]], *, record: Recorder, purpose: str = "") -> str:
+        timer = CallTimer(
+            ModelCall(
+                model=f"{self.name}:{self.model}",
+                provider=self.name,
+                request={"messages": messages, "temperature": 0, "seed": self.settings.seed},
+                purpose=purpose,
+            )
+        )
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=0,
+                seed=self.settings.seed,
+                max_tokens=self.settings.max_tokens,
+            )
+        except Exception as exc:  # noqa: BLE001
+            timer.done(record, error=f"{type(exc).__name__}: {exc}")
+            raise ModelError(f"{self.name}:{self.model}: {type(exc).__name__}: {exc}") from None
+        text = response.choices[0].message.content or ""
+        timer.done(
+            record,
+            response=_dump(response),
+            model_id=response.model,
+            usage=_dump(response.usage) if response.usage else None,
+        )
+        return text
+
+
+def _last_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1][:500] if text else type(exc).__name__
+
+
+@provider("openai")
+def _openai(model: str, settings: ModelSettings) -> OpenAIProvider:
+    return OpenAIProvider(model, settings)
+
+
+@provider("anthropic")
+def _anthropic(model: str, settings: ModelSettings) -> Any:
+    try:
+        import anthropic  # noqa: F401
+    except ImportError:
+        raise ModelError("anthropic:… needs the anthropic package: pip install anthropic") from None
+    raise ModelError("anthropic:… is not wired yet (planned: Instructor's from_anthropic)")
+
+
+@provider("hf")
+def _hf(model: str, settings: ModelSettings) -> Any:
+    raise ModelError(
+        "hf:… (local Hugging Face models through Outlines) needs pip install 'dagwright[local]' "
+        "and is not wired yet"
+    )
+
+
+def messages_json(messages: list[dict[str, Any]]) -> str:
+    return json.dumps(messages, ensure_ascii=False)

@@ -1,0 +1,213 @@
+"""The LLM planner: a task in plain words becomes a Workflow that is valid by construction.
+
+The answer schema is built from the tool registry: each step is one of a discriminated union of
+per-tool step models, whose ``uses`` is that tool's name (an enum over registered tools) and whose
+``with`` follows that tool's argument schema (a reference string is accepted wherever a value
+goes). After parsing, the plan goes through the same validation as a YAML workflow; its errors are
+fed back to the model for a bounded number of repairs, and every attempt is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from dagwright.agents.models import ModelError, Provider, Recorder, discard
+from dagwright.errors import DagwrightError, PlanError
+from dagwright.planner.schema import STEP_ID, Workflow
+from dagwright.planner.validate import validate
+from dagwright.tools.registry import Tool, ToolRegistry
+
+REF_PATTERN = r"^\s*\$\{\{.+\}\}\s*$"
+RefString = Annotated[str, Field(pattern=REF_PATTERN, max_length=300)]
+MAX_STEPS = 30
+
+
+class _DraftBase(BaseModel):
+    """A plan as the model writes it; validated like a YAML workflow before it is accepted."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    registry: ClassVar[ToolRegistry]
+
+    @model_validator(mode="after")
+    def _valid_workflow(self) -> _DraftBase:
+        try:
+            workflow = Workflow.model_validate(self.as_data())
+        except Exception as exc:  # noqa: BLE001 - reported to the model as text
+            raise ValueError(f"not a valid workflow: {exc}") from None
+        issues = validate(workflow, type(self).registry)
+        if issues:
+            lines = [
+                f"- step {i.step!r}, field {i.field!r}: {i.message}"
+                + (f" ({i.hint})" if i.hint else "")
+                for i in issues
+            ]
+            raise ValueError("the plan has problems; fix them all:\n" + "\n".join(lines))
+        return self
+
+    def as_data(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", name)
+
+
+def _args_accepting_refs(tool: Tool) -> type[BaseModel]:
+    """The tool's argument model, where any non-string value may also be a ``${{ … }}``."""
+    fields: dict[str, Any] = {}
+    for name, info in tool.args_model.model_fields.items():
+        annotation: Any = info.annotation
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]  # type: ignore[misc]
+        if info.annotation is not str:
+            annotation = Union[annotation, RefString]  # noqa: UP007
+        default = ... if info.is_required() else info.default
+        fields[name] = (annotation, Field(default=default, description=info.description))
+    extra = tool.args_model.model_config.get("extra", "forbid")
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"Args_{_slug(tool.name)}", __config__=ConfigDict(extra=extra), **fields
+    )
+
+
+def draft_model(registry: ToolRegistry) -> type[_DraftBase]:
+    """The answer schema for a planner call over these tools."""
+    step_models = []
+    for tool in registry:
+        args = _args_accepting_refs(tool)
+        required = any(f.is_required() for f in tool.args_model.model_fields.values())
+        step_models.append(
+            create_model(
+                f"Step_{_slug(tool.name)}",
+                __config__=ConfigDict(extra="forbid", populate_by_name=True),
+                id=(Annotated[str, Field(pattern=STEP_ID, max_length=64)], ...),
+                uses=(Literal[tool.name], ...),  # type: ignore[valid-type]
+                with_=(
+                    args,
+                    Field(alias="with") if required else Field(alias="with", default=None),
+                ),
+                needs=(
+                    list[Annotated[str, Field(max_length=64)]],
+                    Field(default_factory=list, max_length=20),
+                ),
+                description=(str, Field(default="", max_length=300)),
+            )
+        )
+    if not step_models:
+        raise DagwrightError("the planner needs at least one registered tool")
+    step_union = Annotated[Union[tuple(step_models)], Field(discriminator="uses")]  # type: ignore[valid-type]  # noqa: UP007
+    model = create_model(
+        "Plan",
+        __base__=_DraftBase,
+        name=(Annotated[str, Field(min_length=1, max_length=100)], ...),
+        description=(str, Field(default="", max_length=500)),
+        steps=(list[step_union], Field(min_length=1, max_length=MAX_STEPS)),  # type: ignore[valid-type]
+        output=(Union[str, dict[str, str], None], Field(default=None)),  # noqa: UP007
+    )
+    model.registry = registry
+    return model  # type: ignore[no-any-return]
+
+
+SYSTEM = """You are the planner of dagwright, a workflow engine. Turn the user's task into a plan:
+a DAG of steps, each calling one of the registered tools below. Answer only through the plan
+schema.
+
+Rules:
+- Each step has a unique `id` (letters, digits, underscores), `uses` (a tool name from the list),
+  and `with` (the tool's arguments, following its argument schema).
+- A step reads an earlier step's output with a reference string "${{{{ steps.<id>.output }}}}"
+  (or a path into it, e.g. "${{{{ steps.<id>.output.field }}}}"); this also makes it depend on
+  that step. Use `needs: [<id>]` for an order without data.
+- Never create cycles. Prefer steps that can run in parallel when they don't depend on each other.
+- `output` says what the run returns, usually a reference to the last step's output.
+
+Tools:
+{tools}
+{examples}"""
+
+
+def describe_tools(registry: ToolRegistry) -> str:
+    lines = []
+    for tool in registry:
+        lines.append(
+            f"- {tool.name}: {tool.description.splitlines()[0] if tool.description else ''}"
+        )
+        lines.append(
+            f"  arguments: {json.dumps(tool.args_schema().get('properties', {}), sort_keys=True)}"
+        )
+        if tool.output_schema:
+            lines.append(f"  returns: {json.dumps(tool.output_schema, sort_keys=True)}")
+    return "\n".join(lines)
+
+
+def example_plans(registry: ToolRegistry, folder: Path | None = None, limit: int = 2) -> list[str]:
+    """Plans worth showing the model: example workflows whose tools are all registered."""
+    from dagwright.planner.loader import dump_workflow, load_workflow
+
+    folder = folder or Path(__file__).resolve().parent.parent / "workflows" / "examples"
+    found = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            wf = load_workflow(path).workflow
+        except PlanError:
+            continue
+        if all(step.uses in registry for step in wf.steps):
+            found.append(dump_workflow(wf))
+        if len(found) >= limit:
+            break
+    return found
+
+
+def messages_for(
+    task: str, registry: ToolRegistry, examples: list[str] | None = None
+) -> list[dict[str, Any]]:
+    shown = examples if examples is not None else example_plans(registry)
+    examples_text = "".join(f"\nExample plan:\n{e}" for e in shown)
+    system = SYSTEM.format(tools=describe_tools(registry), examples=examples_text)
+    return [{"role": "system", "content": system}, {"role": "user", "content": task}]
+
+
+def plan(
+    task: str,
+    registry: ToolRegistry,
+    model: Provider,
+    *,
+    max_repairs: int = 2,
+    examples: list[str] | None = None,
+    record: Recorder = discard,
+) -> Workflow:
+    """A validated Workflow for ``task``, or PlanningFailed with the last problems."""
+    schema = draft_model(registry)
+    try:
+        draft = model.structured(
+            messages_for(task, registry, examples),
+            schema,
+            max_retries=max_repairs,
+            record=record,
+            purpose="plan",
+        )
+    except ModelError as exc:
+        raise PlanningFailed(str(exc), attempts=exc.attempts) from None
+    return Workflow.model_validate(draft.as_data())
+
+
+class PlanningFailed(DagwrightError):
+    """No valid plan came from the model within its repair attempts."""
+
+    def __init__(self, message: str, *, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+__all__ = [
+    "PlanningFailed",
+    "describe_tools",
+    "draft_model",
+    "example_plans",
+    "messages_for",
+    "plan",
+]

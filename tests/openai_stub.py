@@ -1,0 +1,97 @@
+"""TEST DOUBLE: a local OpenAI-compatible HTTP server that serves recorded responses.
+
+It answers ``POST /v1/chat/completions`` with the replies queued in order (recorded tool-call or
+text completions), logs every request, and fails loudly (HTTP 500) when it runs out of replies.
+It is not a model: tests use it to exercise the real client stack (openai + instructor + HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def tool_reply(
+    name: str, arguments: dict[str, Any], *, model: str = "stub-model-2026-11-01"
+) -> dict[str, Any]:
+    """A recorded completion in which the model calls tool ``name`` with ``arguments``."""
+    return {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 1795000000,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "finish_reason": "tool_calls",
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(arguments)},
+                }],
+            },
+        }],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+    }  # fmt: skip
+
+
+def text_reply(text: str, *, model: str = "stub-model-2026-11-01") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 1795000000,
+        "model": model,
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+class OpenAIStub:
+    def __init__(self, replies: list[dict[str, Any]] | None = None) -> None:
+        self.replies: deque[dict[str, Any]] = deque(replies or [])
+        self.requests: list[dict[str, Any]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                stub.requests.append({"path": self.path, "body": body})
+                if not self.path.endswith("/chat/completions") or not stub.replies:
+                    self._send(500, {"error": {"message": "stub: no recorded reply left"}})
+                    return
+                self._send(200, stub.replies.popleft())
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> OpenAIStub:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
