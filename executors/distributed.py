@@ -17,9 +17,9 @@ may run twice, but only one outcome per attempt enters the trace.
 from __future__ import annotations
 
 import copy
+import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +61,12 @@ class Timing:
         return 3 * self.heartbeat
 
 
+def new_id() -> str:
+    """A random 128-bit id. (``uuid4`` reads the OS' entropy source at every call, which costs
+    a quarter millisecond on some VMs; ``random`` is reseeded in each forked process.)"""
+    return f"{random.getrandbits(128):032x}"
+
+
 class Engine:
     """The distributed engine over one trace store, shared by every worker and client."""
 
@@ -72,7 +78,7 @@ class Engine:
         tool_modules: tuple[str, ...] = (),
         timing: Timing | None = None,
         clock: Callable[[], float] = time.time,
-        id_factory: Callable[[], str] = lambda: uuid.uuid4().hex,
+        id_factory: Callable[[], str] = new_id,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -81,8 +87,11 @@ class Engine:
         self.clock = clock
         self.id_factory = id_factory
         self._plans: dict[str, tuple[Plan, ToolRegistry]] = {}
-        # folded states, per thread: a threads-pool worker runs several attempts at once
-        self._local = threading.local()
+        # folded states of the runs this process works on, under one lock: a threads-pool
+        # worker runs many attempts at once, and decisions must not see a half-applied event
+        self._states: dict[str, tuple[engine.RunState, list[int]]] = {}
+        self.lock = threading.RLock()
+        self._beats = _HeartbeatPump(self)
 
     # -- reading ---------------------------------------------------------------------------------
     def plan_of(self, run_id: str) -> tuple[Plan, ToolRegistry]:
@@ -108,18 +117,17 @@ class Engine:
             raise DagwrightError("; ".join(str(i) for i in issues))
         return Plan.from_workflow(workflow), registry
 
-    def _states(self) -> dict[str, tuple[engine.RunState, list[int]]]:
-        if not hasattr(self._local, "states"):
-            self._local.states = {}
-        return self._local.states  # type: ignore[no-any-return]
-
     def state(self, run_id: str) -> tuple[Plan, ToolRegistry, engine.RunState]:
         """The run's state, folded incrementally from the events this process has not seen.
 
         Only a gap-free prefix is applied: with several writers, an append that took an earlier
         ``seq`` may become visible after a later one; its writer advances the run itself."""
         plan, registry = self.plan_of(run_id)
-        states = self._states()
+        with self.lock:
+            return plan, registry, self._fold_new(plan, run_id)
+
+    def _fold_new(self, plan: Plan, run_id: str) -> engine.RunState:
+        states = self._states
         folded = states.get(run_id)
         if folded is None:
             folded = states[run_id] = (engine.RunState.initial(plan, run_id), [0])
@@ -131,7 +139,7 @@ class Engine:
             seen[0] = event.seq
         if state.status in engine.FINAL or len(states) > 256:
             states.pop(run_id, None)
-        return plan, registry, state
+        return state
 
     # -- starting a run ----------------------------------------------------------------------------
     def start(
@@ -169,20 +177,21 @@ class Engine:
     # -- the one scheduling function -----------------------------------------------------------------
     def advance(self, run_id: str) -> list[Dispatch]:
         """Dispatch every ready step not dispatched yet, and end the run once nothing can move."""
-        plan, _, state = self.state(run_id)
-        if state.status in engine.FINAL:
-            return []
+        with self.lock:
+            plan, _, state = self.state(run_id)
+            if state.status in engine.FINAL:
+                return []
+            ready = engine.ready_steps(plan, state)
+            concluding = None
+            if not ready and engine.is_settled(state):
+                concluding = decisions.conclude(plan, state, self.clock(), cancelled=False)
         dispatches = []
-        for sid in engine.ready_steps(plan, state):
+        for sid in ready:
             d = self._dispatch(plan, run_id, sid, attempt=1)
             if d is not None:
                 dispatches.append(d)
-        if not dispatches and engine.is_settled(state):
-            self.store.append(
-                run_id,
-                decisions.conclude(plan, state, self.clock(), cancelled=False),
-                claims=["conclude"],
-            )
+        if concluding is not None:
+            self.store.append(run_id, concluding, claims=["conclude"])
         return dispatches
 
     def _schedule(
@@ -219,13 +228,15 @@ class Engine:
     # -- a worker's job ----------------------------------------------------------------------------------
     def execute(self, d: Dispatch) -> list[Dispatch]:
         """Run one dispatched attempt and record it; returns what to enqueue next."""
-        plan, registry, state = self.state(d.run_id)
-        if state.status in engine.FINAL:
-            return []
-        step = state.steps[d.step]
-        if step.status in engine.FINAL or self._stale(state, d):
-            return self.advance(d.run_id)
-        args, failed = decisions.resolve_args(plan, state, d.step)
+        with self.lock:
+            plan, registry, state = self.state(d.run_id)
+            if state.status in engine.FINAL:
+                return []
+            step = state.steps[d.step]
+            if step.status in engine.FINAL or self._stale(state, d):
+                return self.advance(d.run_id)
+            args, failed = decisions.resolve_args(plan, state, d.step)
+            context = engine.step_context(plan, state, d.step)
         started = Event(
             ev.ATTEMPT_STARTED,
             d.run_id,
@@ -239,9 +250,8 @@ class Engine:
             outcome = failed
         else:
             ctx = ToolContext(run_id=d.run_id, step_id=d.step, attempt=d.attempt)
-            context = engine.step_context(plan, state, d.step)
             tool = registry.get(plan.steps[d.step].uses)
-            with self._beating(d):
+            with self._beats.beating(d):
                 outcome = run_step(tool, plan.steps[d.step], args, ctx, context)
         return self.record(plan, d, outcome)
 
@@ -258,28 +268,10 @@ class Engine:
         beat = self.store.heartbeats(d.run_id).get((d.step, d.attempt), last.started_at or 0)
         return self.clock() - beat < self.timing.lost_after  # still alive elsewhere
 
-    @contextmanager
-    def _beating(self, d: Dispatch) -> Iterator[None]:
-        stop = threading.Event()
-
-        def beat() -> None:  # attempt_started is the first beat
-            while not stop.wait(self.timing.heartbeat):
-                try:
-                    self.store.heartbeat(d.run_id, d.step, d.attempt, self.clock())
-                except DagwrightError:
-                    pass  # the sweeper may redispatch; the finish claim keeps one outcome
-
-        thread = threading.Thread(target=beat, name=f"dagwright-heartbeat-{d.step}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-
     def record(self, plan: Plan, d: Dispatch, outcome: Outcome) -> list[Dispatch]:
         """Record an attempt's outcome once. In the same transaction: its retry, or the
         dispatch of the dependents it made ready (then no separate advance is needed)."""
-        next_id = self.id_factory()
+        next_id = self.id_factory() if outcome.status != "succeeded" else None
         events, delay = decisions.outcome_events(
             plan, d.run_id, d.step, d.attempt, d.attempt_id, outcome, self.clock(), next_id
         )
@@ -295,8 +287,9 @@ class Engine:
             ]
         ready: list[str] = []
         if outcome.status == "succeeded":
-            _, _, state = self.state(d.run_id)
-            ready = engine.ready_after(plan, state, d.step)
+            with self.lock:
+                _, _, state = self.state(d.run_id)
+                ready = engine.ready_after(plan, state, d.step)
         dispatches = []
         claims = [finish]
         for sid in ready:
@@ -328,6 +321,11 @@ class Engine:
 
     def _sweep_run(self, run_id: str) -> list[Dispatch]:
         out = self.advance(run_id)
+        with self.lock:
+            return out + self._resend(run_id)
+
+    def _resend(self, run_id: str) -> list[Dispatch]:
+        out: list[Dispatch] = []
         plan, _, state = self.state(run_id)
         if state.status in engine.FINAL:
             return out
@@ -357,26 +355,72 @@ class Engine:
     def cancel(self, run_id: str) -> list[str]:
         """End a run as cancelled; returns the attempt ids that may still be running (to revoke)."""
         for _ in range(20):
-            plan, _, state = self.state(run_id)
-            if state.status in engine.FINAL:
-                return []
-            now = self.clock()
-            events: list[Event] = []
-            claims = ["conclude"]
-            running = []
-            for sid in state.active():
-                step = state.steps[sid]
-                events += decisions.cancel_events(state, sid, now)
-                if step.attempts and step.attempts[-1].status == engine.RUNNING:
-                    claims.append(f"finish:{sid}:{step.attempts[-1].number}")
-                    running.append(step.attempts[-1].attempt_id or "")
-            after = copy.deepcopy(state)  # the cached state only follows stored events
-            for e in events:
-                engine.apply(plan, after, e)
-            events += decisions.conclude(plan, after, now, cancelled=True)
-            if self.store.append(run_id, events, claims=claims) is not None:
-                return [a for a in running if a]
+            with self.lock:
+                cancelled = self._cancel_once(run_id)
+            if cancelled is not None:
+                return cancelled
         raise DagwrightError(f"could not cancel run {run_id!r}: it kept changing")
+
+    def _cancel_once(self, run_id: str) -> list[str] | None:
+        """The attempt ids to revoke; None when the run changed meanwhile (try again)."""
+        plan, _, state = self.state(run_id)
+        if state.status in engine.FINAL:
+            return []
+        now = self.clock()
+        events: list[Event] = []
+        claims = ["conclude"]
+        running = []
+        for sid in state.active():
+            step = state.steps[sid]
+            events += decisions.cancel_events(state, sid, now)
+            if step.attempts and step.attempts[-1].status == engine.RUNNING:
+                claims.append(f"finish:{sid}:{step.attempts[-1].number}")
+                running.append(step.attempts[-1].attempt_id or "")
+        after = copy.deepcopy(state)  # the cached state only follows stored events
+        for e in events:
+            engine.apply(plan, after, e)
+        events += decisions.conclude(plan, after, now, cancelled=True)
+        if self.store.append(run_id, events, claims=claims) is None:
+            return None
+        return [a for a in running if a]
+
+
+class _HeartbeatPump:
+    """One thread per process beats for every attempt running in it (a thread per attempt
+    would cost more than a short step)."""
+
+    def __init__(self, owner: Engine) -> None:
+        self.owner = owner
+        self.running: dict[int, Dispatch] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    @contextmanager
+    def beating(self, d: Dispatch) -> Iterator[None]:
+        key = id(d)
+        with self.lock:
+            self.running[key] = d  # attempt_started is the first beat
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._pump, name="dagwright-heartbeat", daemon=True
+                )
+                self.thread.start()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running.pop(key, None)
+
+    def _pump(self) -> None:
+        while True:
+            time.sleep(self.owner.timing.heartbeat)
+            with self.lock:
+                running = list(self.running.values())
+            for d in running:
+                try:
+                    self.owner.store.heartbeat(d.run_id, d.step, d.attempt, self.owner.clock())
+                except DagwrightError:
+                    pass  # the sweeper may resend the attempt; its finish claim keeps one outcome
 
 
 def _latest_schedules(events: list[Event]) -> dict[str, tuple[float, float, int]]:

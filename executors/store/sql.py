@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     func,
@@ -48,6 +49,9 @@ runs_table = Table(
     Column("inputs", Text, nullable=False),
     Column("source", Text),
     Column("executor", String(32), nullable=False),
+    # the next free `seq` of the run's events; appends take numbers from it in their own
+    # transaction, so concurrent writers never collide and commit order is seq order
+    Column("next_seq", Integer, nullable=False, server_default="1"),
 )
 
 events_table = Table(
@@ -105,11 +109,14 @@ def store_url(target: str) -> URL:
 class SqlTraceStore:
     def __init__(self, target: str, *, create: bool = True) -> None:
         self.url = store_url(target)
-        self._next_seq: dict[str, int] = {}
         self._lock = threading.Lock()
         self._writer: Connection | None = None
         self._insert_sql = ""
         self._insert_order: Sequence[str] | None = None
+        self._take_seq_sql = ""
+        self._select_sql = ""
+        self._select_order: Sequence[str] | None = None
+        self._take_seq_order: Sequence[str] | None = None
         if self.url.get_backend_name() == "sqlite" and self.url.database not in (
             None,
             "",
@@ -171,52 +178,76 @@ class SqlTraceStore:
         if not events:
             return []
         with self._lock:
-            for _ in range(50):
-                start = self._next_seq.get(run_id) or self._max_seq(run_id) + 1
-                stored = [e.with_seq(start + i) for i, e in enumerate(events)]
-                try:
-                    self._insert_events(run_id, [self._row(run_id, e) for e in stored], claims)
-                except IntegrityError as exc:
-                    # a claim was taken, another writer took these sequence numbers, or the
-                    # run does not exist
-                    self._next_seq.pop(run_id, None)
-                    if claims and self._claimed(run_id, claims):
-                        return None
-                    if self._max_seq(run_id) < start and not self._run_exists(run_id):
-                        raise StoreError(f"cannot append to unknown run {run_id!r}") from exc
-                    continue
-                except (OperationalError, InterfaceError) as exc:
-                    self._next_seq.pop(run_id, None)
-                    self._drop_writer()
-                    raise StoreError(
-                        f"cannot write to the trace store {self.location()}: {exc.orig}"
-                    ) from None
-                self._next_seq[run_id] = start + len(stored)
-                return stored
-        raise StoreError(f"could not append to run {run_id!r}: too much contention")
+            try:
+                return self._append(run_id, events, claims)
+            except IntegrityError:
+                if claims and self._claimed(run_id, claims):
+                    return None  # someone else took the claim first: nothing was written
+                raise StoreError(f"cannot append to run {run_id!r}: conflicting events") from None
+            except (OperationalError, InterfaceError) as exc:
+                self._drop_writer()
+                raise StoreError(
+                    f"cannot write to the trace store {self.location()}: {exc.orig}"
+                ) from None
 
-    def _insert_events(
-        self, run_id: str, rows: list[dict[str, Any]], claims: Sequence[str]
-    ) -> None:
-        """The hot path: one transaction on a held connection, a statement compiled once.
+    def _append(self, run_id: str, events: Sequence[Event], claims: Sequence[str]) -> list[Event]:
+        """The hot path: one transaction on a held connection, statements compiled once.
 
         (SQLAlchemy's per-call checkout and statement handling cost ~4x the SQLite commit.)"""
-        if self._writer is None:
-            self._writer = self.engine.connect()
-            compiled = events_table.insert().compile(
-                dialect=self.engine.dialect, column_keys=list(rows[0])
-            )
-            self._insert_sql = compiled.string
-            self._insert_order = compiled.positiontup if self.engine.dialect.positional else None
-        params: list[Any] = rows
-        if self._insert_order is not None:
-            params = [tuple(row[k] for k in self._insert_order) for row in rows]
-        with self._writer.begin():
-            if claims:
-                self._writer.execute(
+        writer = self._writer_connection()
+        with writer.begin():
+            if claims:  # first: a lost claim costs nothing else
+                writer.execute(
                     claims_table.insert(), [{"run_id": run_id, "key": k} for k in claims]
                 )
-            self._writer.exec_driver_sql(self._insert_sql, params)
+            row = writer.exec_driver_sql(
+                self._take_seq_sql, self._take_seq_params(run_id, len(events))
+            ).first()
+            if row is None:
+                raise StoreError(f"cannot append to unknown run {run_id!r}")
+            start = int(row[0]) - len(events)
+            stored = [e.with_seq(start + i) for i, e in enumerate(events)]
+            rows = [self._row(run_id, e) for e in stored]
+            params: list[Any] = rows
+            if self._insert_order is not None:
+                params = [tuple(r[k] for k in self._insert_order) for r in rows]
+            writer.exec_driver_sql(self._insert_sql, params)
+        return stored
+
+    def _writer_connection(self) -> Connection:
+        if self._writer is None:
+            self._writer = self.engine.connect()
+            dialect = self.engine.dialect
+            keys = ["run_id", "seq", "type", "at", "step", "attempt", "status", "data"]
+            compiled = events_table.insert().compile(dialect=dialect, column_keys=keys)
+            self._insert_sql = compiled.string
+            self._insert_order = compiled.positiontup if dialect.positional else None
+            r = runs_table
+            take = (
+                r.update()
+                .where(r.c.run_id == bindparam("rid"))
+                .values(next_seq=r.c.next_seq + bindparam("n"))
+                .returning(r.c.next_seq)
+                .compile(dialect=dialect)
+            )
+            self._take_seq_sql = take.string
+            t = events_table
+            select_events = (
+                select(t.c.seq, t.c.type, t.c.at, t.c.step, t.c.attempt, t.c.data)
+                .where(t.c.run_id == bindparam("rid"), t.c.seq > bindparam("after"))
+                .order_by(t.c.seq)
+                .compile(dialect=dialect)
+            )
+            self._select_sql = select_events.string
+            self._select_order = select_events.positiontup if dialect.positional else None
+            self._take_seq_order = take.positiontup if dialect.positional else None
+        return self._writer
+
+    def _take_seq_params(self, run_id: str, n: int) -> Any:
+        values = {"rid": run_id, "n": n}
+        if self._take_seq_order is not None:
+            return tuple(values[k] for k in self._take_seq_order)
+        return values
 
     def _claimed(self, run_id: str, claims: Sequence[str]) -> bool:
         c = claims_table
@@ -273,38 +304,31 @@ class SqlTraceStore:
                 pass
             self._writer = None
 
-    def _max_seq(self, run_id: str) -> int:
-        with self.engine.connect() as conn:
-            value = conn.execute(
-                select(func.max(events_table.c.seq)).where(events_table.c.run_id == run_id)
-            ).scalar()
-        return int(value or 0)
-
-    def _run_exists(self, run_id: str) -> bool:
-        with self.engine.connect() as conn:
-            found = conn.execute(
-                select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)
-            ).first()
-        return found is not None
-
     def events(self, run_id: str, after: int = 0) -> list[Event]:
-        t = events_table
-        query = (
-            select(t.c.seq, t.c.type, t.c.at, t.c.step, t.c.attempt, t.c.data)
-            .where(t.c.run_id == run_id, t.c.seq > after)
-            .order_by(t.c.seq)
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+        # the hot read path (workers read the new events of a run at every step): the held
+        # connection and a statement compiled once, in a transaction of its own
+        with self._lock:
+            try:
+                writer = self._writer_connection()
+                params: Any = {"rid": run_id, "after": after}
+                if self._select_order is not None:
+                    params = tuple(params[k] for k in self._select_order)
+                with writer.begin():
+                    rows = writer.exec_driver_sql(self._select_sql, params).all()
+            except (OperationalError, InterfaceError) as exc:
+                self._drop_writer()
+                raise StoreError(
+                    f"cannot read the trace store {self.location()}: {exc.orig}"
+                ) from None
         return [
             Event(
-                type=r.type,
+                type=r[1],
                 run_id=run_id,
-                at=r.at,
-                step=r.step,
-                attempt=r.attempt,
-                data=json.loads(r.data),
-                seq=r.seq,
+                at=r[2],
+                step=r[3],
+                attempt=r[4],
+                data=json.loads(r[5]),
+                seq=r[0],
             )
             for r in rows
         ]
