@@ -35,6 +35,10 @@ class Settings:
     """DAGWRIGHT_VISIBILITY_TIMEOUT: seconds before Redis hands an unacknowledged message to
     another worker; keep it above the longest step timeout."""
 
+    model: str = ""
+    """DAGWRIGHT_MODEL: the model ``llm.generate`` uses when a step names none."""
+    model_cache: str = ""
+    """DAGWRIGHT_MODEL_CACHE: a redis:// URL for the model-call cache (else the trace store)."""
     model_base_url: str = ""
     """DAGWRIGHT_MODEL_BASE_URL: the OpenAI-compatible endpoint for ``openai:`` models (vLLM,
     Ollama, llama.cpp server, LiteLLM proxy); empty means OpenAI's own."""

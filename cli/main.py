@@ -224,11 +224,13 @@ def run_cmd(
                 out.print(f"follow: dagwright show {run_id}{escape(_db_flag(db))}")
             raise typer.Exit(EXIT_OK)
     else:
+        settings = _settings()
         local = LocalExecutor(
             store,
             registry,
-            max_parallel=max_parallel or _settings().max_parallel,
+            max_parallel=max_parallel or settings.max_parallel,
             on_event=progress.on_event,
+            cache=_model_cache(settings),
         )
         run_id = local.id_factory()
         interrupted = False
@@ -543,6 +545,14 @@ def plan_cmd(
                   f"review it, then: dagwright run {escape(str(output))}")  # fmt: skip
     else:
         sys.stdout.write(text)
+
+
+def _model_cache(settings: Settings) -> Any:
+    if not settings.model_cache:
+        return None  # the trace store's cache table
+    from dagwright.agents.cache import RedisCache
+
+    return RedisCache(settings.model_cache)
 
 
 def _model_settings(settings: Settings) -> Any:

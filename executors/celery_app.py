@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from dagwright.agents.cache import RedisCache
 from dagwright.errors import DagwrightError
 from dagwright.executors.distributed import Dispatch, Engine, Timing
 from dagwright.executors.store import open_store
@@ -58,11 +59,13 @@ def engine() -> Engine:
     pid = os.getpid()
     if pid not in _engines:
         _engines.clear()
+        store = open_store(settings.db)
         _engines[pid] = Engine(
-            open_store(settings.db),
+            store,
             default_registry,
             tool_modules=settings.tools,
             timing=Timing(heartbeat=settings.heartbeat, redispatch_after=settings.redispatch_after),
+            cache=RedisCache(settings.model_cache) if settings.model_cache else None,
         )
     return _engines[pid]
 

@@ -29,6 +29,15 @@ def resolve_args(plan: Plan, state: engine.RunState, sid: str) -> tuple[Any, Out
         return None, Outcome(FAILED, error=info)
 
 
+def previous_failure(state: engine.RunState, sid: str, attempt: int) -> str | None:
+    """Why attempt ``attempt - 1`` of the step failed: told to tools (``llm.generate`` tells
+    the model what to fix)."""
+    earlier = [a for a in state.steps[sid].attempts if a.number == attempt - 1]
+    if not earlier or not earlier[-1].error:
+        return None
+    return str(earlier[-1].error.get("message") or earlier[-1].error.get("type"))
+
+
 def outcome_events(
     plan: Plan,
     run_id: str,
@@ -150,4 +159,4 @@ def conclude(plan: Plan, state: engine.RunState, at: float, *, cancelled: bool) 
     return [*events, Event(ev.RUN_FINISHED, state.run_id, at, None, None, data)]
 
 
-__all__ = ["cancel_events", "conclude", "outcome_events", "resolve_args"]
+__all__ = ["cancel_events", "conclude", "outcome_events", "previous_failure", "resolve_args"]

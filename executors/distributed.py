@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dagwright.agents.cache import StoreCache
 from dagwright.errors import DagwrightError
 from dagwright.executors import decisions, engine
 from dagwright.executors import events as ev
@@ -35,7 +36,7 @@ from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
 from dagwright.planner.source import Source
-from dagwright.planner.validate import registry_for
+from dagwright.planner.validate import registry_for, resolve_inputs
 from dagwright.tools.registry import ToolContext, ToolRegistry
 
 
@@ -79,6 +80,7 @@ class Engine:
         timing: Timing | None = None,
         clock: Callable[[], float] = time.time,
         id_factory: Callable[[], str] = new_id,
+        cache: Any = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -86,6 +88,7 @@ class Engine:
         self.timing = timing or Timing()
         self.clock = clock
         self.id_factory = id_factory
+        self.cache = cache if cache is not None else StoreCache(store)
         self._plans: dict[str, tuple[Plan, ToolRegistry]] = {}
         # folded states of the runs this process works on, under one lock: a threads-pool
         # worker runs many attempts at once, and decisions must not see a half-applied event
@@ -151,6 +154,7 @@ class Engine:
         source: str | None = None,
     ) -> tuple[str, list[Dispatch]]:
         """Record a new run (validated by the caller) and dispatch its first steps."""
+        inputs = resolve_inputs(workflow, inputs)  # defaults filled, types checked
         run_id = run_id or self.id_factory()
         self.store.create_run(
             RunRecord(
@@ -237,6 +241,7 @@ class Engine:
                 return self.advance(d.run_id)
             args, failed = decisions.resolve_args(plan, state, d.step)
             context = engine.step_context(plan, state, d.step)
+            previous = decisions.previous_failure(state, d.step, d.attempt)
         started = Event(
             ev.ATTEMPT_STARTED,
             d.run_id,
@@ -249,7 +254,20 @@ class Engine:
         if failed is not None:
             outcome = failed
         else:
-            ctx = ToolContext(run_id=d.run_id, step_id=d.step, attempt=d.attempt)
+
+            def emit(kind: str, data: dict[str, Any]) -> None:
+                self.store.append(
+                    d.run_id, [Event(kind, d.run_id, self.clock(), d.step, d.attempt, data)]
+                )
+
+            ctx = ToolContext(
+                run_id=d.run_id,
+                step_id=d.step,
+                attempt=d.attempt,
+                previous_failure=previous,
+                emit=emit,
+                cache=self.cache if plan.steps[d.step].cache else None,
+            )
             tool = registry.get(plan.steps[d.step].uses)
             with self._beats.beating(d):
                 outcome = run_step(tool, plan.steps[d.step], args, ctx, context)

@@ -13,6 +13,7 @@ cancelled and finishes the run as ``cancelled``, so the trace stays consistent.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from dagwright.agents.cache import StoreCache
 from dagwright.errors import PlanError
 from dagwright.executors import decisions, engine
 from dagwright.executors import events as ev
@@ -31,7 +33,7 @@ from dagwright.executors.runner import (
 from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
-from dagwright.planner.validate import validate
+from dagwright.planner.validate import resolve_inputs, validate
 from dagwright.tools.registry import ToolContext, ToolRegistry, default_registry
 
 
@@ -59,6 +61,7 @@ class LocalExecutor:
         clock: Callable[[], float] = time.time,
         id_factory: Callable[[], str] = new_id,
         on_event: Callable[[Event, engine.RunState], None] | None = None,
+        cache: Any = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
@@ -68,6 +71,7 @@ class LocalExecutor:
         self.clock = clock
         self.id_factory = id_factory
         self.on_event = on_event
+        self.cache = cache if cache is not None else StoreCache(store)
         self._current: _Run | None = None
 
     def run(
@@ -92,9 +96,8 @@ class LocalExecutor:
         issues = validate(workflow, self.registry)
         if issues:
             raise PlanError(issues)
-        run = _Run(
-            self, Plan.from_workflow(workflow), run_id or self.id_factory(), dict(inputs or {})
-        )
+        resolved = resolve_inputs(workflow, dict(inputs or {}))  # defaults filled, types checked
+        run = _Run(self, Plan.from_workflow(workflow), run_id or self.id_factory(), resolved)
         self._current = run
         try:
             return await run.execute(source)
@@ -152,6 +155,20 @@ class _Run:
             # two hops: tasks woken in this turn get to add their events to the same commit
             self.loop.call_soon(self.loop.call_soon, self.flush)
 
+    def tool_emitter(self, sid: str, attempt: int) -> Callable[[str, dict[str, Any]], None]:
+        """Facts a tool reports (model calls), from the loop or from a worker thread."""
+        loop = self.loop
+        assert loop is not None
+
+        def emit(kind: str, data: dict[str, Any]) -> None:
+            event = Event(kind, self.run_id, self.x.clock(), sid, attempt, data)
+            if threading.get_ident() == self.loop_thread:
+                self.emit(event)
+            else:
+                loop.call_soon_threadsafe(self.emit, event)
+
+        return emit
+
     def flush(self) -> None:
         self.flush_scheduled = False
         events, self.buffer = self.buffer, []
@@ -194,6 +211,7 @@ class _Run:
     # -- the loop ------------------------------------------------------------------------------
     async def execute(self, source: str | None) -> RunResult:
         self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         wf = self.plan.workflow
         self.x.store.create_run(
             RunRecord(
@@ -290,7 +308,14 @@ class _Run:
         if failed is not None:
             return failed
         await self.durable()  # the attempt is on record before the tool is called
-        ctx = ToolContext(run_id=self.run_id, step_id=sid, attempt=attempt)
+        ctx = ToolContext(
+            run_id=self.run_id,
+            step_id=sid,
+            attempt=attempt,
+            previous_failure=decisions.previous_failure(self.state, sid, attempt),
+            emit=self.tool_emitter(sid, attempt),
+            cache=self.x.cache if step.cache else None,
+        )
         context = engine.step_context(self.plan, self.state, sid)
         return await execute_attempt(tool, step, args, ctx, context, pool=self.pool)
 

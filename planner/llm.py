@@ -67,10 +67,15 @@ def _args_accepting_refs(tool: Tool) -> type[BaseModel]:
         if info.annotation is not str:
             annotation = Union[annotation, RefString]  # noqa: UP007
         default = ... if info.is_required() else info.default
-        fields[name] = (annotation, Field(default=default, description=info.description))
+        fields[name] = (
+            annotation,
+            Field(default=default, alias=info.alias, description=info.description),
+        )
     extra = tool.args_model.model_config.get("extra", "forbid")
     return create_model(  # type: ignore[call-overload,no-any-return]
-        f"Args_{_slug(tool.name)}", __config__=ConfigDict(extra=extra), **fields
+        f"Args_{_slug(tool.name)}",
+        __config__=ConfigDict(extra=extra, populate_by_name=True),
+        **fields,
     )
 
 

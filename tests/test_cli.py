@@ -202,7 +202,17 @@ def test_ctrl_c_cancels_and_leaves_a_consistent_trace(tmp_path: Path) -> None:
 
 def test_help_texts_list_every_command(tmp_path: Path) -> None:
     proc = cli("--help", cwd=tmp_path)
-    for command in ("validate", "run", "runs", "show", "trace", "tools", "plan", "worker", "cancel"):
+    for command in (
+        "validate",
+        "run",
+        "runs",
+        "show",
+        "trace",
+        "tools",
+        "plan",
+        "worker",
+        "cancel",
+    ):
         assert command in proc.stdout
     assert (
         "Exit code: 0 succeeded, 1 failed, 2 invalid" in cli("run", "--help", cwd=tmp_path).stdout

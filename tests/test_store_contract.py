@@ -189,3 +189,10 @@ def test_concurrent_claimers_one_winner(
     assert sorted(e.step for e in stores[0].events(run_id)) == sorted(wins)
     for s in stores:
         s.close()
+
+
+def test_the_model_cache_keeps_the_first_answer(store: TraceStore) -> None:
+    assert store.cache_get("k1") is None
+    store.cache_put("k1", {"text": "first", "n": [1, 2]})
+    store.cache_put("k1", {"text": "second"})
+    assert store.cache_get("k1") == {"text": "first", "n": [1, 2]}

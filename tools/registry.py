@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from pydantic_core import to_jsonable_python
 
 from dagwright.errors import DagwrightError, ToolNotFound
@@ -34,6 +34,12 @@ class ToolContext:
     run_id: str
     step_id: str
     attempt: int
+    previous_failure: str | None = None
+    """Why the previous attempt of this step failed (its error or failed checks), if it did."""
+    emit: Callable[[str, dict[str, Any]], None] | None = field(default=None, compare=False)
+    """Report a fact to the run's trace (e.g. a ``model_call``), tied to this attempt."""
+    cache: Any = field(default=None, compare=False)
+    """The model-call cache, when the step has ``cache: true`` (``get(key)``/``put(key, value)``)."""
 
 
 @dataclass
@@ -53,7 +59,9 @@ class Tool:
     def bind(self, args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         """Validate resolved arguments and return the keyword arguments to call ``fn`` with."""
         model = self.args_model.model_validate(args)
-        kwargs = {name: getattr(model, name) for name in type(model).model_fields}
+        kwargs = {
+            info.alias or name: getattr(model, name) for name, info in type(model).model_fields.items()
+        }
         kwargs.update(model.model_extra or {})
         if self.context_param:
             kwargs[self.context_param] = ctx
@@ -93,10 +101,13 @@ def _build_tool(fn: Callable[..., Any], name: str, description: str | None) -> T
         if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
             raise DagwrightError(f"tool {name!r}: parameter {pname!r} must be passable by keyword")
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (annotation, default)
+        if hasattr(BaseModel, pname):  # e.g. `schema`: keep the argument's name as the alias
+            fields[f"{pname}_"] = (annotation, Field(default, alias=pname))
+        else:
+            fields[pname] = (annotation, default)
     model_name = "".join(part.title() for part in re.split(r"[._]", name)) + "Args"
     args_model = create_model(  # type: ignore[call-overload]
-        model_name, __config__=ConfigDict(extra=extra), **fields
+        model_name, __config__=ConfigDict(extra=extra, populate_by_name=True), **fields
     )
     output_adapter = None
     output_schema = None

@@ -68,6 +68,12 @@ class TraceStore(Protocol):
     def heartbeats(self, run_id: str) -> dict[tuple[str, int], float]:
         """The latest heartbeat of each (step, attempt) of a run."""
 
+    def cache_get(self, key: str) -> Any:
+        """A cached model answer by its request key, or None."""
+
+    def cache_put(self, key: str, value: Any) -> None:
+        """Keep a model answer under its request key (the first one stays)."""
+
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         """The run's events with ``seq > after``, in order."""
 

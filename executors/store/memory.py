@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from dagwright.errors import StoreError
 from dagwright.executors.events import RUN_FINISHED, Event
@@ -15,6 +16,7 @@ class MemoryTraceStore:
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, list[Event]] = {}
         self._claims: dict[str, set[str]] = {}
+        self._cache: dict[str, Any] = {}
         self._beats: dict[str, dict[tuple[str, int], float]] = {}
         self._lock = threading.Lock()
 
@@ -47,6 +49,14 @@ class MemoryTraceStore:
     def heartbeats(self, run_id: str) -> dict[tuple[str, int], float]:
         with self._lock:
             return dict(self._beats.get(run_id, {}))
+
+    def cache_get(self, key: str) -> Any:
+        with self._lock:
+            return self._cache.get(key)
+
+    def cache_put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._cache.setdefault(key, value)
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         with self._lock:

@@ -78,6 +78,15 @@ claims_table = Table(
     Column("key", String(300), primary_key=True),
 )
 
+# Model answers by request key (model id, messages, schema, parameters): the model-call cache
+# when no Redis cache is configured.
+cache_table = Table(
+    "dagwright_model_cache",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
 # Liveness of running attempts (not part of the trace: a heartbeat is not a fact about the run).
 heartbeats_table = Table(
     "dagwright_heartbeats",
@@ -275,6 +284,19 @@ class SqlTraceStore:
             raise StoreError(
                 f"cannot write to the trace store {self.location()}: {exc.orig}"
             ) from None
+
+    def cache_get(self, key: str) -> Any:
+        c = cache_table
+        with self.engine.connect() as conn:
+            row = conn.execute(select(c.c.value).where(c.c.key == key)).first()
+        return json.loads(row.value) if row else None
+
+    def cache_put(self, key: str, value: Any) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(cache_table.insert(), {"key": key, "value": _dumps(value)})
+        except IntegrityError:
+            pass  # the same request answered meanwhile: the first answer stays
 
     def heartbeats(self, run_id: str) -> dict[tuple[str, int], float]:
         h = heartbeats_table
