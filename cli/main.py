@@ -160,7 +160,9 @@ def validate_cmd(
 
 @app.command("run")
 def run_cmd(
-    file: Annotated[Path, typer.Argument(help="The workflow YAML file.")],
+    file: Annotated[
+        Path | None, typer.Argument(help="The workflow YAML file (or plan one with --task).")
+    ] = None,
     inputs: InputOption = None,
     as_json: JsonOption = False,
     db: DbOption = None,
@@ -188,6 +190,15 @@ def run_cmd(
             "--detach", help="With --executor celery: print the run id and return at once."
         ),
     ] = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", "-t", help="Plan the workflow from this task with --model, then run it."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="With --task: PROVIDER:MODEL.")
+    ] = None,
 ) -> None:
     """Validate, then run a workflow and record its trace; show progress, then the result.
 
@@ -196,8 +207,15 @@ def run_cmd(
         _die(f"--executor {executor_name!r}: use local or celery", EXIT_INVALID)
     if detach and executor_name != "celery":
         _die("--detach needs --executor celery (a local run lives in this process)", EXIT_INVALID)
+    prelude: list[dict[str, Any]] = []
+    if (file is None) == (task is None):
+        _die("give a workflow FILE, or --task with --model (not both)", EXIT_INVALID)
     try:
-        wf, registry, run_inputs = _prepare(file, inputs, inputs_required=True)
+        if task is not None:
+            wf, registry, run_inputs, prelude = _plan_for_run(task, model, inputs)
+        else:
+            assert file is not None
+            wf, registry, run_inputs = _prepare(file, inputs, inputs_required=True)
     except PlanError as exc:
         if as_json:
             _json(
@@ -211,10 +229,10 @@ def run_cmd(
         raise typer.Exit(EXIT_INVALID) from None
     store = _store(db)
     progress = Progress(wf, enabled=not as_json, live=out.is_terminal, console=out)
-    source = str(file.resolve())
+    source = str(file.resolve()) if file is not None else None
     if executor_name == "celery":
         run_id, interrupted = _run_on_celery(
-            store, registry, wf, run_inputs, source, progress, detach
+            store, registry, wf, run_inputs, source, progress, detach, prelude
         )
         if detach:
             if as_json:
@@ -236,7 +254,7 @@ def run_cmd(
         interrupted = False
         try:
             with progress:
-                local.run(wf, run_inputs, run_id=run_id, source=source)
+                local.run(wf, run_inputs, run_id=run_id, source=source, prelude=prelude)
         except KeyboardInterrupt:
             interrupted = True
     record = store.get_run(run_id)
@@ -256,9 +274,10 @@ def _run_on_celery(
     registry: ToolRegistry,
     wf: Workflow,
     inputs: dict[str, Any],
-    source: str,
+    source: str | None,
     progress: Progress,
     detach: bool,
+    prelude: list[dict[str, Any]],
 ) -> tuple[str, bool]:
     """Submit to the Celery workers and, unless detached, follow the trace until the run ends.
     Ctrl-C cancels the run (recorded; running steps are revoked)."""
@@ -275,7 +294,7 @@ def _run_on_celery(
             EXIT_INVALID,
         )
     dist = Engine(store, registry)
-    run_id, dispatches = dist.start(wf, inputs, source=source)
+    run_id, dispatches = dist.start(wf, inputs, source=source, prelude=prelude)
     celery_app.send(dispatches)
     if detach:
         return run_id, False
@@ -525,11 +544,7 @@ def plan_cmd(
     from dagwright.planner.loader import dump_workflow
 
     settings = _settings()
-    registry = default_registry
-    if settings.tools:
-        registry = registry.copy()
-        for module in settings.tools:
-            registry.load_module(module)
+    registry = _registry_with(settings)
     recorded: list[ModelCall] = []
     try:
         provider = connect(model, _model_settings(settings))
@@ -545,6 +560,39 @@ def plan_cmd(
                   f"review it, then: dagwright run {escape(str(output))}")  # fmt: skip
     else:
         sys.stdout.write(text)
+
+
+def _plan_for_run(
+    task: str, model: str | None, pairs: list[str] | None
+) -> tuple[Workflow, ToolRegistry, dict[str, Any], list[dict[str, Any]]]:
+    """`run --task`: plan, then resolve inputs like a workflow file's. A plan that stays
+    invalid is refused (PlanError, exit 2) with the model's last problems."""
+    from dagwright.agents.models import ModelCall, connect
+    from dagwright.planner.llm import PlanningFailed, plan
+    from dagwright.planner.validate import resolve_inputs
+
+    if not model:
+        _die("--task needs --model PROVIDER:MODEL", EXIT_INVALID)
+    settings = _settings()
+    registry = _registry_with(settings)
+    recorded: list[ModelCall] = []
+    try:
+        provider = connect(model, _model_settings(settings))
+        workflow = plan(task, registry, provider, record=recorded.append)
+    except PlanningFailed as exc:
+        raise PlanError([PlanIssue(f"the model gave no valid plan: {exc}", field="task")]) from None
+    err.print(f"planned {len(workflow.steps)} steps after {len(recorded)} model call(s)")
+    inputs = resolve_inputs(workflow, _parse_inputs(pairs), as_text=True)
+    return workflow, registry, inputs, [c.as_dict() for c in recorded]
+
+
+def _registry_with(settings: Settings) -> ToolRegistry:
+    registry = default_registry
+    if settings.tools:
+        registry = registry.copy()
+        for module in settings.tools:
+            registry.load_module(module)
+    return registry
 
 
 def _model_cache(settings: Settings) -> Any:

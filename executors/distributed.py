@@ -152,6 +152,7 @@ class Engine:
         *,
         run_id: str | None = None,
         source: str | None = None,
+        prelude: list[dict[str, Any]] | None = None,
     ) -> tuple[str, list[Dispatch]]:
         """Record a new run (validated by the caller) and dispatch its first steps."""
         inputs = resolve_inputs(workflow, inputs)  # defaults filled, types checked
@@ -175,7 +176,8 @@ class Engine:
             None,
             {"inputs": inputs, "executor": "celery"},
         )
-        self.store.append(run_id, [started])
+        calls = [Event(ev.MODEL_CALL, run_id, self.clock(), None, None, c) for c in prelude or []]
+        self.store.append(run_id, [started, *calls])
         return run_id, self.advance(run_id)
 
     # -- the one scheduling function -----------------------------------------------------------------

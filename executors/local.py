@@ -81,9 +81,15 @@ class LocalExecutor:
         *,
         run_id: str | None = None,
         source: str | None = None,
+        prelude: list[dict[str, Any]] | None = None,
     ) -> RunResult:
-        """Run to the end. Ctrl-C cancels the run (recorded) and raises KeyboardInterrupt."""
-        return asyncio.run(self.run_async(workflow, inputs, run_id=run_id, source=source))
+        """Run to the end. Ctrl-C cancels the run (recorded) and raises KeyboardInterrupt.
+
+        ``prelude``: model calls that made the plan (``dagwright run --task``), recorded at the
+        start of the run's trace as ``model_call`` events."""
+        return asyncio.run(
+            self.run_async(workflow, inputs, run_id=run_id, source=source, prelude=prelude)
+        )
 
     async def run_async(
         self,
@@ -92,6 +98,7 @@ class LocalExecutor:
         *,
         run_id: str | None = None,
         source: str | None = None,
+        prelude: list[dict[str, Any]] | None = None,
     ) -> RunResult:
         issues = validate(workflow, self.registry)
         if issues:
@@ -100,7 +107,7 @@ class LocalExecutor:
         run = _Run(self, Plan.from_workflow(workflow), run_id or self.id_factory(), resolved)
         self._current = run
         try:
-            return await run.execute(source)
+            return await run.execute(source, prelude or [])
         finally:
             self._current = None
 
@@ -209,7 +216,7 @@ class _Run:
         await waiter
 
     # -- the loop ------------------------------------------------------------------------------
-    async def execute(self, source: str | None) -> RunResult:
+    async def execute(self, source: str | None, prelude: list[dict[str, Any]]) -> RunResult:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         wf = self.plan.workflow
@@ -230,7 +237,11 @@ class _Run:
                 inputs=self.inputs,
                 executor="local",
                 max_parallel=self.x.max_parallel,
-            )
+            ),
+            *(
+                Event(ev.MODEL_CALL, self.run_id, self.x.clock(), None, None, call)
+                for call in prelude
+            ),
         )
         try:
             self.dispatch()

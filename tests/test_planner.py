@@ -153,3 +153,34 @@ def test_dagwright_plan_writes_a_reviewable_yaml(tmp_path, monkeypatch) -> None:
     ran = CliRunner().invoke(app, ["run", str(out), "--json", "--db", str(tmp_path / "t.db")])
     assert ran.exit_code == 0, ran.output
     assert json.loads(ran.stdout)["output"] == {"x": 5}
+
+
+def test_run_task_plans_runs_and_keeps_the_plan_and_its_calls(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import json
+
+    from typer.testing import CliRunner
+
+    from dagwright.cli.main import app
+    from dagwright.executors.store.sql import SqlTraceStore
+
+    for key in [k for k in __import__("os").environ if k.startswith("DAGWRIGHT_")]:
+        monkeypatch.delenv(key)
+    db = str(tmp_path / "t.db")
+    with OpenAIStub([tool_reply("Plan", INVALID), tool_reply("Plan", VALID)]) as stub:
+        monkeypatch.setenv("DAGWRIGHT_MODEL_BASE_URL", stub.base_url)
+        result = CliRunner().invoke(
+            app, ["run", "--task", "digest", "--model", "openai:stub", "--json", "--db", db]
+        )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["status"] == "succeeded" and data["output"] == {"x": 5}
+    store = SqlTraceStore(db)
+    record = store.get_run(data["run_id"])
+    assert [s["id"] for s in record.workflow["steps"]] == ["wait", "a", "b"], (
+        "the plan is stored with the run"
+    )
+    calls = [e for e in store.events(data["run_id"]) if e.type == "model_call"]
+    assert [c.data["purpose"] for c in calls] == ["plan", "plan"] and calls[0].data["error"]
+    store.close()
+    refused = CliRunner().invoke(app, ["run", "--task", "x"])
+    assert refused.exit_code == 2 and "--task needs --model" in refused.stderr
