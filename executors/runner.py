@@ -119,7 +119,15 @@ async def execute_attempt(
         )
     except Exception as exc:  # noqa: BLE001 - a tool's own failure, recorded with its traceback
         return done(Outcome(FAILED, error=error_info(exc, kind="error")))
-    checks = run_checks(step.verify, output, context)
+    if any(c.judge is not None for c in step.verify):  # a model call: not on the event loop
+        from dagwright.tools.llm import judge_with
+
+        loop = asyncio.get_running_loop()
+        checks = await loop.run_in_executor(
+            pool, functools.partial(run_checks, step.verify, output, context, judge_with(ctx))
+        )
+    else:
+        checks = run_checks(step.verify, output, context)
     failures = [c["message"] for c in checks if not c["passed"]]
     if failures:
         msg = f"step {step.id!r}: " + "; ".join(failures)

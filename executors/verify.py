@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -26,7 +27,13 @@ def _contains(target: Any, needle: Any) -> bool:
     return _text(needle) in _text(target)
 
 
-def run_check(check: Check, index: int, output: Any, context: dict[str, Any]) -> dict[str, Any]:
+Judge = Callable[[str, str | None, Any], tuple[bool, str]]
+"""(rubric, model, target) -> (passed, reason): how ``judge`` checks ask a model."""
+
+
+def run_check(
+    check: Check, index: int, output: Any, context: dict[str, Any], judge: Judge | None = None
+) -> dict[str, Any]:
     """Evaluate one check; the result names the check and, when it fails, why.
 
     ``context`` is what the step's references can read (``inputs``, ``steps``): ``expr`` and
@@ -36,7 +43,7 @@ def run_check(check: Check, index: int, output: Any, context: dict[str, Any]) ->
     scope = {**context, "output": output}
     try:
         target = expression(check.target).evaluate(scope) if check.target else output
-        passed, why = _evaluate(check, target, scope, context)
+        passed, why = _evaluate(check, target, scope, context, judge)
     except ExpressionError as exc:
         passed, why = False, str(exc)
     result: dict[str, Any] = {"check": label, "kind": check.kind, "passed": passed}
@@ -46,9 +53,14 @@ def run_check(check: Check, index: int, output: Any, context: dict[str, Any]) ->
 
 
 def _evaluate(
-    check: Check, target: Any, scope: dict[str, Any], context: dict[str, Any]
+    check: Check, target: Any, scope: dict[str, Any], context: dict[str, Any], judge: Judge | None
 ) -> tuple[bool, str]:
     kind = check.kind
+    if kind == "judge":
+        if judge is None:
+            return False, "no model judge is available to this executor"
+        passed, reason = judge(render(check.judge, context), check.model, target)
+        return passed, f"the judge said no: {reason}"
     if kind == "expr":
         assert check.expr is not None
         value = expression(check.expr).evaluate(scope)
@@ -73,8 +85,10 @@ def _evaluate(
     return False, f"schema violation at {where}: {first.message}{more}"
 
 
-def run_checks(checks: list[Check], output: Any, context: dict[str, Any]) -> list[dict[str, Any]]:
-    return [run_check(c, i, output, context) for i, c in enumerate(checks)]
+def run_checks(
+    checks: list[Check], output: Any, context: dict[str, Any], judge: Judge | None = None
+) -> list[dict[str, Any]]:
+    return [run_check(c, i, output, context, judge) for i, c in enumerate(checks)]
 
 
 __all__ = ["run_check", "run_checks"]

@@ -50,7 +50,7 @@ class RetryPolicy(_Model):
     retry_on: list[RetryOn] = Field(default_factory=lambda: ["error", "timeout", "verification"])
 
 
-CHECK_KINDS = ("expr", "contains", "not_contains", "regex", "schema")
+CHECK_KINDS = ("expr", "contains", "not_contains", "regex", "schema", "judge")
 
 
 class Check(_Model):
@@ -65,12 +65,18 @@ class Check(_Model):
     not_contains: Any = None
     regex: str | None = None
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    judge: str | None = None
+    """A rubric: a model judges the output pass or fail against it (``llm.judge``)."""
+    model: str | None = None
+    """For ``judge``: the judging model (else DAGWRIGHT_MODEL)."""
     target: str | None = None
     name: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Check:
         kinds = [k for k in CHECK_KINDS if k in self._set_kinds()]
+        if self.model is not None and self.judge is None:
+            raise ValueError("'model' only goes with a 'judge' check")
         if len(kinds) != 1:
             raise ValueError(
                 f"a check needs exactly one of {', '.join(CHECK_KINDS)}; got "

@@ -338,6 +338,7 @@ class _Validator:
             ("not_contains", check.not_contains),
             ("regex", check.regex),
             ("schema", check.json_schema),
+            ("judge", check.judge),
         ):
             self.check_value(value, (*at, key), step=step.id, field=f"{field}.{key}")
         if check.regex is not None and "${{" not in check.regex:

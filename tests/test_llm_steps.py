@@ -135,3 +135,26 @@ def test_no_model_is_a_clear_non_retryable_error(
     assert "needs a model" in result.error["message"]
     assert len([e for e in store.events(result.run_id) if e.type == ev.ATTEMPT_STARTED]) == 1
     assert stub.requests == []
+
+
+def test_a_judge_check_asks_the_model_and_its_no_is_retried(
+    stub: OpenAIStub, tmp_path: Path, registry: ToolRegistry
+) -> None:
+    stub.replies.extend([
+        tool_reply("Verdict", {"reason": "it never names the topic", "passed": False}),
+        tool_reply("Verdict", {"reason": "names DAGs", "passed": True}),
+    ])  # fmt: skip
+    store = SqlTraceStore(str(tmp_path / "t.db"))
+    result = LocalExecutor(store, registry).run(
+        wf({"id": "draft", "uses": "echo", "with": {"text": "About ${{ inputs.topic }}"},
+            "verify": [{"judge": "The text must name the topic ${{ inputs.topic }}.", "model": "openai:judge-1"}],
+            "retry": {"max_attempts": 2, "backoff": 0}})
+    )  # fmt: skip
+    assert result.status == "succeeded"
+    first = [e for e in store.events(result.run_id) if e.type == ev.ATTEMPT_FINISHED][0]
+    assert "the judge said no: it never names the topic" in first.data["error"]["message"]
+    assert (
+        "The text must name the topic DAGs." in stub.requests[0]["body"]["messages"][0]["content"]
+    )
+    calls = [e for e in store.events(result.run_id) if e.type == ev.MODEL_CALL]
+    assert [c.data["purpose"] for c in calls] == ["llm.judge", "llm.judge"]

@@ -3,6 +3,7 @@ optional output JSON Schema enforced through the provider's structured output.""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import jsonschema
@@ -50,16 +51,6 @@ def generate(
 ) -> Any:
     """Ask a model (temperature 0, seeded); with `schema`, the answer is JSON that follows it.
     Model: `with.model` (e.g. openai:gpt-4o-mini) or DAGWRIGHT_MODEL."""
-    from dagwright.agents.cache import request_key
-    from dagwright.agents.models import ModelCall, ModelError, ModelSettings, connect
-    from dagwright.settings import Settings
-
-    settings = Settings.from_env()
-    model = model or settings.model
-    if not model:
-        raise StepError(
-            "llm.generate needs a model: set with.model or DAGWRIGHT_MODEL", retryable=False
-        )
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
     if ctx.previous_failure:  # a failed verify or error: tell the model what to fix
@@ -69,8 +60,41 @@ def generate(
                 "content": f"Your previous answer was rejected: {ctx.previous_failure}\nAnswer again, fixing that.",
             }
         )
+    answer_model = json_schema_answer(schema) if schema is not None else None
+    answer = _ask(
+        ctx, model, messages, answer_model, "llm.generate", schema=schema, max_tokens=max_tokens
+    )
+    return answer["value"] if schema is not None else answer
+
+
+def _ask(
+    ctx: ToolContext,
+    model: str,
+    messages: list[dict[str, Any]],
+    answer_model: type[BaseModel] | None,
+    purpose: str,
+    *,
+    schema: Any = None,
+    max_tokens: int = 1024,
+) -> Any:
+    """One recorded, cached model request: text, or a structured answer as plain data."""
+    from dagwright.agents.cache import request_key
+    from dagwright.agents.models import ModelCall, ModelError, ModelSettings, connect
+    from dagwright.settings import Settings
+
+    settings = Settings.from_env()
+    model = model or settings.model
+    if not model:
+        raise StepError(
+            f"{purpose} needs a model: set its model or DAGWRIGHT_MODEL", retryable=False
+        )
     params = {"temperature": 0, "seed": settings.model_seed, "max_tokens": max_tokens}
-    key = request_key(model, messages, schema, params)
+    shape = (
+        schema
+        if schema is not None
+        else (answer_model.model_json_schema() if answer_model else None)
+    )
+    key = request_key(model, messages, shape, params)
 
     def record(call: ModelCall) -> None:
         if ctx.emit is not None:
@@ -80,7 +104,7 @@ def generate(
         hit = ctx.cache.get(key)
         if hit is not None:
             record(ModelCall(model=model, provider=model.partition(":")[0], request={"key": key},
-                             response=hit, cache_hit=True, purpose="llm.generate"))  # fmt: skip
+                             response=hit, cache_hit=True, purpose=purpose))  # fmt: skip
             return hit["value"]
     provider = connect(
         model,
@@ -92,19 +116,51 @@ def generate(
         ),
     )
     try:
-        if schema is not None:
-            answer = provider.structured(
-                messages,
-                json_schema_answer(schema),
-                max_retries=1,
-                record=record,
-                purpose="llm.generate",
+        if answer_model is not None:
+            parsed = provider.structured(
+                messages, answer_model, max_retries=1, record=record, purpose=purpose
             )
-            value = answer.value  # type: ignore[attr-defined]
+            value = parsed.model_dump(mode="json")
         else:
-            value = provider.text(messages, record=record, purpose="llm.generate")
+            value = provider.text(messages, record=record, purpose=purpose)
     except ModelError as exc:
         raise StepError(str(exc)) from None
     if ctx.cache is not None:
         ctx.cache.put(key, {"value": value})
     return value
+
+
+class Verdict(BaseModel):
+    reason: Annotated[str, Field(max_length=500)]
+    passed: bool
+
+
+JUDGE_PROMPT = """You judge the output of a workflow step against a rubric. Answer with a short
+reason, then passed: true only if the output meets the rubric.
+
+Rubric:
+{rubric}
+
+Output:
+{output}"""
+
+
+def judge_with(ctx: ToolContext) -> Any:
+    """A ``judge`` check's model call (recorded like llm.generate's, cached when the step is)."""
+
+    def judge(rubric: str, model: str | None, target: Any) -> tuple[bool, str]:
+        from dagwright.agents.models import ModelError
+
+        text = (
+            target if isinstance(target, str) else json.dumps(target, ensure_ascii=False, indent=2)
+        )
+        prompt = JUDGE_PROMPT.format(rubric=rubric, output=text)
+        try:
+            verdict = _ask(
+                ctx, model or "", [{"role": "user", "content": prompt}], Verdict, "llm.judge"
+            )
+        except (ModelError, StepError) as exc:
+            return False, f"could not get a judgement: {exc}"
+        return bool(verdict["passed"]), str(verdict["reason"])
+
+    return judge

@@ -60,7 +60,8 @@ class Tool:
         """Validate resolved arguments and return the keyword arguments to call ``fn`` with."""
         model = self.args_model.model_validate(args)
         kwargs = {
-            info.alias or name: getattr(model, name) for name, info in type(model).model_fields.items()
+            info.alias or name: getattr(model, name)
+            for name, info in type(model).model_fields.items()
         }
         kwargs.update(model.model_extra or {})
         if self.context_param:
