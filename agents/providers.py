@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -195,12 +196,126 @@ def _anthropic(model: str, settings: ModelSettings) -> Any:
     raise ModelError("anthropic:… is not wired yet (planned: Instructor's from_anthropic)")
 
 
+class OutlinesProvider:
+    """A local Hugging Face causal LM through Outlines, with constrained decoding (llguidance):
+    the answer cannot leave the schema — with a plan schema, a step cannot name a tool that is
+    not registered. Greedy decoding, seeded. Needs ``pip install 'dagwright[local]'``."""
+
+    name = "hf"
+    compact = True  # small local models: the planner bounds the plan's size and strings tighter
+
+    def __init__(self, model: str, settings: ModelSettings) -> None:
+        try:
+            import outlines  # noqa: F401
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError:
+            raise ModelError(
+                "hf:… needs the local extra: pip install torch, then pip install 'dagwright[local]'"
+            ) from None
+        self.model = model
+        self.settings = settings
+        self._loaded = _load_hf(model)
+        self._generators: dict[Any, Any] = {}
+
+    @property
+    def model_id(self) -> str:
+        config = self._loaded[1].config
+        commit = getattr(config, "_commit_hash", None)
+        return f"{getattr(config, '_name_or_path', self.model)}" + (f"@{commit}" if commit else "")
+
+    def _generator(self, response_model: Any) -> Any:
+        import outlines
+
+        gen = self._generators.get(response_model)
+        if gen is None:
+            schema = response_model.model_json_schema() if response_model is not None else None
+            if schema is None:
+                gen = outlines.Generator(self._loaded[0])
+            else:
+                schema["x-guidance"] = {"whitespace_flexible": False}  # no runaway whitespace
+                gen = outlines.Generator(
+                    self._loaded[0],
+                    outlines.types.JsonSchema(json.dumps(schema)),
+                    backend="llguidance",
+                )
+            self._generators[response_model] = gen
+        return gen
+
+    def _prompt(self, messages: list[dict[str, Any]]) -> str:
+        tokenizer = self._loaded[2]
+        if getattr(tokenizer, "chat_template", None):
+            return str(
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            )
+        return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant: "
+
+    def _generate(
+        self, gen: Any, prompt: str, record: Recorder, attempt: int, purpose: str
+    ) -> tuple[str, CallTimer]:
+        import torch
+
+        request = {"prompt": prompt, "max_new_tokens": self.settings.max_tokens, "do_sample": False,
+                   "seed": self.settings.seed}  # fmt: skip
+        timer = CallTimer(ModelCall(model=f"hf:{self.model}", provider="hf", request=request,
+                                    attempt=attempt, purpose=purpose))  # fmt: skip
+        torch.manual_seed(self.settings.seed)
+        try:
+            text = gen(prompt, max_new_tokens=self.settings.max_tokens, do_sample=False)
+        except Exception as exc:  # noqa: BLE001
+            timer.done(record, error=f"{type(exc).__name__}: {exc}", model_id=self.model_id)
+            raise ModelError(f"hf:{self.model}: {type(exc).__name__}: {exc}") from None
+        return str(text), timer
+
+    def structured(
+        self, messages: list[dict[str, Any]], response_model: type[M], *, max_retries: int,
+        record: Recorder, purpose: str = "",
+    ) -> M:  # fmt: skip
+        gen = self._generator(response_model)
+        prompt = self._prompt(messages)
+        last = ""
+        for attempt in range(1, max_retries + 2):
+            text, timer = self._generate(gen, prompt, record, attempt, purpose)
+            try:
+                answer = response_model.model_validate_json(text)
+            except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError, fed back
+                last = str(exc)
+                timer.done(
+                    record, response=text, model_id=self.model_id, error=f"invalid answer: {exc}"
+                )
+                prompt += f"{text}\n\nThat answer was invalid:\n{exc}\nWrite a corrected answer:\n"
+                continue
+            timer.done(record, response=text, model_id=self.model_id)
+            return answer
+        raise ModelError(
+            f"hf:{self.model} gave no valid answer in {max_retries + 1} attempts: {_last_line(Exception(last))}",
+            attempts=max_retries + 1,
+            last_error=last,
+        )
+
+    def text(self, messages: list[dict[str, Any]], *, record: Recorder, purpose: str = "") -> str:
+        text, timer = self._generate(
+            self._generator(None), self._prompt(messages), record, 1, purpose
+        )
+        timer.done(record, response=text, model_id=self.model_id)
+        return text
+
+
+@functools.lru_cache(maxsize=4)
+def _load_hf(model: str) -> tuple[Any, Any, Any]:
+    """(outlines model, transformers model, tokenizer), loaded once per process. A repo id is
+    downloaded by transformers on first use; a local path loads offline."""
+    import outlines
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_model = AutoModelForCausalLM.from_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return outlines.from_transformers(hf_model, tokenizer), hf_model, tokenizer
+
+
 @provider("hf")
-def _hf(model: str, settings: ModelSettings) -> Any:
-    raise ModelError(
-        "hf:… (local Hugging Face models through Outlines) needs pip install 'dagwright[local]' "
-        "and is not wired yet"
-    )
+def _hf(model: str, settings: ModelSettings) -> OutlinesProvider:
+    return OutlinesProvider(model, settings)
 
 
 def messages_json(messages: list[dict[str, Any]]) -> str:

@@ -57,7 +57,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", name)
 
 
-def _args_accepting_refs(tool: Tool) -> type[BaseModel]:
+def _args_accepting_refs(tool: Tool, max_ref: int = 300) -> type[BaseModel]:
     """The tool's argument model, where any non-string value may also be a ``${{ … }}``."""
     fields: dict[str, Any] = {}
     for name, info in tool.args_model.model_fields.items():
@@ -65,7 +65,8 @@ def _args_accepting_refs(tool: Tool) -> type[BaseModel]:
         if info.metadata:
             annotation = Annotated[(annotation, *info.metadata)]  # type: ignore[misc]
         if info.annotation is not str:
-            annotation = Union[annotation, RefString]  # noqa: UP007
+            ref = Annotated[str, Field(pattern=REF_PATTERN, max_length=max_ref)]
+            annotation = Union[annotation, ref]  # noqa: UP007
         default = ... if info.is_required() else info.default
         fields[name] = (
             annotation,
@@ -79,39 +80,60 @@ def _args_accepting_refs(tool: Tool) -> type[BaseModel]:
     )
 
 
-def draft_model(registry: ToolRegistry) -> type[_DraftBase]:
-    """The answer schema for a planner call over these tools."""
+class _SchemaOnlyDraft(_DraftBase):
+    """The same answer schema without the workflow validation (to test constrained decoding)."""
+
+    @model_validator(mode="after")
+    def _valid_workflow(self) -> _SchemaOnlyDraft:
+        return self
+
+
+def draft_model(
+    registry: ToolRegistry, *, compact: bool = False, check: bool = True
+) -> type[_DraftBase]:
+    """The answer schema for a planner call over these tools.
+
+    ``compact``: tighter bounds (3 steps, short ids, no descriptions) for small local models,
+    whose constrained output is as long as the schema lets it be. ``check=False`` leaves out the
+    workflow validation (schema only)."""
     step_models = []
+    max_id, max_ref, max_steps = (8, 40, 3) if compact else (64, 300, MAX_STEPS)
     for tool in registry:
-        args = _args_accepting_refs(tool)
+        args = _args_accepting_refs(tool, max_ref)
         required = any(f.is_required() for f in tool.args_model.model_fields.values())
         step_models.append(
             create_model(
                 f"Step_{_slug(tool.name)}",
                 __config__=ConfigDict(extra="forbid", populate_by_name=True),
-                id=(Annotated[str, Field(pattern=STEP_ID, max_length=64)], ...),
+                id=(Annotated[str, Field(pattern=STEP_ID, max_length=max_id)], ...),
                 uses=(Literal[tool.name], ...),  # type: ignore[valid-type]
                 with_=(
                     args,
                     Field(alias="with") if required else Field(alias="with", default=None),
                 ),
                 needs=(
-                    list[Annotated[str, Field(max_length=64)]],
-                    Field(default_factory=list, max_length=20),
+                    list[Annotated[str, Field(max_length=max_id)]],
+                    Field(default_factory=list, max_length=2 if compact else 20),
                 ),
-                description=(str, Field(default="", max_length=300)),
+                **({} if compact else {"description": (str, Field(default="", max_length=300))}),
             )
         )
     if not step_models:
         raise DagwrightError("the planner needs at least one registered tool")
     step_union = Annotated[Union[tuple(step_models)], Field(discriminator="uses")]  # type: ignore[valid-type]  # noqa: UP007
+    extra_fields: dict[str, Any] = {}
+    if not compact:
+        extra_fields["description"] = (str, Field(default="", max_length=500))
+        extra_fields["output"] = (Union[str, dict[str, str], None], Field(default=None))  # noqa: UP007
+    else:
+        ref = Annotated[str, Field(pattern=REF_PATTERN, max_length=max_ref)]
+        extra_fields["output"] = (ref | None, Field(default=None))
     model = create_model(
         "Plan",
-        __base__=_DraftBase,
-        name=(Annotated[str, Field(min_length=1, max_length=100)], ...),
-        description=(str, Field(default="", max_length=500)),
-        steps=(list[step_union], Field(min_length=1, max_length=MAX_STEPS)),  # type: ignore[valid-type]
-        output=(Union[str, dict[str, str], None], Field(default=None)),  # noqa: UP007
+        __base__=_DraftBase if check else _SchemaOnlyDraft,
+        name=(Annotated[str, Field(min_length=1, max_length=24 if compact else 100)], ...),
+        steps=(list[step_union], Field(min_length=1, max_length=max_steps)),  # type: ignore[valid-type]
+        **extra_fields,
     )
     model.registry = registry
     return model  # type: ignore[no-any-return]
@@ -186,7 +208,7 @@ def plan(
     record: Recorder = discard,
 ) -> Workflow:
     """A validated Workflow for ``task``, or PlanningFailed with the last problems."""
-    schema = draft_model(registry)
+    schema = draft_model(registry, compact=bool(getattr(model, "compact", False)))
     try:
         draft = model.structured(
             messages_for(task, registry, examples),

@@ -19,7 +19,13 @@ def step_expressions(step: Step) -> Iterator[Expression]:
         for text in (check.expr, check.target):
             if text is not None:
                 yield expression(text)
-        for value in (check.contains, check.not_contains, check.regex, check.json_schema, check.judge):
+        for value in (
+            check.contains,
+            check.not_contains,
+            check.regex,
+            check.json_schema,
+            check.judge,
+        ):
             for _, expr in expressions_in(value):
                 yield expr
 

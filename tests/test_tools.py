@@ -21,6 +21,7 @@ def test_builtins_are_registered_with_schemas() -> None:
         "slept_ms": {"title": "Slept Ms", "type": "integer"}
     }
     assert sleep.is_async
+    assert sleep.args_schema()["properties"]["ms"]["minimum"] == 0, "Annotated bounds are kept"
 
 
 class Out(BaseModel):

@@ -82,7 +82,7 @@ def _build_tool(fn: Callable[..., Any], name: str, description: str | None) -> T
             "e.g. 'text.word_count'"
         )
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except NameError as exc:
         raise DagwrightError(
             f"tool {name!r}: cannot resolve the type hints of {fn.__qualname__}: {exc}; "
