@@ -197,7 +197,13 @@ def run_cmd(
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="With --task: PROVIDER:MODEL.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="PROVIDER:MODEL that plans (--task) and revises plans (on_failure: replan) "
+            "[env: DAGWRIGHT_MODEL].",
+        ),
     ] = None,
 ) -> None:
     """Validate, then run a workflow and record its trace; show progress, then the result.
@@ -249,6 +255,7 @@ def run_cmd(
             max_parallel=max_parallel or settings.max_parallel,
             on_event=progress.on_event,
             cache=_model_cache(settings),
+            replanner=_replanner(wf, registry, model or settings.model, settings),
         )
         run_id = local.id_factory()
         interrupted = False
@@ -571,9 +578,10 @@ def _plan_for_run(
     from dagwright.planner.llm import PlanningFailed, plan
     from dagwright.planner.validate import resolve_inputs
 
-    if not model:
-        _die("--task needs --model PROVIDER:MODEL", EXIT_INVALID)
     settings = _settings()
+    model = model or settings.model
+    if not model:
+        _die("--task needs --model PROVIDER:MODEL (or DAGWRIGHT_MODEL)", EXIT_INVALID)
     registry = _registry_with(settings)
     recorded: list[ModelCall] = []
     try:
@@ -584,6 +592,21 @@ def _plan_for_run(
     err.print(f"planned {len(workflow.steps)} steps after {len(recorded)} model call(s)")
     inputs = resolve_inputs(workflow, _parse_inputs(pairs), as_text=True)
     return workflow, registry, inputs, [c.as_dict() for c in recorded]
+
+
+def _replanner(wf: Workflow, registry: ToolRegistry, model: str, settings: Settings) -> Any:
+    """For steps with on_failure: replan — the planner's model (--model, else DAGWRIGHT_MODEL)."""
+    if not model or not any(s.on_failure == "replan" for s in wf.steps):
+        return None
+    from dagwright.agents.models import connect
+    from dagwright.planner.llm import replan
+
+    provider = connect(model, _model_settings(settings))
+
+    def replanner(workflow: Workflow, outputs: Any, failure: Any, record: Any) -> Workflow:
+        return replan(workflow, outputs, failure, registry, provider, record=record)
+
+    return replanner
 
 
 def _registry_with(settings: Settings) -> ToolRegistry:

@@ -92,6 +92,12 @@ class Progress:
             return f"  {ICONS.get(step.status, '?')} {sid}  {tail}"
         return None
 
+    def _uses(self, sid: str) -> str:
+        try:
+            return self.workflow.step(sid).uses
+        except KeyError:  # a step a revised plan added
+            return ""
+
     def render(self, state: engine.RunState) -> Table:
         counts: dict[str, int] = {}
         for s in state.steps.values():
@@ -112,7 +118,7 @@ class Progress:
             table.add_row(
                 ICONS.get(s.status, "?"),
                 escape(s.id),
-                escape(self.workflow.step(s.id).uses),
+                escape(self._uses(s.id)),
                 str(len(s.attempts)),
                 engine_duration(s),
             )

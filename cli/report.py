@@ -21,7 +21,8 @@ def iso(at: float | None) -> str | None:
 
 def state_of(record: RunRecord, events: list[Event]) -> tuple[Plan, engine.RunState]:
     plan = Plan.from_workflow(Workflow.model_validate(record.workflow))
-    return plan, engine.fold(plan, record.run_id, events)
+    state = engine.fold(plan, record.run_id, events)
+    return state.plan or plan, state
 
 
 def duration(start: float | None, end: float | None) -> float | None:

@@ -145,7 +145,8 @@ def conclude(plan: Plan, state: engine.RunState, at: float, *, cancelled: bool) 
         failed = next(
             sid
             for sid in plan.order
-            if state.steps[sid].status == engine.FAILED and plan.steps[sid].on_failure == "fail"
+            if state.steps[sid].status == engine.FAILED
+            and plan.steps[sid].on_failure in ("fail", "replan")
         )
         step_error = state.steps[failed].error or {}
         error = {

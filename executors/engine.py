@@ -65,6 +65,10 @@ class RunState:
     halted: bool = False
     started_at: float | None = None
     finished_at: float | None = None
+    replan_for: str | None = None
+    """A step that failed with ``on_failure: replan``: the plan is to be revised."""
+    revisions: int = 0
+    plan: Plan | None = None
 
     @classmethod
     def initial(cls, plan: Plan, run_id: str) -> RunState:
@@ -87,7 +91,8 @@ def apply(plan: Plan, state: RunState, event: Event) -> RunState:
     Events after ``run_finished`` (a worker's late report on a cancelled run) stay in the trace
     but do not change the run's state."""
     kind = event.type
-    if state.status in FINAL or kind == ev.MODEL_CALL:  # model calls: kept for inspection/replay
+    if state.status in FINAL or kind in (ev.MODEL_CALL, ev.PLAN_REVISED):
+        # model calls are kept for inspection and replay; a revised plan is applied by `revise`
         return state
     if kind == ev.RUN_STARTED:
         state.status = RUNNING
@@ -167,14 +172,45 @@ def _finish_step(plan: Plan, state: RunState, step: StepState, event: Event) -> 
                 state.ready[nxt] = None
     elif step.status == FAILED and plan.steps[step.id].on_failure == "fail":
         state.halted = True
+    elif step.status == FAILED and plan.steps[step.id].on_failure == "replan":
+        state.halted = True  # nothing new starts until the plan is revised
+        state.replan_for = step.id
     elif step.status == CANCELLED:
         state.halted = True
 
 
+def revise(state: RunState, plan: Plan, kept: list[str]) -> RunState:
+    """The state under a revised plan: ``kept`` steps (unchanged, succeeded) keep their outcome
+    and are not run again; every other step starts pending."""
+    new = RunState.initial(plan, state.run_id)
+    new.status, new.inputs, new.started_at = state.status, state.inputs, state.started_at
+    new.revisions = state.revisions + 1
+    for sid in kept:
+        new.steps[sid] = state.steps[sid]
+        new.ready.pop(sid, None)
+    for sid in kept:
+        for nxt in plan.dependents[sid]:
+            new.waiting[nxt] -= 1
+    new.ready = {
+        sid: None
+        for sid in plan.order
+        if new.waiting[sid] == 0 and new.steps[sid].status == PENDING
+    }
+    return new
+
+
 def fold(plan: Plan, run_id: str, events: list[Event]) -> RunState:
+    """The run's state after ``events`` (``state.plan`` is the plan in force at the end)."""
     state = RunState.initial(plan, run_id)
     for event in events:
+        if event.type == ev.PLAN_REVISED and state.status not in FINAL:
+            from dagwright.planner.schema import Workflow
+
+            plan = Plan.from_workflow(Workflow.model_validate(event.data["workflow"]))
+            state = revise(state, plan, list(event.data.get("kept", [])))
+            continue
         apply(plan, state, event)
+    state.plan = plan
     return state
 
 
@@ -251,7 +287,7 @@ def final_status(plan: Plan, state: RunState) -> str:
     if any(s.status == CANCELLED for s in state.steps.values()):
         return CANCELLED
     failed = [sid for sid, s in state.steps.items() if s.status == FAILED]
-    if any(plan.steps[sid].on_failure == "fail" for sid in failed):
+    if any(plan.steps[sid].on_failure in ("fail", "replan") for sid in failed):
         return FAILED
     return SUCCEEDED
 

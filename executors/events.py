@@ -12,6 +12,7 @@ ATTEMPT_FINISHED = "attempt_finished"
 STEP_FINISHED = "step_finished"
 RUN_FINISHED = "run_finished"
 MODEL_CALL = "model_call"
+PLAN_REVISED = "plan_revised"
 
 EVENT_TYPES = (
     RUN_STARTED,
@@ -21,6 +22,7 @@ EVENT_TYPES = (
     STEP_FINISHED,
     RUN_FINISHED,
     MODEL_CALL,
+    PLAN_REVISED,
 )
 
 
@@ -57,6 +59,7 @@ __all__ = [
     "EVENT_TYPES",
     "Event",
     "MODEL_CALL",
+    "PLAN_REVISED",
     "RUN_FINISHED",
     "RUN_STARTED",
     "STEP_FINISHED",

@@ -62,7 +62,10 @@ class LocalExecutor:
         id_factory: Callable[[], str] = new_id,
         on_event: Callable[[Event, engine.RunState], None] | None = None,
         cache: Any = None,
+        replanner: Callable[..., Workflow] | None = None,
     ) -> None:
+        """``replanner(workflow, outputs, failure, record) -> Workflow`` revises the plan when a
+        step with ``on_failure: replan`` fails for good (the CLI wires the planner's model)."""
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
         self.store = store
@@ -72,6 +75,7 @@ class LocalExecutor:
         self.id_factory = id_factory
         self.on_event = on_event
         self.cache = cache if cache is not None else StoreCache(store)
+        self.replanner = replanner
         self._current: _Run | None = None
 
     def run(
@@ -162,7 +166,9 @@ class _Run:
             # two hops: tasks woken in this turn get to add their events to the same commit
             self.loop.call_soon(self.loop.call_soon, self.flush)
 
-    def tool_emitter(self, sid: str, attempt: int) -> Callable[[str, dict[str, Any]], None]:
+    def tool_emitter(
+        self, sid: str | None, attempt: int | None
+    ) -> Callable[[str, dict[str, Any]], None]:
         """Facts a tool reports (model calls), from the loop or from a worker thread."""
         loop = self.loop
         assert loop is not None
@@ -245,20 +251,24 @@ class _Run:
         )
         try:
             self.dispatch()
-            waiters = [
-                asyncio.ensure_future(self.settled.wait()),
-                asyncio.ensure_future(self.cancel_requested.wait()),
-            ]
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waiters:
-                    w.cancel()
-            if self.store_error is not None:
-                await self.cancel_all()
-                raise self.store_error
-            if self.cancel_requested.is_set() and not self.settled.is_set():
-                await self.cancel_all()
+            while True:
+                waiters = [
+                    asyncio.ensure_future(self.settled.wait()),
+                    asyncio.ensure_future(self.cancel_requested.wait()),
+                ]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+                if self.store_error is not None:
+                    await self.cancel_all()
+                    raise self.store_error
+                if self.cancel_requested.is_set() and not self.settled.is_set():
+                    await self.cancel_all()
+                    break
+                if not (self.state.replan_for and await self.replan()):
+                    break
         except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the main task
             await self.cancel_all()
             self.finish()
@@ -266,6 +276,60 @@ class _Run:
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
         return self.finish()
+
+    async def replan(self) -> bool:
+        """A step failed with ``on_failure: replan``: ask the replanner for a revised plan and go
+        on under it, keeping the succeeded steps it leaves unchanged. False: the run fails."""
+        failed = self.state.replan_for
+        workflow = self.plan.workflow
+        if (
+            self.x.replanner is None
+            or failed is None
+            or self.state.revisions >= workflow.max_replans
+        ):
+            return False
+        outputs = {
+            sid: s.output for sid, s in self.state.steps.items() if s.status == engine.SUCCEEDED
+        }
+        failure = {"step": failed, "error": self.state.steps[failed].error}
+        await self.durable()
+        record = self.tool_emitter(None, None)
+
+        def ask() -> Workflow:
+            assert self.x.replanner is not None
+            return self.x.replanner(
+                workflow, outputs, failure, lambda c: record("model_call", c.as_dict())
+            )
+
+        try:
+            revised = await asyncio.get_running_loop().run_in_executor(None, ask)
+        except Exception as exc:  # noqa: BLE001 - the run fails with the step's own error
+            self.state.steps[failed].reason = f"replanning failed: {exc}"
+            return False
+        issues = validate(revised, self.x.registry)
+        if issues:
+            return False
+        old = {s.id: s for s in workflow.steps}
+        kept = [
+            s.id
+            for s in revised.steps
+            if s.id in outputs and s.id in old and s.model_dump() == old[s.id].model_dump()
+        ]
+        revision = self.event(
+            ev.PLAN_REVISED,
+            revision=self.state.revisions + 1,
+            workflow=revised.to_data(),
+            kept=kept,
+            failed_step=failed,
+            error=failure["error"],
+        )
+        self.buffer.append(revision)  # recorded as is; the state moves to the revised plan
+        self.flush()
+        self.plan = Plan.from_workflow(revised)
+        self.state = engine.revise(self.state, self.plan, kept)
+        self.settled.clear()
+        self.dispatch()
+        return True
 
     def dispatch(self) -> None:
         ready = engine.ready_steps(self.plan, self.state)

@@ -219,7 +219,46 @@ def plan(
         )
     except ModelError as exc:
         raise PlanningFailed(str(exc), attempts=exc.attempts) from None
-    return Workflow.model_validate(draft.as_data())
+    return Workflow.model_validate({**draft.as_data(), "task": task})
+
+
+def replan(
+    workflow: Workflow,
+    outputs: dict[str, Any],
+    failure: dict[str, Any],
+    registry: ToolRegistry,
+    model: Provider,
+    *,
+    max_repairs: int = 2,
+    record: Recorder = discard,
+) -> Workflow:
+    """A revised plan after a step failed terminally. Succeeded steps the revision keeps
+    unchanged (same id, tool and arguments) are reused by the executor, not run again."""
+    from dagwright.planner.loader import dump_workflow
+
+    shown = json.dumps(outputs, ensure_ascii=False, default=str)
+    if len(shown) > 4000:
+        shown = shown[:4000] + "…"
+    error = (failure.get("error") or {}).get("message", "")
+    request = (
+        f"Task: {workflow.task or workflow.description or workflow.name}\n\n"
+        f"The current plan:\n{dump_workflow(workflow)}\n"
+        f"These steps succeeded, with these outputs: {shown}\n\n"
+        f"Step {failure.get('step')!r} failed for good: {error}\n\n"
+        "Write a revised plan for the whole task that avoids this failure. Keep every succeeded "
+        "step exactly as it is (same id, tool and arguments) so its output is reused; change or "
+        "replace the rest."
+    )
+    messages = messages_for(request, registry, examples=[])
+    schema = draft_model(registry, compact=bool(getattr(model, "compact", False)))
+    try:
+        draft = model.structured(
+            messages, schema, max_retries=max_repairs, record=record, purpose="replan"
+        )
+    except ModelError as exc:
+        raise PlanningFailed(str(exc), attempts=exc.attempts) from None
+    revised = Workflow.model_validate(draft.as_data())
+    return revised.model_copy(update={"task": workflow.task, "max_replans": workflow.max_replans})
 
 
 class PlanningFailed(DagwrightError):
@@ -237,4 +276,5 @@ __all__ = [
     "example_plans",
     "messages_for",
     "plan",
+    "replan",
 ]

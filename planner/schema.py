@@ -114,7 +114,7 @@ class Step(_Model):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout: Annotated[float, Field(gt=0, le=86400)] | None = None
     cache: bool = False
-    on_failure: Literal["fail", "continue"] = "fail"
+    on_failure: Literal["fail", "continue", "replan"] = "fail"
     description: str = ""
 
     @field_validator("needs", mode="before")
@@ -130,6 +130,10 @@ class Workflow(_Model):
     tools: list[str] = Field(default_factory=list)
     steps: Annotated[list[Step], Field(min_length=1)]
     output: Any = None
+    task: str = ""
+    """The task in plain words this plan was made for (set by the planner; used to replan)."""
+    max_replans: Annotated[int, Field(ge=0, le=10)] = 2
+    """How many times steps with ``on_failure: replan`` may have the plan revised in one run."""
 
     @field_validator("inputs", mode="before")
     @classmethod

@@ -156,7 +156,7 @@ def celery_env(db: str, broker: str, **extra: str) -> dict[str, str]:
         "DAGWRIGHT_DB": db, "DAGWRIGHT_BROKER": broker, "DAGWRIGHT_TOOLS": "contract_tools",
         "PYTHONPATH": str(Path(__file__).resolve().parent),
         "DAGWRIGHT_HEARTBEAT": "0.5", "DAGWRIGHT_SWEEP_INTERVAL": "0.5",
-        "DAGWRIGHT_REDISPATCH_AFTER": "3",
+        "DAGWRIGHT_REDISPATCH_AFTER": "5",
     })  # fmt: skip
     env.update(extra)
     return env

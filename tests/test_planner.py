@@ -184,3 +184,67 @@ def test_run_task_plans_runs_and_keeps_the_plan_and_its_calls(tmp_path, monkeypa
     store.close()
     refused = CliRunner().invoke(app, ["run", "--task", "x"])
     assert refused.exit_code == 2 and "--task needs --model" in refused.stderr
+
+
+def test_a_failed_step_is_replanned_and_succeeded_steps_are_not_run_again(
+    registry: ToolRegistry, tmp_path
+) -> None:  # noqa: ANN001
+    from dagwright.executors.local import LocalExecutor
+    from dagwright.executors.store.sql import SqlTraceStore
+    from dagwright.planner.llm import replan
+    from dagwright.planner.schema import Workflow
+
+    original = Workflow.model_validate({
+        "name": "fragile", "task": "fetch then summarise",
+        "steps": [
+            {"id": "fetch", "uses": "echo", "with": {"text": "raw data"}},
+            {"id": "summarise", "uses": "flaky", "with": {"fail_times": 9, "message": "service gone"},
+             "needs": ["fetch"], "on_failure": "replan"},
+        ],
+    })  # fmt: skip
+    revised = {
+        "name": "fragile", "steps": [
+            {"id": "fetch", "uses": "echo", "with": {"text": "raw data"}},
+            {"id": "summary2", "uses": "echo", "with": {"s": "${{ steps.fetch.output.text }}"}},
+        ],
+        "output": "${{ steps.summary2.output }}",
+    }  # fmt: skip
+    store = SqlTraceStore(str(tmp_path / "t.db"))
+    with OpenAIStub([tool_reply("Plan", revised)]) as stub:
+        model = connect("openai:stub", ModelSettings(base_url=stub.base_url))
+
+        def replanner(wf, outputs, failure, record):  # noqa: ANN001, ANN202
+            return replan(wf, outputs, failure, registry, model, record=record)
+
+        result = LocalExecutor(store, registry, replanner=replanner).run(original)
+    assert result.status == "succeeded", result.error
+    assert result.output == {"s": "raw data"}
+    events = store.events(result.run_id)
+    starts = [e.step for e in events if e.type == "attempt_started"]
+    assert starts.count("fetch") == 1, "the succeeded step was kept, not run again"
+    assert starts.count("summarise") == 1 and starts.count("summary2") == 1
+    revision = next(e for e in events if e.type == "plan_revised")
+    assert revision.data["kept"] == ["fetch"] and revision.data["failed_step"] == "summarise"
+    prompt = stub.requests[0]["body"]["messages"][-1]["content"]
+    assert "service gone" in prompt and "raw data" in prompt
+    assert [e.data["purpose"] for e in events if e.type == "model_call"] == ["replan"]
+    from dagwright.cli.report import run_summary, state_of
+
+    _, folded = state_of(store.get_run(result.run_id), events)
+    assert folded.status == "succeeded" and folded.revisions == 1
+    assert (
+        run_summary(store.get_run(result.run_id), folded, "")["steps"]["summary2"]["status"]
+        == "succeeded"
+    )
+    store.close()
+
+
+def test_without_a_replanner_a_replan_step_fails_the_run(registry: ToolRegistry) -> None:
+    from dagwright.executors.local import LocalExecutor
+    from dagwright.executors.store.memory import MemoryTraceStore
+    from dagwright.planner.schema import Workflow
+
+    wf_ = Workflow.model_validate({"name": "x", "steps": [
+        {"id": "a", "uses": "flaky", "with": {"fail_times": 3}, "on_failure": "replan"}]})  # fmt: skip
+    result = LocalExecutor(MemoryTraceStore(), registry).run(wf_)
+    assert result.status == "failed" and result.error["step"] == "a"
