@@ -158,3 +158,22 @@ def test_a_judge_check_asks_the_model_and_its_no_is_retried(
     )
     calls = [e for e in store.events(result.run_id) if e.type == ev.MODEL_CALL]
     assert [c.data["purpose"] for c in calls] == ["llm.judge", "llm.judge"]
+
+
+def test_redis_as_the_model_cache(stub: OpenAIStub, tmp_path: Path, registry: ToolRegistry) -> None:
+    from conftest import flush_broker, require_redis
+
+    from dagwright.agents.cache import RedisCache
+
+    url = "redis://127.0.0.1:6379/11"  # not the Celery tests' broker databases
+    require_redis(url)
+    flush_broker(url)
+    cache = RedisCache(url, prefix=f"test:{tmp_path.name}:")
+    stub.replies.append(text_reply("from the model"))
+    step = {"id": "say", "uses": "llm.generate", "cache": True,
+            "with": {"model": "openai:stub-1", "prompt": "cache me in Redis"}}  # fmt: skip
+    stores = [SqlTraceStore(str(tmp_path / f"t{i}.db")) for i in range(2)]
+    results = [LocalExecutor(s, registry, cache=cache).run(wf(step)) for s in stores]
+    assert [r.output for r in results] == [{"say": "from the model"}] * 2
+    assert len(stub.requests) == 1, "a second trace store, the same Redis cache: one request"
+    flush_broker(url)
