@@ -114,6 +114,13 @@ class OpenAIProvider:
 
         return instructor.from_openai(self.client, mode=instructor.Mode.TOOLS)
 
+    def _params(self) -> dict[str, Any]:
+        return {
+            "temperature": 0,
+            "seed": self.settings.seed,
+            "max_tokens": self.settings.max_tokens,
+        }
+
     def structured(
         self, messages: list[dict[str, Any]], response_model: type[M], *, max_retries: int,
         record: Recorder, purpose: str = "",
@@ -129,9 +136,7 @@ class OpenAIProvider:
                 response_model=response_model,
                 messages=messages,
                 max_retries=max_retries,
-                temperature=0,
-                seed=self.settings.seed,
-                max_tokens=self.settings.max_tokens,
+                **self._params(),
             )
         except InstructorRetryException as exc:
             calls.flush(record)
@@ -187,13 +192,64 @@ def _openai(model: str, settings: ModelSettings) -> OpenAIProvider:
     return OpenAIProvider(model, settings)
 
 
+class AnthropicProvider(OpenAIProvider):
+    """Anthropic's Messages API through Instructor (tool use), when the package is installed.
+    (This SDK's Messages API takes neither a seed nor a temperature: the request is recorded as
+    sent.)"""
+
+    name = "anthropic"
+
+    def __init__(self, model: str, settings: ModelSettings) -> None:
+        try:
+            import anthropic
+        except ImportError:
+            raise ModelError(
+                "anthropic:… needs the anthropic package: pip install anthropic"
+            ) from None
+        self.model = model
+        self.settings = settings
+        self.client = anthropic.Anthropic(  # type: ignore[assignment]
+            api_key=settings.api_key or "not-needed",
+            base_url=settings.base_url,
+            max_retries=0,
+            timeout=settings.timeout,
+        )
+
+    def _instructor(self) -> Any:
+        import instructor
+
+        return instructor.from_anthropic(self.client, mode=instructor.Mode.TOOLS)
+
+    def _params(self) -> dict[str, Any]:
+        return {"max_tokens": self.settings.max_tokens}
+
+    def text(self, messages: list[dict[str, Any]], *, record: Recorder, purpose: str = "") -> str:
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        chat = [m for m in messages if m["role"] != "system"]
+        timer = CallTimer(
+            ModelCall(model=f"{self.name}:{self.model}", provider=self.name,
+                      request={"system": system, "messages": chat, **self._params()}, purpose=purpose)
+        )  # fmt: skip
+        try:
+            response = self.client.messages.create(  # type: ignore[attr-defined]
+                model=self.model,
+                messages=chat,
+                **({"system": system} if system else {}),
+                **self._params(),
+            )
+        except Exception as exc:  # noqa: BLE001
+            timer.done(record, error=f"{type(exc).__name__}: {exc}")
+            raise ModelError(f"{self.name}:{self.model}: {type(exc).__name__}: {exc}") from None
+        text = "".join(getattr(block, "text", "") for block in response.content)
+        timer.done(
+            record, response=_dump(response), model_id=response.model, usage=_dump(response.usage)
+        )
+        return text
+
+
 @provider("anthropic")
-def _anthropic(model: str, settings: ModelSettings) -> Any:
-    try:
-        import anthropic  # noqa: F401
-    except ImportError:
-        raise ModelError("anthropic:… needs the anthropic package: pip install anthropic") from None
-    raise ModelError("anthropic:… is not wired yet (planned: Instructor's from_anthropic)")
+def _anthropic(model: str, settings: ModelSettings) -> AnthropicProvider:
+    return AnthropicProvider(model, settings)
 
 
 class OutlinesProvider:

@@ -1,4 +1,5 @@
-"""TEST DOUBLE: a local OpenAI-compatible HTTP server that serves recorded responses.
+"""TEST DOUBLE: a local OpenAI-compatible (and Anthropic Messages) HTTP server that serves
+recorded responses.
 
 It answers ``POST /v1/chat/completions`` with the replies queued in order (recorded tool-call or
 text completions), logs every request, and fails loudly (HTTP 500) when it runs out of replies.
@@ -40,6 +41,18 @@ def tool_reply(
     }  # fmt: skip
 
 
+def anthropic_tool_reply(
+    name: str, arguments: dict[str, Any], *, model: str = "claude-stub-2026-11-01"
+) -> dict[str, Any]:
+    """A recorded Anthropic Messages API reply in which the model uses tool ``name``."""
+    return {
+        "id": "msg_stub", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": name, "input": arguments}],
+        "stop_reason": "tool_use", "stop_sequence": None,
+        "usage": {"input_tokens": 120, "output_tokens": 40},
+    }  # fmt: skip
+
+
 def text_reply(text: str, *, model: str = "stub-model-2026-11-01") -> dict[str, Any]:
     return {
         "id": "chatcmpl-stub",
@@ -64,7 +77,8 @@ class OpenAIStub:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 stub.requests.append({"path": self.path, "body": body})
-                if not self.path.endswith("/chat/completions") or not stub.replies:
+                known = self.path.endswith("/chat/completions") or self.path.endswith("/messages")
+                if not known or not stub.replies:
                     self._send(500, {"error": {"message": "stub: no recorded reply left"}})
                     return
                 self._send(200, stub.replies.popleft())
@@ -86,6 +100,11 @@ class OpenAIStub:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    @property
+    def root_url(self) -> str:
+        """For clients that add /v1 themselves (Anthropic's)."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def __enter__(self) -> OpenAIStub:
         self.thread.start()

@@ -248,3 +248,19 @@ def test_without_a_replanner_a_replan_step_fails_the_run(registry: ToolRegistry)
         {"id": "a", "uses": "flaky", "with": {"fail_times": 3}, "on_failure": "replan"}]})  # fmt: skip
     result = LocalExecutor(MemoryTraceStore(), registry).run(wf_)
     assert result.status == "failed" and result.error["step"] == "a"
+
+
+def test_the_anthropic_provider_plans_through_instructor(registry: ToolRegistry) -> None:
+    pytest.importorskip("anthropic")
+    from openai_stub import anthropic_tool_reply
+
+    calls: list[ModelCall] = []
+    with OpenAIStub(
+        [anthropic_tool_reply("Plan", INVALID), anthropic_tool_reply("Plan", VALID)]
+    ) as stub:
+        model = connect("anthropic:claude-stub", ModelSettings(base_url=stub.root_url))
+        workflow = plan("summarise today's notes", registry, model, record=calls.append)
+    assert [s.id for s in workflow.steps] == ["wait", "a", "b"]
+    assert [r["path"] for r in stub.requests] == ["/v1/messages", "/v1/messages"]
+    assert stub.requests[0]["body"]["max_tokens"] == 2048
+    assert len(calls) == 2 and calls[0].error and calls[1].model_id == "claude-stub-2026-11-01"
