@@ -66,8 +66,29 @@ def engine() -> Engine:
             tool_modules=settings.tools,
             timing=Timing(heartbeat=settings.heartbeat, redispatch_after=settings.redispatch_after),
             cache=RedisCache(settings.model_cache) if settings.model_cache else None,
+            replanner=_replanner() if settings.model else None,
         )
     return _engines[pid]
+
+
+def _replanner() -> Any:
+    """Steps with on_failure: replan are revised with DAGWRIGHT_MODEL."""
+    from dagwright.agents.models import ModelSettings, connect
+    from dagwright.planner.llm import replan
+
+    provider = connect(
+        settings.model,
+        ModelSettings(
+            base_url=settings.model_base_url or None,
+            api_key=settings.model_api_key or None,
+            seed=settings.model_seed,
+        ),
+    )
+
+    def replanner(workflow: Any, outputs: Any, failure: Any, record: Any) -> Any:
+        return replan(workflow, outputs, failure, default_registry, provider, record=record)
+
+    return replanner
 
 
 def send(dispatches: Iterable[Dispatch]) -> None:

@@ -29,6 +29,17 @@ def resolve_args(plan: Plan, state: engine.RunState, sid: str) -> tuple[Any, Out
         return None, Outcome(FAILED, error=info)
 
 
+def succeeded_outputs(state: engine.RunState) -> dict[str, Any]:
+    return {sid: s.output for sid, s in state.steps.items() if s.status == engine.SUCCEEDED}
+
+
+def kept_steps(old: Any, new: Any, outputs: dict[str, Any]) -> list[str]:
+    """Steps of a revised plan that succeeded before and are unchanged (same id, tool and
+    arguments): their outputs are reused, they don't run again."""
+    before = {s.id: s.model_dump() for s in old.steps}
+    return [s.id for s in new.steps if s.id in outputs and before.get(s.id) == s.model_dump()]
+
+
 def previous_failure(state: engine.RunState, sid: str, attempt: int) -> str | None:
     """Why attempt ``attempt - 1`` of the step failed: told to tools (``llm.generate`` tells
     the model what to fix)."""
@@ -160,4 +171,12 @@ def conclude(plan: Plan, state: engine.RunState, at: float, *, cancelled: bool) 
     return [*events, Event(ev.RUN_FINISHED, state.run_id, at, None, None, data)]
 
 
-__all__ = ["cancel_events", "conclude", "outcome_events", "previous_failure", "resolve_args"]
+__all__ = [
+    "kept_steps",
+    "succeeded_outputs",
+    "cancel_events",
+    "conclude",
+    "outcome_events",
+    "previous_failure",
+    "resolve_args",
+]

@@ -36,7 +36,7 @@ from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
 from dagwright.planner.source import Source
-from dagwright.planner.validate import registry_for, resolve_inputs
+from dagwright.planner.validate import registry_for, resolve_inputs, validate
 from dagwright.tools.registry import ToolContext, ToolRegistry
 
 
@@ -81,8 +81,10 @@ class Engine:
         clock: Callable[[], float] = time.time,
         id_factory: Callable[[], str] = new_id,
         cache: Any = None,
+        replanner: Callable[..., Workflow] | None = None,
     ) -> None:
         self.store = store
+        self.replanner = replanner
         self.registry = registry
         self.tool_modules = tool_modules
         self.timing = timing or Timing()
@@ -127,19 +129,28 @@ class Engine:
         ``seq`` may become visible after a later one; its writer advances the run itself."""
         plan, registry = self.plan_of(run_id)
         with self.lock:
-            return plan, registry, self._fold_new(plan, run_id)
+            state = self._fold_new(plan, run_id)
+            return state.plan or plan, registry, state
 
     def _fold_new(self, plan: Plan, run_id: str) -> engine.RunState:
         states = self._states
         folded = states.get(run_id)
         if folded is None:
-            folded = states[run_id] = (engine.RunState.initial(plan, run_id), [0])
+            initial = engine.RunState.initial(plan, run_id)
+            initial.plan = plan
+            folded = states[run_id] = (initial, [0])
         state, seen = folded
         for event in self.store.events(run_id, after=seen[0]):
             if event.seq != seen[0] + 1:
                 break
-            engine.apply(plan, state, event)
             seen[0] = event.seq
+            if event.type == ev.PLAN_REVISED and state.status not in engine.FINAL:
+                revised = Plan.from_workflow(Workflow.model_validate(event.data["workflow"]))
+                state = engine.revise(state, revised, list(event.data.get("kept", [])))
+                state.plan = revised
+                states[run_id] = (state, seen)
+                continue
+            engine.apply(state.plan or plan, state, event)
         if state.status in engine.FINAL or len(states) > 256:
             states.pop(run_id, None)
         return state
@@ -189,8 +200,20 @@ class Engine:
                 return []
             ready = engine.ready_steps(plan, state)
             concluding = None
+            replan = None
             if not ready and engine.is_settled(state):
-                concluding = decisions.conclude(plan, state, self.clock(), cancelled=False)
+                if self._may_replan(plan, state):
+                    replan = (
+                        plan.workflow,
+                        state.replan_for,
+                        state.revisions,
+                        decisions.succeeded_outputs(state),
+                    )
+                    replan_error = state.steps[state.replan_for or ""].error
+                else:
+                    concluding = decisions.conclude(plan, state, self.clock(), cancelled=False)
+        if replan is not None:
+            return self._revise(run_id, *replan, replan_error)
         dispatches = []
         for sid in ready:
             d = self._dispatch(plan, run_id, sid, attempt=1)
@@ -199,6 +222,67 @@ class Engine:
         if concluding is not None:
             self.store.append(run_id, concluding, claims=["conclude"])
         return dispatches
+
+    def _may_replan(self, plan: Plan, state: engine.RunState) -> bool:
+        return (
+            self.replanner is not None
+            and state.replan_for is not None
+            and state.revisions < plan.workflow.max_replans
+        )
+
+    def _revise(
+        self,
+        run_id: str,
+        workflow: Workflow,
+        failed: str | None,
+        revisions: int,
+        outputs: dict[str, Any],
+        error: dict[str, Any] | None,
+    ) -> list[Dispatch]:
+        """Ask the replanner for a revised plan; exactly one worker records revision n."""
+        assert self.replanner is not None
+        # one replanner call per revision per minute across all workers (a worker lost while
+        # replanning is replaced by the next minute's sweep)
+        if (
+            self.store.append(
+                run_id, [], claims=[f"replan:{revisions + 1}:{int(self.clock() // 60)}"]
+            )
+            is None
+        ):
+            return []
+        failure = {"step": failed, "error": error}
+        recorded: list[Event] = []
+
+        def record(call: Any) -> None:
+            recorded.append(Event(ev.MODEL_CALL, run_id, self.clock(), None, None, call.as_dict()))
+
+        try:
+            revised = self.replanner(workflow, outputs, failure, record)
+            problem = None
+        except Exception as exc:  # noqa: BLE001 - the run then fails with the step's own error
+            revised, problem = None, str(exc)
+        if revised is not None and validate(revised, self.registry):
+            revised, problem = None, "the revised plan is not valid"
+        if revised is None:
+            with self.lock:
+                plan, _, state = self.state(run_id)
+                state.replan_for = None  # no revision: the failure stands
+                events = decisions.conclude(plan, state, self.clock(), cancelled=False)
+            events[-1].data["error"] = {**(events[-1].data.get("error") or {}), "replan": problem}
+            self.store.append(run_id, recorded + events, claims=["conclude"])
+            return []
+        kept = decisions.kept_steps(workflow, revised, outputs)
+        revision = Event(
+            ev.PLAN_REVISED,
+            run_id,
+            self.clock(),
+            None,
+            None,
+            {"revision": revisions + 1, "workflow": revised.to_data(), "kept": kept,
+             "failed_step": failed, "error": error},
+        )  # fmt: skip
+        self.store.append(run_id, [*recorded, revision], claims=[f"revise:{revisions + 1}"])
+        return self.advance(run_id)
 
     def _schedule(
         self,
@@ -237,6 +321,8 @@ class Engine:
         with self.lock:
             plan, registry, state = self.state(d.run_id)
             if state.status in engine.FINAL:
+                return []
+            if d.step not in state.steps:  # a message for a step a revised plan dropped
                 return []
             step = state.steps[d.step]
             if step.status in engine.FINAL or self._stale(state, d):

@@ -288,9 +288,7 @@ class _Run:
             or self.state.revisions >= workflow.max_replans
         ):
             return False
-        outputs = {
-            sid: s.output for sid, s in self.state.steps.items() if s.status == engine.SUCCEEDED
-        }
+        outputs = decisions.succeeded_outputs(self.state)
         failure = {"step": failed, "error": self.state.steps[failed].error}
         await self.durable()
         record = self.tool_emitter(None, None)
@@ -309,12 +307,7 @@ class _Run:
         issues = validate(revised, self.x.registry)
         if issues:
             return False
-        old = {s.id: s for s in workflow.steps}
-        kept = [
-            s.id
-            for s in revised.steps
-            if s.id in outputs and s.id in old and s.model_dump() == old[s.id].model_dump()
-        ]
+        kept = decisions.kept_steps(workflow, revised, outputs)
         revision = self.event(
             ev.PLAN_REVISED,
             revision=self.state.revisions + 1,

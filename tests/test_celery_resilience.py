@@ -207,3 +207,43 @@ def test_redis_restarting_mid_run_does_not_lose_the_run(tmp_path: Path) -> None:
         redis_proc.wait(10)
         store.close()
         use_broker(BROKER)
+
+
+def test_replanning_on_celery_workers(tmp_path: Path) -> None:
+    from openai_stub import OpenAIStub, tool_reply
+
+    require_redis(BROKER)
+    flush_broker(BROKER)
+    use_broker(BROKER)
+    revised = {"name": "fragile", "steps": [
+        {"id": "fetch", "uses": "echo", "with": {"text": "raw data"}},
+        {"id": "summary2", "uses": "echo", "with": {"s": "${{ steps.fetch.output.text }}"}},
+    ], "output": "${{ steps.summary2.output }}"}  # fmt: skip
+    with OpenAIStub([tool_reply("Plan", revised)]) as stub:
+        db = str(tmp_path / "trace.db")
+        store = SqlTraceStore(db)
+        env = celery_env(
+            db, BROKER, DAGWRIGHT_MODEL="openai:stub", DAGWRIGHT_MODEL_BASE_URL=stub.base_url
+        )
+        workers = Workers(env, tmp_path)
+        try:
+            workers.start(concurrency=2)
+            run_id = submit(Engine(store, default_registry), wf([
+                {"id": "fetch", "uses": "echo", "with": {"text": "raw data"}},
+                {"id": "summarise", "uses": "flaky", "with": {"fail_times": 9}, "needs": ["fetch"],
+                 "on_failure": "replan"},
+            ], name="fragile"))  # fmt: skip
+            wait_finished(store, [run_id], timeout=60)
+        finally:
+            workers.stop_all()
+        events = store.events(run_id)
+        plan, _ = Engine(store, default_registry).plan_of(run_id)
+        state = engine.fold(plan, run_id, events)
+        assert state.status == "succeeded", state.error
+        assert state.output == {"s": "raw data"}
+        starts = Counter(e.step for e in events if e.type == ev.ATTEMPT_STARTED)
+        assert starts == {"fetch": 1, "summarise": 1, "summary2": 1}, "fetch was kept, not re-run"
+        assert [e.data["kept"] for e in events if e.type == ev.PLAN_REVISED] == [["fetch"]]
+        assert len(stub.requests) == 1
+        store.close()
+        flush_broker(BROKER)

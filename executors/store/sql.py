@@ -184,7 +184,7 @@ class SqlTraceStore:
     def append(
         self, run_id: str, events: Sequence[Event], *, claims: Sequence[str] = ()
     ) -> list[Event] | None:
-        if not events:
+        if not events and not claims:
             return []
         with self._lock:
             try:
@@ -220,7 +220,8 @@ class SqlTraceStore:
             params: list[Any] = rows
             if self._insert_order is not None:
                 params = [tuple(r[k] for k in self._insert_order) for r in rows]
-            writer.exec_driver_sql(self._insert_sql, params)
+            if params:
+                writer.exec_driver_sql(self._insert_sql, params)
         return stored
 
     def _writer_connection(self) -> Connection:
