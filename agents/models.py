@@ -57,6 +57,16 @@ class ModelSettings:
     timeout: float = 120.0
     max_tokens: int = 2048
 
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> ModelSettings:
+        """From dagwright's ``Settings`` (DAGWRIGHT_MODEL_BASE_URL, _API_KEY, _SEED)."""
+        values = {
+            "base_url": settings.model_base_url or None,
+            "api_key": settings.model_api_key or None,
+            "seed": settings.model_seed,
+        }
+        return cls(**{**values, **overrides})
+
 
 class Provider(Protocol):
     name: str

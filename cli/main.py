@@ -629,10 +629,8 @@ def _model_cache(settings: Settings) -> Any:
 def _model_settings(settings: Settings) -> Any:
     from dagwright.agents.models import ModelSettings
 
-    return ModelSettings(
-        base_url=settings.model_base_url or None,
-        api_key=settings.model_api_key or os.environ.get("OPENAI_API_KEY") or None,
-        seed=settings.model_seed,
+    return ModelSettings.from_settings(
+        settings, api_key=settings.model_api_key or os.environ.get("OPENAI_API_KEY") or None
     )
 
 

@@ -76,14 +76,7 @@ def _replanner() -> Any:
     from dagwright.agents.models import ModelSettings, connect
     from dagwright.planner.llm import replan
 
-    provider = connect(
-        settings.model,
-        ModelSettings(
-            base_url=settings.model_base_url or None,
-            api_key=settings.model_api_key or None,
-            seed=settings.model_seed,
-        ),
-    )
+    provider = connect(settings.model, ModelSettings.from_settings(settings))
 
     def replanner(workflow: Any, outputs: Any, failure: Any, record: Any) -> Any:
         return replan(workflow, outputs, failure, default_registry, provider, record=record)

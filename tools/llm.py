@@ -106,15 +106,7 @@ def _ask(
             record(ModelCall(model=model, provider=model.partition(":")[0], request={"key": key},
                              response=hit, cache_hit=True, purpose=purpose))  # fmt: skip
             return hit["value"]
-    provider = connect(
-        model,
-        ModelSettings(
-            base_url=settings.model_base_url or None,
-            api_key=settings.model_api_key or None,
-            seed=settings.model_seed,
-            max_tokens=max_tokens,
-        ),
-    )
+    provider = connect(model, ModelSettings.from_settings(settings, max_tokens=max_tokens))
     try:
         if answer_model is not None:
             parsed = provider.structured(
