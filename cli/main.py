@@ -218,7 +218,7 @@ def run_cmd(
         _die("give a workflow FILE, or --task with --model (not both)", EXIT_INVALID)
     try:
         if task is not None:
-            wf, registry, run_inputs, prelude = _plan_for_run(task, model, inputs)
+            wf, registry, run_inputs, prelude = _plan_for_run(task, model, inputs, db)
         else:
             assert file is not None
             wf, registry, run_inputs = _prepare(file, inputs, inputs_required=True)
@@ -555,7 +555,14 @@ def plan_cmd(
     recorded: list[ModelCall] = []
     try:
         provider = connect(model, _model_settings(settings))
-        workflow = plan(task, registry, provider, max_repairs=max_repairs, record=recorded.append)
+        workflow = plan(
+            task,
+            registry,
+            provider,
+            max_repairs=max_repairs,
+            examples=_examples(registry, None),
+            record=recorded.append,
+        )
     except PlanningFailed as exc:
         _die(f"no valid plan: {exc}", EXIT_FAILED)
     finally:
@@ -570,7 +577,7 @@ def plan_cmd(
 
 
 def _plan_for_run(
-    task: str, model: str | None, pairs: list[str] | None
+    task: str, model: str | None, pairs: list[str] | None, db: str | None = None
 ) -> tuple[Workflow, ToolRegistry, dict[str, Any], list[dict[str, Any]]]:
     """`run --task`: plan, then resolve inputs like a workflow file's. A plan that stays
     invalid is refused (PlanError, exit 2) with the model's last problems."""
@@ -586,7 +593,8 @@ def _plan_for_run(
     recorded: list[ModelCall] = []
     try:
         provider = connect(model, _model_settings(settings))
-        workflow = plan(task, registry, provider, record=recorded.append)
+        examples = _examples(registry, db)
+        workflow = plan(task, registry, provider, examples=examples, record=recorded.append)
     except PlanningFailed as exc:
         raise PlanError([PlanIssue(f"the model gave no valid plan: {exc}", field="task")]) from None
     err.print(f"planned {len(workflow.steps)} steps after {len(recorded)} model call(s)")
@@ -607,6 +615,23 @@ def _replanner(wf: Workflow, registry: ToolRegistry, model: str, settings: Setti
         return replan(workflow, outputs, failure, registry, provider, record=record)
 
     return replanner
+
+
+def _examples(registry: ToolRegistry, db: str | None) -> list[str]:
+    """Few-shot plans: the repository's examples, then recent successful runs of this store
+    (when it exists: planning never creates a trace store)."""
+    from dagwright.planner.llm import example_plans, examples_from_runs
+
+    shown = example_plans(registry)
+    target = db or _settings().db
+    if "://" in target or Path(target).exists():
+        try:
+            store = open_store(target)
+            shown += examples_from_runs(store, registry)
+            store.close()
+        except Exception:  # noqa: BLE001 - examples are a help, not a requirement
+            pass
+    return shown
 
 
 def _registry_with(settings: Settings) -> ToolRegistry:

@@ -189,6 +189,24 @@ def example_plans(registry: ToolRegistry, folder: Path | None = None, limit: int
     return found
 
 
+def examples_from_runs(store: Any, registry: ToolRegistry, limit: int = 2) -> list[str]:
+    """Plans of recent successful runs whose tools are all registered, newest first (one per
+    workflow name): the planner's own track record as few-shot examples."""
+    from dagwright.planner.loader import dump_workflow
+
+    found: dict[str, str] = {}
+    for summary in store.list_runs(status="succeeded", limit=50):
+        try:
+            wf = Workflow.model_validate(summary.record.workflow)
+        except Exception:  # noqa: BLE001 - an old or foreign record: not an example
+            continue
+        if wf.name not in found and all(step.uses in registry for step in wf.steps):
+            found[wf.name] = dump_workflow(wf)
+        if len(found) >= limit:
+            break
+    return list(found.values())
+
+
 def messages_for(
     task: str, registry: ToolRegistry, examples: list[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -274,6 +292,7 @@ __all__ = [
     "describe_tools",
     "draft_model",
     "example_plans",
+    "examples_from_runs",
     "messages_for",
     "plan",
     "replan",

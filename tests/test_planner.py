@@ -264,3 +264,24 @@ def test_the_anthropic_provider_plans_through_instructor(registry: ToolRegistry)
     assert [r["path"] for r in stub.requests] == ["/v1/messages", "/v1/messages"]
     assert stub.requests[0]["body"]["max_tokens"] == 2048
     assert len(calls) == 2 and calls[0].error and calls[1].model_id == "claude-stub-2026-11-01"
+
+
+def test_successful_runs_become_few_shot_examples(registry: ToolRegistry) -> None:
+    from dagwright.executors.local import LocalExecutor
+    from dagwright.executors.store.memory import MemoryTraceStore
+    from dagwright.planner.llm import examples_from_runs, messages_for
+    from dagwright.planner.schema import Workflow
+
+    store = MemoryTraceStore()
+    good = Workflow.model_validate(
+        {"name": "greet", "steps": [{"id": "hi", "uses": "echo", "with": {"x": 1}}]}
+    )
+    bad = Workflow.model_validate(
+        {"name": "broken", "steps": [{"id": "f", "uses": "flaky", "with": {"fail_times": 3}}]}
+    )
+    LocalExecutor(store, registry).run(good)
+    LocalExecutor(store, registry).run(bad)
+    shown = examples_from_runs(store, registry)
+    assert len(shown) == 1 and "name: greet" in shown[0], "only successful runs"
+    system = messages_for("t", registry, examples=shown)[0]["content"]
+    assert "Example plan:\nname: greet" in system

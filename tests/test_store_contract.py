@@ -196,3 +196,23 @@ def test_the_model_cache_keeps_the_first_answer(store: TraceStore) -> None:
     store.cache_put("k1", {"text": "first", "n": [1, 2]})
     store.cache_put("k1", {"text": "second"})
     assert store.cache_get("k1") == {"text": "first", "n": [1, 2]}
+
+
+def test_a_store_from_an_earlier_version_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A trace.db made before runs carried their next sequence number keeps working."""
+    import sqlite3
+
+    from dagwright.executors.store.sql import SqlTraceStore
+
+    path = tmp_path / "old.db"
+    old = SqlTraceStore(str(path))
+    run_id = _run(old)
+    old.append(run_id, [_event(run_id, ev.RUN_STARTED), _event(run_id, ev.STEP_SCHEDULED, "a")])
+    old.close()
+    with sqlite3.connect(path) as conn:  # make it look like the earlier schema
+        conn.execute("ALTER TABLE dagwright_runs DROP COLUMN next_seq")
+    store = SqlTraceStore(str(path))
+    stored = store.append(run_id, [_event(run_id, ev.STEP_FINISHED, "a", status="succeeded")])
+    assert stored is not None and stored[0].seq == 3
+    assert [e.seq for e in store.events(run_id)] == [1, 2, 3]
+    store.close()

@@ -28,6 +28,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -136,10 +137,25 @@ class SqlTraceStore:
             self.engine = self._engine()
             if create:
                 metadata.create_all(self.engine)
+                self._upgrade()
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open the trace store {self.location()}: {exc.orig or exc}"
             ) from None
+
+    def _upgrade(self) -> None:
+        """Bring a trace store made by an earlier dagwright up to this schema (additive only)."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns("dagwright_runs")}
+        if "next_seq" in columns:
+            return
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "ALTER TABLE dagwright_runs ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 1"
+            )
+            conn.exec_driver_sql(
+                "UPDATE dagwright_runs SET next_seq = 1 + COALESCE((SELECT MAX(seq) FROM "
+                "dagwright_events e WHERE e.run_id = dagwright_runs.run_id), 0)"
+            )
 
     def _engine(self) -> Engine:
         if self.url.get_backend_name() != "sqlite":
