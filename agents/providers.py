@@ -372,7 +372,3 @@ def _load_hf(model: str) -> tuple[Any, Any, Any]:
 @provider("hf")
 def _hf(model: str, settings: ModelSettings) -> OutlinesProvider:
     return OutlinesProvider(model, settings)
-
-
-def messages_json(messages: list[dict[str, Any]]) -> str:
-    return json.dumps(messages, ensure_ascii=False)

@@ -23,7 +23,6 @@ from dagwright.planner.validate import validate
 from dagwright.tools.registry import Tool, ToolRegistry
 
 REF_PATTERN = r"^\s*\$\{\{.+\}\}\s*$"
-RefString = Annotated[str, Field(pattern=REF_PATTERN, max_length=300)]
 MAX_STEPS = 30
 
 
