@@ -461,6 +461,7 @@ def show_cmd(
             escape(step.get("error") or step.get("reason") or ""),
         )
     out.print(table)
+    _print_revisions_and_calls(store.events(record.run_id))
     for sid, step in summary["steps"].items():
         for attempt in step["attempt_details"]:
             if attempt["status"] != "succeeded":
@@ -471,6 +472,24 @@ def show_cmd(
         out.print("\noutput:")
         out.print_json(json.dumps(state.output, default=str))
     out.print(f"\ntrace: dagwright trace {record.run_id}{escape(_db_flag(db))}")
+
+
+def _print_revisions_and_calls(events: list[Any]) -> None:
+    for e in events:
+        if e.type == "plan_revised":
+            steps = [s["id"] for s in e.data["workflow"]["steps"]]
+            out.print(
+                f"\n[bold]plan revision {e.data.get('revision')}[/bold] after step "
+                f"{e.data.get('failed_step')!r} failed: "
+                f"{escape((e.data.get('error') or {}).get('message', ''))}\n"
+                f"  kept (not run again): {', '.join(e.data.get('kept') or []) or 'none'}; "
+                f"steps now: {', '.join(steps)}"
+            )
+    calls = [e for e in events if e.type == "model_call"]
+    if calls:
+        hits = sum(bool(e.data.get("cache_hit")) for e in calls)
+        failed = sum(bool(e.data.get("error")) for e in calls)
+        out.print(f"\nmodel calls: {len(calls)} ({hits} from the cache, {failed} with an error)")
 
 
 def _print_failed_attempt(sid: str, a: dict[str, Any]) -> None:
@@ -516,6 +535,14 @@ def trace_cmd(
             bits.append(f"retry in {data['retry_in']:g}s")
         if e.type == "attempt_started":
             bits.append(f"inputs={json.dumps(data.get('inputs'), ensure_ascii=False)[:120]}")
+        if e.type == "model_call":
+            bits += [str(data.get("purpose") or ""), str(data.get("model_id") or data.get("model"))]
+            bits += ["cache hit"] if data.get("cache_hit") else []
+            bits += [f"error: {str(data['error'])[:120]}"] if data.get("error") else []
+        if e.type == "plan_revised":
+            bits.append(
+                f"revision {data.get('revision')}, kept: {', '.join(data.get('kept') or []) or 'none'}"
+            )
         out.print(escape("  ".join(bits)), soft_wrap=True)
 
 

@@ -237,6 +237,15 @@ def test_a_failed_step_is_replanned_and_succeeded_steps_are_not_run_again(
         == "succeeded"
     )
     store.close()
+    from typer.testing import CliRunner
+
+    from dagwright.cli.main import app
+
+    shown = CliRunner().invoke(app, ["show", result.run_id, "--db", str(tmp_path / "t.db")])
+    assert shown.exit_code == 0
+    assert "plan revision 1 after step 'summarise' failed: service gone" in shown.stdout
+    assert "kept (not run again): fetch; steps now: fetch, summary2" in shown.stdout
+    assert "model calls: 1 (0 from the cache, 0 with an error)" in shown.stdout
 
 
 def test_without_a_replanner_a_replan_step_fails_the_run(registry: ToolRegistry) -> None:
