@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 from dagwright.errors import DagwrightError
 
@@ -80,9 +79,6 @@ class Settings:
             else:
                 values[f.name] = raw
         return cls(**values)  # type: ignore[arg-type]
-
-    def db_location(self) -> str:
-        return self.db if "://" in self.db else str(Path(self.db).resolve())
 
 
 __all__ = ["DEFAULT_BROKER", "DEFAULT_DB", "Settings"]
