@@ -61,6 +61,37 @@ InputOption = Annotated[
         show_default=False,
     ),
 ]
+MaxParallelOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-parallel",
+        min=1,
+        help="Local executor: steps running at once [env: DAGWRIGHT_MAX_PARALLEL; default: 8].",
+        show_default=False,
+    ),
+]
+ExecutorOption = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        "-x",
+        help="local: in this process. celery: on `dagwright worker` processes "
+        "(broker DAGWRIGHT_BROKER; workers must use the same trace store).",
+    ),
+]
+DetachOption = Annotated[
+    bool,
+    typer.Option("--detach", help="With --executor celery: print the run id and return at once."),
+]
+FromOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--from",
+        "-f",
+        help="Run this step and everything downstream of it again (repeatable).",
+        show_default=False,
+    ),
+]
 
 
 def _settings() -> Settings:
@@ -166,30 +197,9 @@ def run_cmd(
     inputs: InputOption = None,
     as_json: JsonOption = False,
     db: DbOption = None,
-    max_parallel: Annotated[
-        int | None,
-        typer.Option(
-            "--max-parallel",
-            min=1,
-            help="Local executor: steps running at once [env: DAGWRIGHT_MAX_PARALLEL; default: 8].",
-            show_default=False,
-        ),
-    ] = None,
-    executor_name: Annotated[
-        str,
-        typer.Option(
-            "--executor",
-            "-x",
-            help="local: in this process. celery: on `dagwright worker` processes "
-            "(broker DAGWRIGHT_BROKER; workers must use the same trace store).",
-        ),
-    ] = "local",
-    detach: Annotated[
-        bool,
-        typer.Option(
-            "--detach", help="With --executor celery: print the run id and return at once."
-        ),
-    ] = False,
+    max_parallel: MaxParallelOption = None,
+    executor_name: ExecutorOption = "local",
+    detach: DetachOption = False,
     task: Annotated[
         str | None,
         typer.Option(
@@ -209,10 +219,7 @@ def run_cmd(
     """Validate, then run a workflow and record its trace; show progress, then the result.
 
     Exit code: 0 succeeded, 1 failed, 2 invalid workflow or inputs (nothing runs), 130 cancelled."""
-    if executor_name not in ("local", "celery"):
-        _die(f"--executor {executor_name!r}: use local or celery", EXIT_INVALID)
-    if detach and executor_name != "celery":
-        _die("--detach needs --executor celery (a local run lives in this process)", EXIT_INVALID)
+    _check_executor(executor_name, detach)
     prelude: list[dict[str, Any]] = []
     if (file is None) == (task is None):
         _die("give a workflow FILE, or --task with --model (not both)", EXIT_INVALID)
@@ -233,12 +240,45 @@ def run_cmd(
         else:
             _print_issues(exc)
         raise typer.Exit(EXIT_INVALID) from None
+    source = str(file.resolve()) if file is not None else None
+    _execute(
+        wf,
+        registry,
+        run_inputs,
+        source=source,
+        executor_name=executor_name,
+        detach=detach,
+        as_json=as_json,
+        db=db,
+        max_parallel=max_parallel,
+        model=model,
+        prelude=prelude,
+    )
+
+
+def _execute(
+    wf: Workflow,
+    registry: ToolRegistry,
+    run_inputs: dict[str, Any],
+    *,
+    source: str | None,
+    executor_name: str,
+    detach: bool,
+    as_json: bool,
+    db: str | None,
+    max_parallel: int | None = None,
+    model: str | None = None,
+    prelude: list[dict[str, Any]] | None = None,
+    reused: dict[str, dict[str, Any]] | None = None,
+    lineage: dict[str, Any] | None = None,
+) -> NoReturn:
+    """Run a validated workflow on the chosen executor, print the result, exit with its code."""
     store = _store(db)
     progress = Progress(wf, enabled=not as_json, live=out.is_terminal, console=out)
-    source = str(file.resolve()) if file is not None else None
+    derived = {"reused": reused, "lineage": lineage}
     if executor_name == "celery":
         run_id, interrupted = _run_on_celery(
-            store, registry, wf, run_inputs, source, progress, detach, prelude
+            store, registry, wf, run_inputs, source, progress, detach, prelude or [], derived
         )
         if detach:
             if as_json:
@@ -255,13 +295,13 @@ def run_cmd(
             max_parallel=max_parallel or settings.max_parallel,
             on_event=progress.on_event,
             cache=_model_cache(settings),
-            replanner=_replanner(wf, registry, model or settings.model, settings),
+            replanner=_replanner(wf, registry, model or settings.model or "", settings),
         )
         run_id = local.id_factory()
         interrupted = False
         try:
             with progress:
-                local.run(wf, run_inputs, run_id=run_id, source=source, prelude=prelude)
+                local.run(wf, run_inputs, run_id=run_id, source=source, prelude=prelude, **derived)
         except KeyboardInterrupt:
             interrupted = True
     record = store.get_run(run_id)
@@ -285,6 +325,7 @@ def _run_on_celery(
     progress: Progress,
     detach: bool,
     prelude: list[dict[str, Any]],
+    derived: dict[str, Any],
 ) -> tuple[str, bool]:
     """Submit to the Celery workers and, unless detached, follow the trace until the run ends.
     Ctrl-C cancels the run (recorded; running steps are revoked)."""
@@ -301,7 +342,7 @@ def _run_on_celery(
             EXIT_INVALID,
         )
     dist = Engine(store, registry)
-    run_id, dispatches = dist.start(wf, inputs, source=source, prelude=prelude)
+    run_id, dispatches = dist.start(wf, inputs, source=source, prelude=prelude, **derived)
     celery_app.send(dispatches)
     if detach:
         return run_id, False
@@ -354,6 +395,148 @@ def _print_result(summary: dict[str, Any], db: str | None) -> None:
         out.print_json(json.dumps(summary["output"], default=str))
     out.print(f"trace: {escape(summary['trace'])}")
     out.print(f"inspect: dagwright show {summary['run_id']}{escape(_db_flag(db))}")
+
+
+def _check_executor(executor_name: str, detach: bool) -> None:
+    if executor_name not in ("local", "celery"):
+        _die(f"--executor {executor_name!r}: use local or celery", EXIT_INVALID)
+    if detach and executor_name != "celery":
+        _die("--detach needs --executor celery (a local run lives in this process)", EXIT_INVALID)
+
+
+def _run_derived(
+    run_id: str,
+    *,
+    mode: str,
+    from_steps: list[str] | None,
+    workflow_file: Path | None = None,
+    inputs: list[str] | None = None,
+    sets: list[str] | None = None,
+    executor_name: str,
+    detach: bool,
+    as_json: bool,
+    db: str | None,
+    max_parallel: int | None,
+) -> NoReturn:
+    from dagwright.cli.lineage import derived_run, describe
+
+    _check_executor(executor_name, detach)
+    store = _store(db)
+    try:
+        record, derivation, registry, source = derived_run(
+            store,
+            run_id,
+            mode=mode,
+            registry=default_registry,
+            tool_modules=_settings().tools,
+            from_steps=list(from_steps or []),
+            workflow_file=workflow_file,
+            inputs=_parse_inputs(inputs),
+            sets=list(sets or []),
+        )
+    except PlanError as exc:
+        if as_json:
+            errors = [i.as_dict() for i in sorted(exc.issues, key=_by_line)]
+            _json({"status": "invalid", "errors": errors})
+        else:
+            _print_issues(exc)
+        raise typer.Exit(EXIT_INVALID) from None
+    finally:
+        store.close()
+    if not as_json:
+        err.print(f"{mode} of run {record.run_id}: {escape(describe(derivation))}")
+    _execute(
+        derivation.workflow,
+        registry,
+        derivation.inputs,
+        source=source,
+        executor_name=executor_name,
+        detach=detach,
+        as_json=as_json,
+        db=db,
+        max_parallel=max_parallel,
+        reused=derivation.reused,
+        lineage=derivation.lineage,
+    )
+
+
+@app.command("resume")
+def resume_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to resume: an id or a unique prefix.")],
+    from_steps: FromOption = None,
+    workflow_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--workflow",
+            "-w",
+            help="Resume under this edited workflow (e.g. with the failed step fixed).",
+            show_default=False,
+        ),
+    ] = None,
+    inputs: InputOption = None,
+    executor_name: ExecutorOption = "local",
+    detach: DetachOption = False,
+    max_parallel: MaxParallelOption = None,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Continue a run in a new, linked run: the steps that succeeded are reused (not executed
+    again), the failed ones and everything downstream of them run again.
+
+    With --from, those steps and everything downstream run again too. With --workflow, the new
+    run follows the edited file; a reused step whose definition changed is refused (name it in
+    --from). --input overrides the parent's inputs. Exit codes as for `run`."""
+    _run_derived(
+        run_id,
+        mode="resume",
+        from_steps=from_steps,
+        workflow_file=workflow_file,
+        inputs=inputs,
+        executor_name=executor_name,
+        detach=detach,
+        as_json=as_json,
+        db=db,
+        max_parallel=max_parallel,
+    )
+
+
+@app.command("fork")
+def fork_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to fork: an id or a unique prefix.")],
+    from_steps: FromOption = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="A change: steps.<id>.with.<arg>=VALUE (any step field, e.g. "
+            "steps.<id>.timeout=5) or inputs.<name>=VALUE. VALUE is JSON, else text. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    executor_name: ExecutorOption = "local",
+    detach: DetachOption = False,
+    max_parallel: MaxParallelOption = None,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Try a change from a step on, in a new run linked to RUN_ID: everything upstream of the
+    --from steps is reused, they and everything downstream run again.
+
+    Without --from, the steps changed by --set are the ones to run from."""
+    if not sets and not from_steps:
+        _die("fork needs --from STEP and/or --set steps.<id>.with.<arg>=VALUE", EXIT_INVALID)
+    _run_derived(
+        run_id,
+        mode="fork",
+        from_steps=from_steps,
+        sets=sets,
+        executor_name=executor_name,
+        detach=detach,
+        as_json=as_json,
+        db=db,
+        max_parallel=max_parallel,
+    )
 
 
 @app.command("runs")
@@ -448,6 +631,12 @@ def show_cmd(
         out.print(f"source: {escape(record.source)}   started: {summary['started_at']}")
     if record.inputs:
         out.print(f"inputs: {escape(json.dumps(record.inputs, ensure_ascii=False))}")
+    if record.parent_run_id:
+        froms = ", ".join(record.from_steps)
+        out.print(
+            f"lineage: {record.mode} of run [bold]{record.parent_run_id}[/bold]"
+            + (f", from step(s) {escape(froms)}" if froms else "")
+        )
     table = Table(box=None, header_style="bold")
     for col in ("step", "status", "attempts", "started", "duration", "error / note"):
         table.add_column(col)
@@ -458,7 +647,11 @@ def show_cmd(
             str(step["attempts"]),
             step["started_at"] or "",
             _secs(step["duration"]),
-            escape(step.get("error") or step.get("reason") or ""),
+            escape(
+                step.get("error")
+                or step.get("reason")
+                or (f"reused from run {step['reused_from']}" if step.get("reused_from") else "")
+            ),
         )
     out.print(table)
     _print_revisions_and_calls(store.events(record.run_id))
@@ -529,6 +722,11 @@ def trace_cmd(
             bits.append(f"{e.step}" + (f"#{e.attempt}" if e.attempt else ""))
         if "status" in data:
             bits.append(str(data["status"]))
+        if data.get("reused"):
+            bits.append(f"reused from run {data['reused'].get('run_id')}")
+        if e.type == "run_started" and data.get("lineage"):
+            lin = data["lineage"]
+            bits.append(f"{lin.get('mode')} of run {lin.get('parent')}")
         if data.get("error"):
             bits.append(str(data["error"].get("message", "")))
         if data.get("retry_in") is not None:

@@ -82,6 +82,8 @@ class Progress:
             step = state.steps[event.step or ""]
             n = len(step.attempts)
             took = engine_duration(step)
+            if step.reused:
+                return f"  ↺ {sid}  reused from run {step.reused.get('run_id')}"
             tail = {
                 engine.SUCCEEDED: f"{n} attempt{'s' if n != 1 else ''}, {took}",
                 engine.FAILED: f"failed after {n} attempt{'s' if n != 1 else ''}: "
@@ -119,7 +121,7 @@ class Progress:
                 ICONS.get(s.status, "?"),
                 escape(s.id),
                 escape(self._uses(s.id)),
-                str(len(s.attempts)),
+                "reused" if s.reused else str(len(s.attempts)),
                 engine_duration(s),
             )
         return table

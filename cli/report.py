@@ -41,6 +41,8 @@ def step_summary(step: engine.StepState, *, detail: bool = False) -> dict[str, A
         summary["error"] = step.error.get("message")
     if step.reason:
         summary["reason"] = step.reason
+    if step.reused:
+        summary["reused_from"] = step.reused.get("run_id")
     if detail:
         summary["output"] = step.output
         summary["attempt_details"] = [
@@ -72,6 +74,7 @@ def run_summary(
         "output": state.output,
         "error": state.error,
         "inputs": record.inputs,
+        "lineage": record.lineage(),
         "started_at": iso(state.started_at),
         "finished_at": iso(state.finished_at),
         "duration": duration(state.started_at, state.finished_at),

@@ -96,6 +96,27 @@ def outcome_events(
     return [finished, Event(ev.STEP_FINISHED, run_id, at, sid, attempt, data)], None
 
 
+def reused_events(run_id: str, at: float, reused: dict[str, dict[str, Any]]) -> list[Event]:
+    """A derived run (resume, fork) starts with the outputs it reuses: each a step that
+    succeeded without running here, marked with the run it ran in."""
+    return [
+        Event(
+            ev.STEP_FINISHED,
+            run_id,
+            at,
+            sid,
+            None,
+            {
+                "status": engine.SUCCEEDED,
+                "output": record.get("output"),
+                "error": None,
+                "reused": {k: v for k, v in record.items() if k != "output"},
+            },
+        )
+        for sid, record in reused.items()
+    ]
+
+
 def cancel_events(state: engine.RunState, sid: str, at: float) -> list[Event]:
     """A step cancelled while scheduled, running or waiting to retry."""
     step = state.steps[sid]
@@ -179,4 +200,5 @@ __all__ = [
     "outcome_events",
     "previous_failure",
     "resolve_args",
+    "reused_events",
 ]

@@ -164,8 +164,12 @@ class Engine:
         run_id: str | None = None,
         source: str | None = None,
         prelude: list[dict[str, Any]] | None = None,
+        reused: dict[str, dict[str, Any]] | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> tuple[str, list[Dispatch]]:
-        """Record a new run (validated by the caller) and dispatch its first steps."""
+        """Record a new run (validated by the caller) and dispatch its first steps.
+
+        ``reused``/``lineage``: a derived run (resume, fork) and the outputs it reuses."""
         inputs = resolve_inputs(workflow, inputs)  # defaults filled, types checked
         run_id = run_id or self.id_factory()
         self.store.create_run(
@@ -177,18 +181,18 @@ class Engine:
                 inputs=inputs,
                 source=source,
                 executor="celery",
+                parent_run_id=(lineage or {}).get("parent"),
+                mode=(lineage or {}).get("mode"),
+                from_steps=list((lineage or {}).get("from_steps") or []),
             )
         )
-        started = Event(
-            ev.RUN_STARTED,
-            run_id,
-            self.clock(),
-            None,
-            None,
-            {"inputs": inputs, "executor": "celery"},
-        )
+        data: dict[str, Any] = {"inputs": inputs, "executor": "celery"}
+        if lineage:
+            data["lineage"] = lineage
+        started = Event(ev.RUN_STARTED, run_id, self.clock(), None, None, data)
         calls = [Event(ev.MODEL_CALL, run_id, self.clock(), None, None, c) for c in prelude or []]
-        self.store.append(run_id, [started, *calls])
+        kept = decisions.reused_events(run_id, self.clock(), reused or {})
+        self.store.append(run_id, [started, *calls, *kept])
         return run_id, self.advance(run_id)
 
     # -- the one scheduling function -----------------------------------------------------------------

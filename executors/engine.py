@@ -50,6 +50,9 @@ class StepState:
     scheduled_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    reused: dict[str, Any] | None = None
+    """Set when the step's output was reused from the run it succeeded in (resume, fork):
+    ``{"run_id", "attempts", "inputs"}``; the step did not run in this run."""
 
 
 @dataclass
@@ -164,6 +167,7 @@ def _finish_step(plan: Plan, state: RunState, step: StepState, event: Event) -> 
     step.output = data.get("output")
     step.error = data.get("error")
     step.reason = data.get("reason")
+    step.reused = data.get("reused")
     state.ready.pop(step.id, None)
     if step.status == SUCCEEDED:
         for nxt in plan.dependents[step.id]:

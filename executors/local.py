@@ -86,13 +86,26 @@ class LocalExecutor:
         run_id: str | None = None,
         source: str | None = None,
         prelude: list[dict[str, Any]] | None = None,
+        reused: dict[str, dict[str, Any]] | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> RunResult:
         """Run to the end. Ctrl-C cancels the run (recorded) and raises KeyboardInterrupt.
 
         ``prelude``: model calls that made the plan (``dagwright run --task``), recorded at the
-        start of the run's trace as ``model_call`` events."""
+        start of the run's trace as ``model_call`` events.
+
+        ``reused`` and ``lineage``: a derived run (``executors.lineage``): the steps whose
+        recorded outputs it reuses without running them, and its parent run."""
         return asyncio.run(
-            self.run_async(workflow, inputs, run_id=run_id, source=source, prelude=prelude)
+            self.run_async(
+                workflow,
+                inputs,
+                run_id=run_id,
+                source=source,
+                prelude=prelude,
+                reused=reused,
+                lineage=lineage,
+            )
         )
 
     async def run_async(
@@ -103,6 +116,8 @@ class LocalExecutor:
         run_id: str | None = None,
         source: str | None = None,
         prelude: list[dict[str, Any]] | None = None,
+        reused: dict[str, dict[str, Any]] | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> RunResult:
         issues = validate(workflow, self.registry)
         if issues:
@@ -111,7 +126,7 @@ class LocalExecutor:
         run = _Run(self, Plan.from_workflow(workflow), run_id or self.id_factory(), resolved)
         self._current = run
         try:
-            return await run.execute(source, prelude or [])
+            return await run.execute(source, prelude or [], reused or {}, lineage)
         finally:
             self._current = None
 
@@ -222,7 +237,13 @@ class _Run:
         await waiter
 
     # -- the loop ------------------------------------------------------------------------------
-    async def execute(self, source: str | None, prelude: list[dict[str, Any]]) -> RunResult:
+    async def execute(
+        self,
+        source: str | None,
+        prelude: list[dict[str, Any]],
+        reused: dict[str, dict[str, Any]],
+        lineage: dict[str, Any] | None,
+    ) -> RunResult:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         wf = self.plan.workflow
@@ -235,19 +256,19 @@ class _Run:
                 inputs=self.inputs,
                 source=source,
                 executor="local",
+                parent_run_id=(lineage or {}).get("parent"),
+                mode=(lineage or {}).get("mode"),
+                from_steps=list((lineage or {}).get("from_steps") or []),
             )
         )
+        started = {"inputs": self.inputs, "executor": "local", "max_parallel": self.x.max_parallel}
         self.emit(
-            self.event(
-                ev.RUN_STARTED,
-                inputs=self.inputs,
-                executor="local",
-                max_parallel=self.x.max_parallel,
-            ),
+            self.event(ev.RUN_STARTED, **started, **({"lineage": lineage} if lineage else {})),
             *(
                 Event(ev.MODEL_CALL, self.run_id, self.x.clock(), None, None, call)
                 for call in prelude
             ),
+            *decisions.reused_events(self.run_id, self.x.clock(), reused),
         )
         try:
             self.dispatch()

@@ -211,8 +211,32 @@ def test_a_store_from_an_earlier_version_is_upgraded_in_place(tmp_path: Path) ->
     old.close()
     with sqlite3.connect(path) as conn:  # make it look like the earlier schema
         conn.execute("ALTER TABLE dagwright_runs DROP COLUMN next_seq")
+        conn.execute("DROP INDEX ix_dagwright_runs_parent_run_id")
+        for column in ("parent_run_id", "mode", "from_steps"):
+            conn.execute(f"ALTER TABLE dagwright_runs DROP COLUMN {column}")
     store = SqlTraceStore(str(path))
+    assert store.get_run(run_id).parent_run_id is None
     stored = store.append(run_id, [_event(run_id, ev.STEP_FINISHED, "a", status="succeeded")])
     assert stored is not None and stored[0].seq == 3
     assert [e.seq for e in store.events(run_id)] == [1, 2, 3]
     store.close()
+
+
+def test_runs_keep_their_lineage(store: TraceStore) -> None:
+    parent = _run(store)
+    child = uuid.uuid4().hex
+    store.create_run(
+        RunRecord(
+            run_id=child,
+            workflow_name="wf",
+            created_at=1001.0,
+            workflow={"name": "wf", "steps": []},
+            parent_run_id=parent,
+            mode="fork",
+            from_steps=["b", "c"],
+        )
+    )
+    record = store.get_run(child)
+    assert (record.parent_run_id, record.mode, record.from_steps) == (parent, "fork", ["b", "c"])
+    assert record.lineage() == {"parent": parent, "mode": "fork", "from_steps": ["b", "c"]}
+    assert store.get_run(parent).lineage() is None

@@ -25,6 +25,17 @@ class RunRecord:
     inputs: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
     executor: str = "local"
+    parent_run_id: str | None = None
+    """Lineage: the run this one was derived from (``resume``, ``fork`` or ``replay``)."""
+    mode: str | None = None
+    """How it was derived: ``resume``, ``fork`` or ``replay``; None for a fresh run."""
+    from_steps: list[str] = field(default_factory=list)
+    """The steps it ran again from (everything downstream of them ran again too)."""
+
+    def lineage(self) -> dict[str, Any] | None:
+        if self.parent_run_id is None:
+            return None
+        return {"parent": self.parent_run_id, "mode": self.mode, "from_steps": self.from_steps}
 
 
 @dataclass(frozen=True)

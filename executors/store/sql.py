@@ -53,6 +53,10 @@ runs_table = Table(
     # the next free `seq` of the run's events; appends take numbers from it in their own
     # transaction, so concurrent writers never collide and commit order is seq order
     Column("next_seq", Integer, nullable=False, server_default="1"),
+    # lineage: the run this one was resumed, forked or replayed from
+    Column("parent_run_id", String(64), index=True),
+    Column("mode", String(16)),
+    Column("from_steps", Text),
 )
 
 events_table = Table(
@@ -146,16 +150,23 @@ class SqlTraceStore:
     def _upgrade(self) -> None:
         """Bring a trace store made by an earlier dagwright up to this schema (additive only)."""
         columns = {c["name"] for c in inspect(self.engine).get_columns("dagwright_runs")}
-        if "next_seq" in columns:
-            return
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "ALTER TABLE dagwright_runs ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 1"
-            )
-            conn.exec_driver_sql(
-                "UPDATE dagwright_runs SET next_seq = 1 + COALESCE((SELECT MAX(seq) FROM "
-                "dagwright_events e WHERE e.run_id = dagwright_runs.run_id), 0)"
-            )
+        if "next_seq" not in columns:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(
+                    "ALTER TABLE dagwright_runs ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 1"
+                )
+                conn.exec_driver_sql(
+                    "UPDATE dagwright_runs SET next_seq = 1 + COALESCE((SELECT MAX(seq) FROM "
+                    "dagwright_events e WHERE e.run_id = dagwright_runs.run_id), 0)"
+                )
+        lineage = {"parent_run_id": "VARCHAR(64)", "mode": "VARCHAR(16)", "from_steps": "TEXT"}
+        missing = [name for name in lineage if name not in columns]
+        if missing:
+            with self.engine.begin() as conn:
+                for name in missing:
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE dagwright_runs ADD COLUMN {name} {lineage[name]}"
+                    )
 
     def _engine(self) -> Engine:
         if self.url.get_backend_name() != "sqlite":
@@ -186,6 +197,9 @@ class SqlTraceStore:
             "inputs": _dumps(run.inputs),
             "source": run.source,
             "executor": run.executor,
+            "parent_run_id": run.parent_run_id,
+            "mode": run.mode,
+            "from_steps": _dumps(run.from_steps) if run.from_steps else None,
         }
         try:
             with self.engine.begin() as conn:
@@ -400,6 +414,9 @@ class SqlTraceStore:
             inputs=json.loads(row.inputs),
             source=row.source,
             executor=row.executor,
+            parent_run_id=row.parent_run_id,
+            mode=row.mode,
+            from_steps=json.loads(row.from_steps) if row.from_steps else [],
         )
 
     def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:

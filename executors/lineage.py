@@ -1,0 +1,260 @@
+"""Runs derived from runs: ``resume`` and ``fork`` (pure: no I/O).
+
+A derived run is a new run, linked to its parent. Steps that succeeded in the parent and that do
+not run again are *reused*: their recorded outputs enter the new run's trace as ``step_finished``
+events marked ``reused`` (no attempt, nothing executed). The steps that run again are the
+``--from`` steps, every step that did not succeed in the parent, and everything downstream of
+them.
+
+A reused output must still be what its step would produce: ``derive`` refuses an edit that
+changes the definition of a reused step, or inputs that change the arguments it ran with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagwright.errors import PlanError, PlanIssue
+from dagwright.executors import engine
+from dagwright.executors.events import Event
+from dagwright.planner.plan import Plan
+from dagwright.planner.references import ExpressionError, render
+from dagwright.planner.schema import Workflow
+from dagwright.planner.source import Source
+
+RESUME, FORK, REPLAY = "resume", "fork", "replay"
+
+# the fields of a step, in the order a changed one is named
+_STEP_FIELDS = ("uses", "with", "needs", "verify", "retry", "timeout", "cache", "on_failure")
+
+
+@dataclass
+class Derivation:
+    """What a derived run starts with."""
+
+    workflow: Workflow
+    inputs: dict[str, Any]
+    reused: dict[str, dict[str, Any]]
+    """step id → ``{"output", "inputs", "attempts", "run_id"}`` from the run it succeeded in."""
+    rerun: list[str]
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def parent_state(workflow: dict[str, Any], run_id: str, events: list[Event]) -> engine.RunState:
+    """A run's state folded from its trace (``.plan`` is the plan in force at its end)."""
+    plan = Plan.from_workflow(Workflow.model_validate(workflow))
+    state = engine.fold(plan, run_id, events)
+    state.plan = state.plan or plan
+    return state
+
+
+def descendants(plan: Plan, seeds: Iterable[str]) -> set[str]:
+    """``seeds`` and every step downstream of them."""
+    found: set[str] = set()
+    todo = [s for s in seeds if s in plan.steps]
+    while todo:
+        sid = todo.pop()
+        if sid in found:
+            continue
+        found.add(sid)
+        todo.extend(plan.dependents[sid])
+    return found
+
+
+def reused_record(state: engine.RunState, sid: str) -> dict[str, Any]:
+    """What a derived run keeps of a succeeded step: where it really ran, with what, and how."""
+    step = state.steps[sid]
+    if step.reused:  # reused already: point at the run that executed it
+        return dict(step.reused) | {"output": step.output}
+    last = step.attempts[-1] if step.attempts else None
+    return {
+        "run_id": state.run_id,
+        "attempts": len(step.attempts),
+        "inputs": last.inputs if last else None,
+        "output": step.output,
+    }
+
+
+def derive(
+    parent: engine.RunState,
+    workflow: Workflow,
+    inputs: dict[str, Any],
+    *,
+    mode: str,
+    from_steps: list[str],
+    source: Source | None = None,
+) -> Derivation:
+    """Which steps of ``workflow`` (validated, with resolved ``inputs``) reuse the parent's
+    outputs and which run again. Raises PlanError naming every step whose reuse would be
+    inconsistent, with the fix."""
+    source = source or Source()
+    assert parent.plan is not None
+    plan = Plan.from_workflow(workflow)
+    before = {s.id: s for s in parent.plan.workflow.steps}
+    issues: list[PlanIssue] = []
+    for sid in from_steps:
+        if sid not in plan.steps:
+            issues.append(
+                PlanIssue(
+                    f"--from {sid!r}: no such step in the workflow",
+                    file=source.file,
+                    field="from",
+                    hint="steps: " + ", ".join(plan.order),
+                )
+            )
+    succeeded = {
+        sid for sid, s in parent.steps.items() if s.status == engine.SUCCEEDED and sid in plan.steps
+    }
+    seeds = set(from_steps) | (set(plan.steps) - succeeded)
+    rerun = descendants(plan, seeds)
+    reused = [sid for sid in plan.order if sid not in rerun]
+    index = {s.id: i for i, s in enumerate(workflow.steps)}
+    records = {sid: reused_record(parent, sid) for sid in reused}
+    outputs = {sid: {"output": records[sid]["output"]} for sid in reused}
+    for sid in reused:
+        changed = _changed_field(before[sid].model_dump(), plan.steps[sid].model_dump())
+        where = ("steps", index[sid], "with" if changed == "with" else changed or "id")
+        if changed is not None:
+            issues.append(
+                source.issue(
+                    f"step {sid!r} changed since run {parent.run_id} (its {changed!r}), but "
+                    "its recorded output would be reused",
+                    where,
+                    step=sid,
+                    field=changed,
+                    hint=f"run it again with --from {sid}, or undo the change",
+                )
+            )
+            continue
+        recorded = records[sid].get("inputs")
+        try:
+            now = render(plan.steps[sid].with_, {"inputs": inputs, "steps": outputs})
+        except ExpressionError as exc:
+            now = f"<cannot resolve: {exc}>"
+        if recorded is not None and now != recorded:
+            issues.append(
+                source.issue(
+                    f"step {sid!r} would now get {_short(now)}, but its recorded output came "
+                    f"from {_short(recorded)} (the run's inputs changed)",
+                    ("steps", index[sid], "with"),
+                    step=sid,
+                    field="with",
+                    hint=f"run it again with --from {sid}, or keep the inputs",
+                )
+            )
+    if not rerun and not issues:
+        issues.append(
+            PlanIssue(
+                f"every step of run {parent.run_id} succeeded and nothing changed: "
+                "nothing to run again",
+                file=source.file,
+                field="from",
+                hint="give --from STEP to run a step and everything after it again",
+            )
+        )
+    if issues:
+        raise PlanError(issues)
+    from_list = list(from_steps) or [s for s in plan.order if s in seeds]
+    return Derivation(
+        workflow=workflow,
+        inputs=inputs,
+        reused={sid: records[sid] for sid in reused},
+        rerun=[s for s in plan.order if s in rerun],
+        lineage={"parent": parent.run_id, "mode": mode, "from_steps": from_list},
+    )
+
+
+def _changed_field(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    for name in _STEP_FIELDS:
+        key = "with_" if name == "with" else name
+        if old.get(key) != new.get(key):
+            return name
+    return None if old == new else "definition"
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def apply_sets(
+    workflow: dict[str, Any], sets: list[str]
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """``fork --set``: ``steps.<id>.<field>[.<key>…]=VALUE`` edits the workflow (a copy);
+    ``inputs.<name>=VALUE`` sets a run input. VALUE is JSON where it parses as JSON, else text.
+
+    Returns the edited workflow, the inputs given (as text), and the ids of the edited steps.
+    Raises PlanError naming each --set that cannot apply."""
+    data = json.loads(json.dumps(workflow))
+    by_id = {s.get("id"): s for s in data.get("steps", [])}
+    inputs: dict[str, str] = {}
+    edited: list[str] = []
+    issues: list[PlanIssue] = []
+    for item in sets:
+        path, sep, raw = item.partition("=")
+        parts = path.strip().split(".")
+        if not sep or len(parts) < 2 or parts[0] not in ("steps", "inputs"):
+            issues.append(
+                PlanIssue(
+                    f"--set {item!r}: write it as steps.<id>.with.<arg>=VALUE "
+                    "(or inputs.<name>=VALUE)",
+                    field="set",
+                )
+            )
+            continue
+        if parts[0] == "inputs":
+            inputs[".".join(parts[1:])] = raw
+            continue
+        sid = parts[1]
+        if sid not in by_id or len(parts) < 3:
+            issues.append(
+                PlanIssue(
+                    f"--set {item!r}: no step {sid!r}" if sid not in by_id else
+                    f"--set {item!r}: name the field, e.g. steps.{sid}.with.<arg>",
+                    step=sid if sid in by_id else None,
+                    field="set",
+                    hint="steps: " + ", ".join(str(k) for k in by_id),
+                )
+            )  # fmt: skip
+            continue
+        target = by_id[sid]
+        for key in parts[2:-1]:
+            nxt = target.get(key)
+            if nxt is None:
+                nxt = target[key] = {}
+            if not isinstance(nxt, dict):
+                issues.append(
+                    PlanIssue(f"--set {item!r}: {key!r} is not a mapping", step=sid, field=path)
+                )
+                break
+            target = nxt
+        else:
+            target[parts[-1]] = _value(raw)
+            if sid not in edited:
+                edited.append(sid)
+    if issues:
+        raise PlanError(issues)
+    return data, inputs, edited
+
+
+def _value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+__all__ = [
+    "FORK",
+    "REPLAY",
+    "RESUME",
+    "Derivation",
+    "apply_sets",
+    "derive",
+    "descendants",
+    "parent_state",
+    "reused_record",
+]
