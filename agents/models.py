@@ -36,6 +36,10 @@ class ModelCall:
     attempt: int = 1
     cache_hit: bool = False
     purpose: str = ""
+    request_key: str | None = None
+    """The request's cache key (model, messages, schema, parameters): replay matches on it."""
+    replayed: bool = False
+    """Served from a recorded trace by ``dagwright replay``: no provider was called."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

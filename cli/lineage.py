@@ -57,7 +57,7 @@ def derived_run(
             given.update(set_inputs)
         source = Source(f"<workflow of run {record.run_id}>")
         workflow = workflow_from_data(data, source)
-        registry = _registry(workflow, registry, tool_modules, record.source)
+        registry = registry_for_run(workflow, registry, tool_modules, record.source)
         problems = validate(workflow, registry, source)
         if problems:
             raise PlanError(problems)
@@ -75,7 +75,7 @@ def derived_run(
     return record, derivation, registry, source_path
 
 
-def _registry(
+def registry_for_run(
     workflow: Workflow, registry: ToolRegistry, modules: Sequence[str], source: str | None
 ) -> ToolRegistry:
     if modules:
@@ -97,4 +97,4 @@ def describe(derivation: Derivation) -> str:
     )
 
 
-__all__ = ["derived_run", "describe"]
+__all__ = ["derived_run", "describe", "registry_for_run"]

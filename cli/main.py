@@ -539,6 +539,134 @@ def fork_cmd(
     )
 
 
+@app.command("replay")
+def replay_cmd(
+    run_id: Annotated[str, typer.Argument(help="The recorded run: an id or a unique prefix.")],
+    rerun: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rerun",
+            help="Run this tool's steps again instead of serving their recorded outcome "
+            "(for deterministic tools you are debugging; repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    no_record: Annotated[
+        bool, typer.Option("--no-record", help="Keep the replay in memory, not in the store.")
+    ] = False,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Re-execute a recorded run from its trace, calling no model and no outside service, and
+    check that every step reproduces its recorded inputs, status and output.
+
+    Tools with side effects (the default for user tools) get their recorded outcome back; tools
+    marked replay="rerun" (echo, llm.generate, …) run again, their model calls served from the
+    trace. The replay is recorded as a run linked to RUN_ID. Exit 0: reproduced; 1: diverged
+    (the first divergence is shown with a diff of recorded vs replayed)."""
+    from dagwright.cli.lineage import registry_for_run
+    from dagwright.executors.replay import replay_run
+    from dagwright.executors.store.memory import MemoryTraceStore
+
+    settings = _settings()
+    store = _store(db)
+    record = store.get_run(run_id)
+    workflow = Workflow.model_validate(record.workflow)
+    try:
+        registry = registry_for_run(workflow, default_registry, settings.tools, record.source)
+    except PlanError as exc:
+        _print_issues(exc)
+        raise typer.Exit(EXIT_INVALID) from None
+    unknown = [t for t in rerun or [] if t not in registry]
+    if unknown:
+        _die(f"--rerun {', '.join(unknown)}: no such tool (see `dagwright tools`)", EXIT_INVALID)
+    report = replay_run(
+        store,
+        record.run_id,
+        registry,
+        rerun=rerun or (),
+        into=MemoryTraceStore() if no_record else None,
+    )
+    store.close()
+    if as_json:
+        _json(report.as_dict())
+    else:
+        _print_replay(report, db, recorded=not no_record)
+    _exit(EXIT_OK if not report.divergences else EXIT_FAILED)
+
+
+def _print_replay(report: Any, db: str | None, *, recorded: bool) -> None:
+    out.print(
+        f"replayed run [bold]{report.recorded_run_id}[/bold] in {report.seconds:.3f}s: "
+        f"{report.attempts_compared} attempt(s) compared, {report.model_calls_served} model "
+        "call(s) served from the trace, no provider called",
+        highlight=False,
+    )
+    if not report.divergences:
+        out.print(f"[green]✓ reproduced[/green]: the run {report.status} again, step for step")
+    else:
+        first = report.divergences[0]
+        out.print(f"[red]✗ diverged[/red]: {escape(first['message'])}")
+        if first.get("diff"):
+            out.print(escape(first["diff"]), highlight=False)
+        more = len(report.divergences) - 1
+        if more:
+            out.print(f"({more} more divergence{'s' if more != 1 else ''} after it)")
+    if recorded:
+        out.print(f"replay: dagwright show {report.run_id}{escape(_db_flag(db))}")
+
+
+@app.command("diff")
+def diff_cmd(
+    run_a: Annotated[str, typer.Argument(help="A run id (or unique prefix).")],
+    run_b: Annotated[str, typer.Argument(help="Another run id (or unique prefix).")],
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Compare two runs step by step: status, attempts, resolved inputs, outputs and errors
+    that differ (e.g. a run and its resume, fork or replay)."""
+    from dagwright.executors.lineage import compare_runs
+
+    store = _store(db)
+    states = []
+    for rid in (run_a, run_b):
+        record = store.get_run(rid)
+        states.append(state_of(record, store.events(record.run_id))[1])
+    store.close()
+    result = compare_runs(states[0], states[1])
+    if as_json:
+        _json(result)
+        return
+    out.print(f"--- run {result['a']}\n+++ run {result['b']}", highlight=False)
+    for name, values in result["run"].items():
+        out.print(f"[bold]run {name}[/bold]")
+        _print_values_diff(values["a"], values["b"])
+    for sid, step in result["steps"].items():
+        out.print(f"[bold]step {escape(sid)}[/bold]: differs in {', '.join(step['differs'])}")
+        a, b = step["a"] or {}, step["b"] or {}
+        for name in step["differs"]:
+            if name == "presence":
+                out.print(f"  only in run {result['a'] if step['a'] else result['b']}")
+            else:
+                out.print(f"  {name}:")
+                _print_values_diff(a.get(name), b.get(name), indent="    ")
+    same = result["identical"]
+    out.print(
+        f"{len(same)} step(s) identical" + (f": {escape(', '.join(same))}" if same else ""),
+        highlight=False,
+    )
+
+
+def _print_values_diff(a: Any, b: Any, indent: str = "  ") -> None:
+    from dagwright.executors.replay import diff_text
+
+    lines = [x for x in diff_text(a, b).splitlines()[2:] if not x.startswith("@@")]
+    for line in lines:
+        style = "red" if line.startswith("-") else "green" if line.startswith("+") else ""
+        text = escape(indent + line)
+        out.print(f"[{style}]{text}[/{style}]" if style else text, highlight=False)
+
+
 @app.command("runs")
 def runs_cmd(
     status: Annotated[

@@ -88,13 +88,16 @@ class RunState:
         return [sid for sid, s in self.steps.items() if s.status in ACTIVE]
 
 
+_NOT_FOLDED = frozenset({ev.MODEL_CALL, ev.PLAN_REVISED, ev.REPLAY_DIVERGED})
+
+
 def apply(plan: Plan, state: RunState, event: Event) -> RunState:
     """Fold one event into the state (in place, and returned for chaining).
 
     Events after ``run_finished`` (a worker's late report on a cancelled run) stay in the trace
     but do not change the run's state."""
     kind = event.type
-    if state.status in FINAL or kind in (ev.MODEL_CALL, ev.PLAN_REVISED):
+    if state.status in FINAL or kind in _NOT_FOLDED:
         # model calls are kept for inspection and replay; a revised plan is applied by `revise`
         return state
     if kind == ev.RUN_STARTED:

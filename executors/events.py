@@ -13,6 +13,7 @@ STEP_FINISHED = "step_finished"
 RUN_FINISHED = "run_finished"
 MODEL_CALL = "model_call"
 PLAN_REVISED = "plan_revised"
+REPLAY_DIVERGED = "replay_diverged"
 
 EVENT_TYPES = (
     RUN_STARTED,
@@ -23,6 +24,7 @@ EVENT_TYPES = (
     RUN_FINISHED,
     MODEL_CALL,
     PLAN_REVISED,
+    REPLAY_DIVERGED,
 )
 
 
@@ -60,6 +62,7 @@ __all__ = [
     "Event",
     "MODEL_CALL",
     "PLAN_REVISED",
+    "REPLAY_DIVERGED",
     "RUN_FINISHED",
     "RUN_STARTED",
     "STEP_FINISHED",

@@ -167,6 +167,48 @@ def derive(
     )
 
 
+def step_view(step: engine.StepState) -> dict[str, Any]:
+    """A step as ``diff`` compares it: a reused step shows the inputs it ran with upstream."""
+    last = step.attempts[-1] if step.attempts else None
+    reused = step.reused or {}
+    return {
+        "status": step.status,
+        "attempts": len(step.attempts),
+        "reused_from": reused.get("run_id"),
+        "inputs": last.inputs if last else reused.get("inputs"),
+        "output": step.output,
+        "error": (step.error or {}).get("message"),
+    }
+
+
+def compare_runs(a: engine.RunState, b: engine.RunState) -> dict[str, Any]:
+    """Per step: what differs between two runs (status, attempts, resolved inputs, output,
+    error); and the runs' own inputs, status and output. Reused steps are compared by what
+    they carry, and their attempt counts are not a difference."""
+    run = {
+        name: {"a": getattr(a, name), "b": getattr(b, name)}
+        for name in ("inputs", "status", "output")
+        if getattr(a, name) != getattr(b, name)
+    }
+    order = list(a.steps) + [sid for sid in b.steps if sid not in a.steps]
+    steps: dict[str, Any] = {}
+    identical: list[str] = []
+    for sid in order:
+        va = step_view(a.steps[sid]) if sid in a.steps else None
+        vb = step_view(b.steps[sid]) if sid in b.steps else None
+        if va is None or vb is None:
+            steps[sid] = {"differs": ["presence"], "a": va, "b": vb}
+            continue
+        differs = [f for f in ("status", "inputs", "output", "error") if va[f] != vb[f]]
+        if va["attempts"] != vb["attempts"] and not (va["reused_from"] or vb["reused_from"]):
+            differs.insert(1, "attempts")
+        if differs:
+            steps[sid] = {"differs": differs, "a": va, "b": vb}
+        else:
+            identical.append(sid)
+    return {"a": a.run_id, "b": b.run_id, "run": run, "steps": steps, "identical": identical}
+
+
 def _changed_field(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     for name in _STEP_FIELDS:
         key = "with_" if name == "with" else name
@@ -253,8 +295,10 @@ __all__ = [
     "RESUME",
     "Derivation",
     "apply_sets",
+    "compare_runs",
     "derive",
     "descendants",
     "parent_state",
     "reused_record",
+    "step_view",
 ]

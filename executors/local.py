@@ -63,9 +63,13 @@ class LocalExecutor:
         on_event: Callable[[Event, engine.RunState], None] | None = None,
         cache: Any = None,
         replanner: Callable[..., Workflow] | None = None,
+        replayer: Any = None,
     ) -> None:
         """``replanner(workflow, outputs, failure, record) -> Workflow`` revises the plan when a
-        step with ``on_failure: replan`` fails for good (the CLI wires the planner's model)."""
+        step with ``on_failure: replan`` fails for good (the CLI wires the planner's model).
+
+        ``replayer`` (``executors.replay.Replayer``): this run replays a recorded one — recorded
+        outcomes and model calls are served, every attempt is compared, retry waits skipped."""
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
         self.store = store
@@ -76,6 +80,7 @@ class LocalExecutor:
         self.on_event = on_event
         self.cache = cache if cache is not None else StoreCache(store)
         self.replanner = replanner
+        self.replayer = replayer
         self._current: _Run | None = None
 
     def run(
@@ -382,7 +387,8 @@ class _Run:
                 if delay is None:
                     break
                 await self.durable()
-                await asyncio.sleep(delay)
+                if self.x.replayer is None:  # a replay does not wait to retry
+                    await asyncio.sleep(delay)
         except asyncio.CancelledError:
             self.emit(*decisions.cancel_events(self.state, sid, self.x.clock()))
             raise
@@ -391,11 +397,25 @@ class _Run:
         self.dispatch()
 
     async def attempt(self, sid: str, attempt: int, attempt_id: str, tool: Any) -> Outcome:
-        step = self.plan.steps[sid]
         args, failed = decisions.resolve_args(self.plan, self.state, sid)
         self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=args))
-        if failed is not None:
-            return failed
+        replay = self.x.replayer
+        if replay is None:
+            return failed or await self.call(sid, attempt, tool, args)
+        rev = self.state.revisions
+        outcome = failed or replay.served(rev, sid, attempt, tool, args)
+        if outcome is None:
+            outcome = await self.call(sid, attempt, tool, args, replay.models(rev, sid, attempt))
+        for d in replay.observe(rev, sid, attempt, args, outcome):
+            at = self.x.clock()
+            self.emit(Event(ev.REPLAY_DIVERGED, self.run_id, at, sid, attempt, d.as_dict()))
+        return outcome
+
+    async def call(
+        self, sid: str, attempt: int, tool: Any, args: Any, models: Any = None
+    ) -> Outcome:
+        """Call the tool (``models``: recorded model calls to serve, in a replay)."""
+        step = self.plan.steps[sid]
         await self.durable()  # the attempt is on record before the tool is called
         ctx = ToolContext(
             run_id=self.run_id,
@@ -403,7 +423,8 @@ class _Run:
             attempt=attempt,
             previous_failure=decisions.previous_failure(self.state, sid, attempt),
             emit=self.tool_emitter(sid, attempt),
-            cache=self.x.cache if step.cache else None,
+            cache=self.x.cache if step.cache and models is None else None,
+            replay=models,
         )
         context = engine.step_context(self.plan, self.state, sid)
         return await execute_attempt(tool, step, args, ctx, context, pool=self.pool)

@@ -12,7 +12,7 @@ from dagwright.errors import StepError
 from dagwright.tools.registry import ToolContext, tool
 
 
-@tool("echo")
+@tool("echo", replay="rerun")
 def echo(**kwargs: Any) -> dict[str, Any]:
     """Return the arguments it was given, unchanged."""
     return kwargs
@@ -22,14 +22,14 @@ class Slept(TypedDict):
     slept_ms: int
 
 
-@tool("sleep")
+@tool("sleep")  # replay serves it: waiting again reproduces nothing
 async def sleep(ms: Annotated[int, Field(ge=0, le=86_400_000)]) -> Slept:
     """Wait `ms` milliseconds, then return {"slept_ms": ms}."""
     await asyncio.sleep(ms / 1000)
     return Slept(slept_ms=ms)
 
 
-@tool("flaky")
+@tool("flaky", replay="rerun")
 def flaky(
     fail_times: Annotated[int, Field(ge=0)],
     ctx: ToolContext,

@@ -40,7 +40,7 @@ def json_schema_answer(schema: dict[str, Any]) -> type[BaseModel]:
     return Answer
 
 
-@tool("llm.generate")
+@tool("llm.generate", replay="rerun")  # its model calls are served
 def generate(
     prompt: Annotated[str, Field(min_length=1)],
     ctx: ToolContext,
@@ -97,9 +97,12 @@ def _ask(
     key = request_key(model, messages, shape, params)
 
     def record(call: ModelCall) -> None:
+        call.request_key = key
         if ctx.emit is not None:
             ctx.emit("model_call", call.as_dict())
 
+    if ctx.replay is not None:  # dagwright replay: the recorded answer, no provider is called
+        return ctx.replay.ask(key, model, messages, answer_model, purpose, record)
     if ctx.cache is not None:
         hit = ctx.cache.get(key)
         if hit is not None:

@@ -40,6 +40,12 @@ class ToolContext:
     """Report a fact to the run's trace (e.g. a ``model_call``), tied to this attempt."""
     cache: Any = field(default=None, compare=False)
     """The model-call cache, when the step has ``cache: true`` (``get(key)``/``put(key, value)``)."""
+    replay: Any = field(default=None, compare=False)
+    """In ``dagwright replay``: the attempt's recorded model calls, served instead of calling a
+    provider (``tools.llm`` asks it; a tool that calls models must go through ``tools.llm``)."""
+
+
+REPLAY_MODES = ("serve", "rerun")
 
 
 @dataclass
@@ -51,6 +57,10 @@ class Tool:
     output_schema: dict[str, Any] | None = None
     is_async: bool = False
     context_param: str | None = None
+    replay: str = "serve"
+    """What ``dagwright replay`` does with this tool: ``serve`` its recorded outcome (the
+    default: a tool may have side effects or call out), or ``rerun`` it (deterministic given its
+    arguments and the model calls it makes, which replay serves) and check its output."""
     _output_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)
 
     def args_schema(self) -> dict[str, Any]:
@@ -75,7 +85,11 @@ class Tool:
         return to_jsonable_python(value)
 
 
-def _build_tool(fn: Callable[..., Any], name: str, description: str | None) -> Tool:
+def _build_tool(
+    fn: Callable[..., Any], name: str, description: str | None, replay: str = "serve"
+) -> Tool:
+    if replay not in REPLAY_MODES:
+        raise DagwrightError(f"tool {name!r}: replay={replay!r}; use 'serve' or 'rerun'")
     if not TOOL_NAME.match(name):
         raise DagwrightError(
             f"tool name {name!r} is not valid: use lower-case words separated by dots, "
@@ -125,6 +139,7 @@ def _build_tool(fn: Callable[..., Any], name: str, description: str | None) -> T
         output_schema=output_schema,
         is_async=inspect.iscoroutinefunction(fn),
         context_param=context_param,
+        replay=replay,
         _output_adapter=output_adapter,
     )
 
@@ -136,9 +151,14 @@ class ToolRegistry:
         self._tools: dict[str, Tool] = dict(tools or {})
 
     def register(
-        self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        replay: str = "serve",
     ) -> Tool:
-        t = _build_tool(fn, name or fn.__name__, description)
+        t = _build_tool(fn, name or fn.__name__, description, replay)
         existing = self._tools.get(t.name)
         if existing is not None and existing.fn is not fn:
             same_source = getattr(existing.fn, "__module__", None) == getattr(
@@ -153,10 +173,10 @@ class ToolRegistry:
         return t
 
     def tool(
-        self, name: str | None = None, *, description: str | None = None
+        self, name: str | None = None, *, description: str | None = None, replay: str = "serve"
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(fn, name=name, description=description)
+            self.register(fn, name=name, description=description, replay=replay)
             return fn
 
         return decorate
@@ -223,7 +243,7 @@ default_registry = ToolRegistry()
 
 
 def tool(
-    name: str | None = None, *, description: str | None = None
+    name: str | None = None, *, description: str | None = None, replay: str = "serve"
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function as a tool::
 
@@ -232,12 +252,16 @@ def tool(
 
     The function registers into the default registry, and into the registry that is loading
     its module, if any (a workflow's ``tools:`` list).
+
+    ``replay``: what ``dagwright replay`` does with it. ``"serve"`` (the default, safe for
+    tools with side effects) serves the recorded outcome and checks the arguments;
+    ``"rerun"`` (for deterministic tools) runs it again and checks its output.
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        default_registry.register(fn, name=name, description=description)
+        default_registry.register(fn, name=name, description=description, replay=replay)
         for registry in _collect_stack:
-            registry.register(fn, name=name, description=description)
+            registry.register(fn, name=name, description=description, replay=replay)
         return fn
 
     return decorate

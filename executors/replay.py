@@ -1,0 +1,309 @@
+"""``dagwright replay``: run a recorded run's plan again, from its recording, and check that
+every step reproduces what was recorded.
+
+Nothing calls out. Tools marked ``replay="serve"`` (the default: they may have side effects)
+get their recorded outcome back without running; ``replay="rerun"`` tools (deterministic:
+``echo``, ``llm.generate``, …) run again, and every model call they make is served from the
+recording (``agents.replay``). Each attempt's resolved inputs, status and output are compared
+with the recorded attempt; the first difference of each attempt is a *divergence*, recorded in
+the replay's own trace (``replay_diverged``) with a diff of recorded vs replayed.
+
+Retry waits are skipped; plan revisions (``on_failure: replan``) are served from the recording.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagwright.agents.replay import ModelReplay
+from dagwright.executors import engine
+from dagwright.executors import events as ev
+from dagwright.executors.events import Event
+from dagwright.executors.lineage import REPLAY, parent_state, reused_record
+from dagwright.executors.runner import CANCELLED, FAILED, TIMED_OUT, Outcome
+from dagwright.executors.store.base import RunRecord, TraceStore
+from dagwright.planner.schema import Workflow
+from dagwright.tools.registry import Tool, ToolRegistry
+
+Key = tuple[int, str, int]  # (plan revision, step, attempt)
+
+
+def diff_text(expected: Any, actual: Any) -> str:
+    """A unified diff of two JSON values, recorded (---) vs replayed (+++)."""
+    a = _pretty(expected).splitlines()
+    b = _pretty(actual).splitlines()
+    return "\n".join(difflib.unified_diff(a, b, "recorded", "replayed", lineterm=""))
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+@dataclass
+class Divergence:
+    step: str | None
+    attempt: int | None
+    what: str
+    """inputs, status, output, error, model request, model call, attempt, run status, …"""
+    message: str
+    expected: Any
+    actual: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "attempt": self.attempt,
+            "what": self.what,
+            "message": self.message,
+            "expected": self.expected,
+            "actual": self.actual,
+            "diff": diff_text(self.expected, self.actual),
+        }
+
+
+@dataclass
+class _Recorded:
+    inputs: Any = None
+    status: str | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    duration: float = 0.0
+
+
+class Replayer:
+    """The recording of one run, and what its replay did differently. Used by the local
+    executor's attempts (``served``, ``models``, ``observe``)."""
+
+    def __init__(
+        self, record: RunRecord, events: list[Event], *, rerun: Iterable[str] = ()
+    ) -> None:
+        self.record = record
+        self.recorded = parent_state(record.workflow, record.run_id, events)
+        self.rerun_tools = set(rerun)
+        self.attempts: dict[Key, _Recorded] = {}
+        self.calls: dict[Key, list[dict[str, Any]]] = {}
+        self.revisions: list[Workflow] = []
+        self.divergences: list[Divergence] = []
+        self.reported = 0
+        self.compared = 0
+        self.served_calls: list[ModelReplay] = []
+        self._index(events)
+
+    def _index(self, events: list[Event]) -> None:
+        rev = 0
+        for e in events:
+            if e.type == ev.PLAN_REVISED:
+                rev += 1
+                self.revisions.append(Workflow.model_validate(e.data["workflow"]))
+            if e.step is None or e.attempt is None:
+                continue
+            key = (rev, e.step, e.attempt)
+            if e.type == ev.ATTEMPT_STARTED:  # (again, when its worker was lost: start over)
+                self.attempts[key] = _Recorded(inputs=e.data.get("inputs"))
+                self.calls[key] = []
+            elif e.type == ev.ATTEMPT_FINISHED and key in self.attempts:
+                rec = self.attempts[key]
+                rec.status, rec.output = e.data.get("status"), e.data.get("output")
+                rec.error, rec.checks = e.data.get("error"), e.data.get("checks") or []
+                rec.duration = e.data.get("duration") or 0.0
+            elif e.type == ev.MODEL_CALL:
+                self.calls.setdefault(key, []).append(e.data)
+
+    # -- what the replayed run starts with -----------------------------------------------------
+    def workflow(self) -> Workflow:
+        """The plan the recorded run started with (revisions are served as they come)."""
+        return Workflow.model_validate(self.record.workflow)
+
+    def reused(self) -> dict[str, dict[str, Any]]:
+        """A resumed or forked run started with reused outputs: so does its replay."""
+        return {
+            sid: reused_record(self.recorded, sid)
+            for sid, s in self.recorded.steps.items()
+            if s.reused
+        }
+
+    def lineage(self) -> dict[str, Any]:
+        return {"parent": self.record.run_id, "mode": REPLAY, "from_steps": []}
+
+    def replanner(self, workflow: Workflow, outputs: Any, failure: Any, record: Any) -> Workflow:
+        """The recorded revisions, in order (no model is asked)."""
+        done = getattr(self, "_revised", 0)
+        if done >= len(self.revisions):
+            self._diverge(failure.get("step"), None, "plan revision", None, failure,
+                          "the recorded run was not replanned here")  # fmt: skip
+            raise RuntimeError("no recorded plan revision to serve")
+        self._revised = done + 1
+        return self.revisions[done]
+
+    # -- hooks for each attempt ------------------------------------------------------------------
+    def served(self, rev: int, sid: str, attempt: int, tool: Tool, args: Any) -> Outcome | None:
+        """The recorded outcome to serve, or None when the tool runs again."""
+        rec = self.attempts.get((rev, sid, attempt))
+        if rec is None or rec.status is None:
+            message = f"attempt {attempt} of step {sid!r} is not in the recorded run"
+            self._diverge(sid, attempt, "attempt", None, {"inputs": args}, message)
+            error = {"type": "ReplayDiverged", "message": message, "kind": "error",
+                     "retryable": False}  # fmt: skip
+            return Outcome(FAILED, error=error)
+        rerun = tool.replay == "rerun" or tool.name in self.rerun_tools
+        if rerun and rec.status not in (TIMED_OUT, CANCELLED):  # timing does not replay
+            return None
+        return Outcome(rec.status, rec.output, rec.error, list(rec.checks), rec.duration)
+
+    def models(self, rev: int, sid: str, attempt: int) -> ModelReplay:
+        def report(what: str, expected: Any, actual: Any, message: str) -> None:
+            self._diverge(sid, attempt, what, expected, actual, message)
+
+        replay = ModelReplay(list(self.calls.get((rev, sid, attempt), [])), report)
+        self.served_calls.append(replay)
+        return replay
+
+    def observe(
+        self, rev: int, sid: str, attempt: int, args: Any, outcome: Outcome
+    ) -> list[Divergence]:
+        """Compare a replayed attempt with its recording; returns divergences not yet told."""
+        self.compared += 1
+        rec = self.attempts.get((rev, sid, attempt))
+        told = any(d.step == sid and d.attempt == attempt for d in self.divergences)
+        if rec is not None and rec.status is not None and not told:
+            self._compare(sid, attempt, rec, args, outcome)
+        return self.pending()
+
+    def _compare(self, sid: str, attempt: int, rec: _Recorded, args: Any, outcome: Outcome) -> None:
+        where = f"step {sid!r} attempt {attempt}"
+        if args != rec.inputs:
+            self._diverge(sid, attempt, "inputs", rec.inputs, args, f"{where}: inputs differ")
+        elif outcome.status != rec.status:
+            self._diverge(
+                sid,
+                attempt,
+                "status",
+                _result(rec.status, rec.output, rec.error),
+                _result(outcome.status, outcome.output, outcome.error),
+                f"{where}: {rec.status} when recorded, {outcome.status} in the replay",
+            )
+        elif outcome.output != rec.output:
+            self._diverge(
+                sid, attempt, "output", rec.output, outcome.output, f"{where}: output differs"
+            )
+        elif (outcome.error or {}).get("type") != (rec.error or {}).get("type"):
+            self._diverge(
+                sid, attempt, "error", rec.error, outcome.error, f"{where}: the error differs"
+            )
+
+    def finish(self, state: engine.RunState) -> list[Divergence]:
+        """Compare the replayed run's end with the recorded one's."""
+        rec = self.recorded
+        if not self.divergences:
+            if state.status != rec.status:
+                self._diverge(None, None, "run status", rec.status, state.status,
+                              f"the run {rec.status} when recorded, {state.status} in the replay")  # fmt: skip
+            elif state.output != rec.output:
+                self._diverge(None, None, "run output", rec.output, state.output,
+                              "the run's output differs")  # fmt: skip
+        return self.pending()
+
+    def pending(self) -> list[Divergence]:
+        new = self.divergences[self.reported :]
+        self.reported = len(self.divergences)
+        return new
+
+    def _diverge(
+        self, sid: str | None, attempt: int | None, what: str, expected: Any, actual: Any,
+        message: str,
+    ) -> None:  # fmt: skip
+        self.divergences.append(Divergence(sid, attempt, what, message, expected, actual))
+
+    def model_calls_served(self) -> int:
+        return sum(r.served for r in self.served_calls)
+
+
+def _result(status: str | None, output: Any, error: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "status": status,
+        "output": output,
+        "error": {k: (error or {}).get(k) for k in ("type", "message")} if error else None,
+    }
+
+
+@dataclass
+class ReplayReport:
+    run_id: str
+    """The replay's own run (mode ``replay``, parent the recorded run)."""
+    recorded_run_id: str
+    status: str
+    divergences: list[dict[str, Any]]
+    attempts_compared: int
+    model_calls_served: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "recorded_run_id": self.recorded_run_id,
+            "status": self.status,
+            "reproduced": not self.divergences,
+            "divergences": self.divergences,
+            "attempts_compared": self.attempts_compared,
+            "model_calls_served": self.model_calls_served,
+            "seconds": self.seconds,
+        }
+
+
+def replay_run(
+    store: TraceStore,
+    run_id: str,
+    registry: ToolRegistry,
+    *,
+    rerun: Iterable[str] = (),
+    into: TraceStore | None = None,
+    max_parallel: int = 8,
+) -> ReplayReport:
+    """Replay a recorded run of ``store``; the replay is recorded in ``into`` (default: the
+    same store, as a run linked to the recorded one)."""
+    from dagwright.executors.local import LocalExecutor
+
+    record = store.get_run(run_id)
+    replayer = Replayer(record, store.events(record.run_id), rerun=rerun)
+    target = into if into is not None else store
+    executor = LocalExecutor(
+        target,
+        registry,
+        max_parallel=max_parallel,
+        replanner=replayer.replanner if replayer.revisions else None,
+        replayer=replayer,
+    )
+    started = time.perf_counter()
+    result = executor.run(
+        replayer.workflow(),
+        record.inputs,
+        source=record.source,
+        reused=replayer.reused(),
+        lineage=replayer.lineage(),
+    )
+    seconds = time.perf_counter() - started
+    final = replayer.finish(result.state)
+    if final:
+        target.append(result.run_id, [divergence_event(result.run_id, d) for d in final])
+    return ReplayReport(
+        run_id=result.run_id,
+        recorded_run_id=record.run_id,
+        status=result.status,
+        divergences=[d.as_dict() for d in replayer.divergences],
+        attempts_compared=replayer.compared,
+        model_calls_served=replayer.model_calls_served(),
+        seconds=round(seconds, 6),
+    )
+
+
+def divergence_event(run_id: str, d: Divergence, at: float | None = None) -> Event:
+    return Event(ev.REPLAY_DIVERGED, run_id, at or time.time(), d.step, d.attempt, d.as_dict())
+
+
+__all__ = ["Divergence", "ReplayReport", "Replayer", "diff_text", "replay_run"]
