@@ -26,6 +26,8 @@ CORE = [
     "dagwright.executors.store.base",
     "dagwright.executors.store.memory",
     "dagwright.executors.decisions",
+    "dagwright.executors.lineage",
+    "dagwright.executors.replay",
     "dagwright.executors.distributed",
     "dagwright.tools",
 ]
