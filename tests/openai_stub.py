@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -67,8 +68,16 @@ def text_reply(text: str, *, model: str = "stub-model-2026-11-01") -> dict[str, 
 
 
 class OpenAIStub:
-    def __init__(self, replies: list[dict[str, Any]] | None = None) -> None:
+    """``replies`` are served in order; or ``respond(body)`` picks the recorded reply for each
+    request (when requests arrive concurrently, in no fixed order)."""
+
+    def __init__(
+        self,
+        replies: list[dict[str, Any]] | None = None,
+        respond: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.replies: deque[dict[str, Any]] = deque(replies or [])
+        self.respond = respond
         self.requests: list[dict[str, Any]] = []
         stub = self
 
@@ -78,6 +87,9 @@ class OpenAIStub:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 stub.requests.append({"path": self.path, "body": body})
                 known = self.path.endswith("/chat/completions") or self.path.endswith("/messages")
+                if known and stub.respond is not None:
+                    self._send(200, stub.respond(body))
+                    return
                 if not known or not stub.replies:
                     self._send(500, {"error": {"message": "stub: no recorded reply left"}})
                     return

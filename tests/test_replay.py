@@ -237,3 +237,60 @@ def test_replay_cli_exit_codes_and_report(
     assert '+"something else entirely"' in proc.stdout
     proc = cli("replay", run_id, "--rerun", "nope", cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "--rerun nope: no such tool" in proc.stderr
+
+
+def test_cache_hits_and_anthropic_answers_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry: ToolRegistry
+) -> None:
+    pytest.importorskip("anthropic")
+    from openai_stub import anthropic_tool_reply
+
+    for key in [k for k in __import__("os").environ if k.startswith("DAGWRIGHT_")]:
+        monkeypatch.delenv(key)
+    schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
+    wf = Workflow.model_validate({"name": "a", "steps": [
+        {"id": "count", "uses": "llm.generate", "cache": True,
+         "with": {"model": "anthropic:claude-stub", "prompt": "How many?", "schema": schema}}]})  # fmt: skip
+    store = SqlTraceStore(str(tmp_path / "t.db"))
+    with OpenAIStub([anthropic_tool_reply("Answer", {"value": {"n": 3}})]) as server:
+        monkeypatch.setenv("DAGWRIGHT_MODEL_BASE_URL", server.root_url)
+        first = LocalExecutor(store, registry).run(wf)
+        second = LocalExecutor(store, registry).run(wf)  # a cache hit
+        assert len(server.requests) == 1
+    assert first.output == second.output == {"count": {"n": 3}}
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("replay called a provider")
+
+    monkeypatch.setattr(models, "connect", refuse)
+    for run in (first, second):
+        report = replay_run(store, run.run_id, registry, into=MemoryTraceStore())
+        assert report.divergences == [] and report.model_calls_served == 1
+    store.close()
+
+
+def test_a_replanned_run_replays_its_recorded_revision(
+    registry: ToolRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Workflow.model_validate({
+        "name": "fragile",
+        "steps": [
+            {"id": "fetch", "uses": "echo", "with": {"text": "raw"}},
+            {"id": "summarise", "uses": "flaky", "with": {"fail_times": 9},
+             "needs": ["fetch"], "on_failure": "replan"},
+        ],
+    })  # fmt: skip
+    revised = Workflow.model_validate({
+        "name": "fragile",
+        "steps": [
+            {"id": "fetch", "uses": "echo", "with": {"text": "raw"}},
+            {"id": "summary2", "uses": "echo", "with": {"s": "${{ steps.fetch.output.text }}"}},
+        ],
+    })  # fmt: skip
+    store = MemoryTraceStore()
+    run = LocalExecutor(store, registry, replanner=lambda *a: revised).run(original)
+    assert run.status == "succeeded" and run.output == {"summary2": {"s": "raw"}}
+    report = replay_run(store, run.run_id, registry)
+    assert report.divergences == [] and report.status == "succeeded"
+    kinds = [e.type for e in store.events(report.run_id)]
+    assert kinds.count(ev.PLAN_REVISED) == 1
