@@ -480,10 +480,10 @@ def resume_cmd(
     as_json: JsonOption = False,
     db: DbOption = None,
 ) -> None:
-    """Continue a run in a new, linked run: the steps that succeeded are reused (not executed
-    again), the failed ones and everything downstream of them run again.
+    """Continue a failed run in a new, linked run, reusing the steps that succeeded.
 
-    With --from, those steps and everything downstream run again too. With --workflow, the new
+    Succeeded steps are reused (their recorded outputs; not executed again); the failed ones and
+    everything downstream of them run again. With --from, those steps and everything downstream run again too. With --workflow, the new
     run follows the edited file; a reused step whose definition changed is refused (name it in
     --from). --input overrides the parent's inputs. Exit codes as for `run`."""
     _run_derived(
@@ -520,10 +520,10 @@ def fork_cmd(
     as_json: JsonOption = False,
     db: DbOption = None,
 ) -> None:
-    """Try a change from a step on, in a new run linked to RUN_ID: everything upstream of the
-    --from steps is reused, they and everything downstream run again.
+    """Try a change from a step on, in a new run that reuses everything upstream of it.
 
-    Without --from, the steps changed by --set are the ones to run from."""
+    Everything upstream of the --from steps is reused; they and everything downstream run
+    again, under the plan edited by --set. Without --from, the steps changed by --set are the ones to run from."""
     if not sets and not from_steps:
         _die("fork needs --from STEP and/or --set steps.<id>.with.<arg>=VALUE", EXIT_INVALID)
     _run_derived(
@@ -557,10 +557,9 @@ def replay_cmd(
     as_json: JsonOption = False,
     db: DbOption = None,
 ) -> None:
-    """Re-execute a recorded run from its trace, calling no model and no outside service, and
-    check that every step reproduces its recorded inputs, status and output.
+    """Re-execute a recorded run from its trace, calling no model, and report divergences.
 
-    Tools with side effects (the default for user tools) get their recorded outcome back; tools
+    Every step must reproduce its recorded inputs, status and output. Tools with side effects (the default for user tools) get their recorded outcome back; tools
     marked replay="rerun" (echo, llm.generate, …) run again, their model calls served from the
     trace. The replay is recorded as a run linked to RUN_ID. Exit 0: reproduced; 1: diverged
     (the first divergence is shown with a diff of recorded vs replayed)."""
@@ -623,8 +622,10 @@ def diff_cmd(
     as_json: JsonOption = False,
     db: DbOption = None,
 ) -> None:
-    """Compare two runs step by step: status, attempts, resolved inputs, outputs and errors
-    that differ (e.g. a run and its resume, fork or replay)."""
+    """Compare two runs step by step: what differs in status, attempts, inputs and outputs.
+
+    Useful on a run and its resume, fork or replay. A reused step is compared by the inputs and
+    output it carries."""
     from dagwright.executors.lineage import compare_runs
 
     store = _store(db)
@@ -696,6 +697,7 @@ def runs_cmd(
                     "created_at": iso(r.record.created_at),
                     "finished_at": iso(r.finished_at),
                     "source": r.record.source,
+                    "lineage": r.record.lineage(),
                 }
                 for r in runs
             ]
@@ -707,16 +709,23 @@ def runs_cmd(
         )
         return
     table = Table(box=None, header_style="bold")
+    derived = any(r.record.parent_run_id for r in runs)
     for col in ("run id", "workflow", "status", "started", "duration"):
         table.add_column(col)
+    if derived:
+        table.add_column("lineage")
     for r in runs:
-        table.add_row(
+        row = [
             r.record.run_id,
             escape(r.record.workflow_name),
             _status_text(r.status),
             iso(r.record.created_at),
             _secs(duration(r.record.created_at, r.finished_at)),
-        )
+        ]
+        if derived:
+            parent = r.record.parent_run_id
+            row.append(f"{r.record.mode} of {parent[:12]}" if parent else "")
+        table.add_row(*row)
     out.print(table)
 
 
