@@ -146,7 +146,9 @@ class Replayer:
         """The recorded outcome to serve, or None when the tool runs again."""
         rec = self.attempts.get((rev, sid, attempt))
         if rec is None or rec.status is None:
-            message = f"attempt {attempt} of step {sid!r} is not in the recorded run"
+            message = f"attempt {attempt} of step {sid!r} " + (
+                "is not in the recorded run" if rec is None else "never finished in the recording"
+            )
             self._diverge(sid, attempt, "attempt", None, {"inputs": args}, message)
             error = {"type": "ReplayDiverged", "message": message, "kind": "error",
                      "retryable": False}  # fmt: skip
