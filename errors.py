@@ -106,6 +106,11 @@ class StoreError(DagwrightError):
     """The trace store could not be reached or written."""
 
 
+class StaleState(StoreError):
+    """An append conditioned on the run's last event (``expect_seq``) found that another writer
+    appended since: nothing was written; read the trace again and decide again."""
+
+
 class ReplayMismatch(DagwrightError):
     """A replayed step did not reproduce its recorded output."""
 
@@ -118,6 +123,7 @@ __all__ = [
     "RunNotFound",
     "StepError",
     "StepTimeout",
+    "StaleState",
     "StoreError",
     "ToolNotFound",
     "VerificationFailed",

@@ -16,10 +16,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from dagwright.agents.models import ModelCall, Recorder
-from dagwright.errors import StepError
+from dagwright.errors import ReplayMismatch, StepError
 
 
-class ReplayDiverged(StepError):
+class ReplayDiverged(StepError, ReplayMismatch):
     """The replayed attempt asked for something its recording does not have."""
 
     def __init__(self, message: str) -> None:

@@ -10,8 +10,11 @@ The benchmark starts its own workers as subprocesses and stops them at the end (
 - ``dagwright``: ``dagwright worker --pool P --concurrency N -l WARNING`` with ``DAGWRIGHT_DB``
   a fresh SQLite file in a temp dir (shared with this process, the client) and
   ``DAGWRIGHT_BROKER`` = Redis db ``--redis-db`` (13; flushed before and after). The client
-  starts a run with ``Engine.start`` + ``celery_app.send`` and follows it by polling
-  ``store.events(run_id, after=seq)`` every ``--poll-ms`` (3 ms) until ``run_finished``.
+  starts a run with ``Engine.start`` + ``celery_app.send`` and waits for the end the way
+  ``dagwright run --executor celery`` does: it blocks on the Redis list the worker that records
+  ``run_finished`` pushes to (``celery_app.wait_finished``), then reads the trace. (With
+  ``--poll-ms N`` it polls ``store.events(run_id, after=seq)`` every N ms instead, as it did
+  before the signal existed.)
 - ``raw celery``: ``celery -A raw_celery_app worker`` (``bench/raw_celery_app.py``) with the
   same settings (acks_late, prefetch 1, JSON, no result backend, ``--without-gossip
   --without-mingle``) and the same pool/concurrency, on Redis db ``--raw-redis-db`` (12). Each
@@ -211,6 +214,19 @@ class Dagwright:
             gaps["attempt-sleep"].append(1000 * (done[sid] - started[sid]) - ms)
         return {k: statistics.median(v) for k, v in gaps.items()}
 
+    def chain_gaps(self) -> dict[str, float]:
+        """Median per-step gaps of the last run, a chain (ms, from the trace's timestamps)."""
+        started: list[float] = []
+        finished: list[float] = []
+        for e in self.store.events(self.last_run_id):
+            if e.type == self.ev.ATTEMPT_STARTED:
+                started.append(e.at)
+            elif e.type == self.ev.STEP_FINISHED:
+                finished.append(e.at)
+        hops = [1000 * (s - f) for f, s in zip(finished, started[1:], strict=False)]
+        attempts = [1000 * (f - s) for s, f in zip(started, finished, strict=False)]
+        return {"hop": statistics.median(hops), "attempt": statistics.median(attempts)}
+
     def runner(self, w: Workload) -> Callable[[], Sample]:
         wf = dagwright_workflow(w)
         ev, store, eng = self.ev, self.store, self.engine
@@ -223,6 +239,10 @@ class Dagwright:
             seq, finished, starts = 0, None, []
             deadline = time.monotonic() + RUN_TIMEOUT
             while finished is None:
+                if self.poll:
+                    time.sleep(self.poll)
+                else:  # block until a worker announces the end (as raw Celery's BLPOP)
+                    self.celery_app.wait_finished(run_id, 1.0)
                 new = store.events(run_id, after=seq)
                 for e in new:
                     if e.type == ev.ATTEMPT_STARTED:
@@ -233,8 +253,6 @@ class Dagwright:
                     seq = new[-1].seq or seq
                 elif time.monotonic() > deadline:
                     raise RuntimeError(f"dagwright run {run_id} ({w.name}) did not finish")
-                else:
-                    time.sleep(self.poll)
             makespan = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
             status = finished.data.get("status")
@@ -372,6 +390,13 @@ def bench_chain(engines: list[Any], w: Workload, repeats: int) -> tuple[float, f
         )
     dw, raw = (1000 * res[k].makespan / w.size for k in ("dagwright", "raw celery"))
     print(f"ratio dagwright / raw: {dw / raw:.2f}")
+    gaps = engines[0].chain_gaps()
+    print(
+        "dagwright, last run, median per step: previous step_finished -> attempt_started "
+        f"{gaps['hop']:.2f} ms (broker hop, Celery, the worker's trace read and its commit); "
+        f"attempt_started -> step_finished {gaps['attempt']:.2f} ms (the no-op tool, its "
+        "outcome and the next dispatch, one commit)"
+    )
     return dw, raw
 
 
@@ -472,7 +497,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--raw-redis-db", type=int, default=12, help="Redis db for raw Celery (flushed)"
     )
     parser.add_argument(
-        "--poll-ms", type=float, default=3.0, help="client's trace polling interval"
+        "--poll-ms",
+        type=float,
+        default=0.0,
+        help="poll the trace every N ms instead of waiting for the workers' end-of-run signal",
     )
     args = parser.parse_args(argv)
     if args.redis_db == args.raw_redis_db:

@@ -38,7 +38,7 @@ def dag_threads(eng: Engine, threads: int, counts: dict[str, int]) -> None:
     wf = dagwright_workflow(w)
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(2):  # the first run warms up the threads
-            counts.update(max_seq=0, events=0)
+            counts.update(appends=0, events=0, reads=0)
             t0 = time.perf_counter()
             _, first = eng.start(wf, {})
             futures = {pool.submit(eng.execute, d) for d in first}
@@ -59,24 +59,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sort", default="cumulative", help="profile order: cumulative, tottime")
     parser.add_argument("--threads", type=int, default=64, help="threads for the DAG run (0: skip)")
     args = parser.parse_args()
     n = args.steps
     wf = dagwright_workflow(chain(n, 0, kind="noop"))
     tmp = tempfile.mkdtemp(prefix="engprof-")
-    counts = {"max_seq": 0, "events": 0}
-    orig_max_seq, orig_events = sqlmod.SqlTraceStore._max_seq, sqlmod.SqlTraceStore.events
+    counts = {"appends": 0, "events": 0, "reads": 0}
+    orig_append, orig_events = sqlmod.SqlTraceStore.append, sqlmod.SqlTraceStore.events
 
-    def max_seq(self, run_id):  # type: ignore[no-untyped-def]
-        counts["max_seq"] += 1
-        return orig_max_seq(self, run_id)
+    def append(self, run_id, events, **kw):  # type: ignore[no-untyped-def]
+        counts["appends"] += 1
+        return orig_append(self, run_id, events, **kw)
 
     def events(self, run_id, after=0):  # type: ignore[no-untyped-def]
         out = orig_events(self, run_id, after)
         counts["events"] += len(out)
+        counts["reads"] += 1
         return out
 
-    sqlmod.SqlTraceStore._max_seq = max_seq  # type: ignore[method-assign]
+    sqlmod.SqlTraceStore.append = append  # type: ignore[method-assign]
     sqlmod.SqlTraceStore.events = events  # type: ignore[method-assign]
     try:
         for n_engines in (1, 2):
@@ -95,15 +97,16 @@ def main() -> int:
                 return per
 
             run()  # warm-up
-            counts.update(max_seq=0, events=0)
+            counts.update(appends=0, events=0, reads=0)
             t0 = time.perf_counter()
             per = run()
             total = time.perf_counter() - t0
             print(
                 f"{n}-step no-op chain, {n_engines} engine(s) taking turns: "
                 f"{1000 * total / n:.2f} ms/step (first 10: {1000 * sum(per[:10]) / 10:.2f}, "
-                f"last 10: {1000 * sum(per[-10:]) / 10:.2f}); events read per step "
-                f"{counts['events'] / n:.0f}; _max_seq queries per step {counts['max_seq'] / n:.2f}"
+                f"last 10: {1000 * sum(per[-10:]) / 10:.2f}); per step: "
+                f"{counts['appends'] / n:.2f} appends (commits), {counts['reads'] / n:.2f} reads, "
+                f"{counts['events'] / n:.1f} events read"
             )
             if args.profile and n_engines == 1:
                 prof = cProfile.Profile()
@@ -111,7 +114,7 @@ def main() -> int:
                 run()
                 prof.disable()
                 buf = io.StringIO()
-                pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("cumulative").print_stats(30)
+                pstats.Stats(prof, stream=buf).strip_dirs().sort_stats(args.sort).print_stats(30)
                 text = buf.getvalue()
                 print(text[text.find("   ncalls") :])
             for s in stores:

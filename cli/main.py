@@ -7,7 +7,6 @@ import os
 import shlex
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -358,8 +357,8 @@ def _run_on_celery(
                     progress.on_event(event, state)
                 if new:
                     seen = new[-1].seq or seen
-                else:
-                    time.sleep(0.05)
+                else:  # woken at once when a worker records the run's end
+                    celery_app.wait_finished(run_id, 0.05)
     except KeyboardInterrupt:
         celery_app.cancel(run_id, dist)
         return run_id, True

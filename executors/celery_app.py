@@ -67,8 +67,51 @@ def engine() -> Engine:
             timing=Timing(heartbeat=settings.heartbeat, redispatch_after=settings.redispatch_after),
             cache=RedisCache(settings.model_cache) if settings.model_cache else None,
             replanner=_replanner() if settings.model else None,
+            on_finished=_announce,
         )
     return _engines[pid]
+
+
+# -- "run finished" wake-ups: clients waiting for a run block on a Redis list instead of polling
+# the trace store (the trace stays the truth: a missed signal only means a later poll)
+
+_redis: dict[int, Any] = {}
+
+
+def _finished_key(run_id: str) -> str:
+    return f"dagwright:finished:{run_id}"
+
+
+def _broker_redis() -> Any:
+    if not settings.broker.startswith(("redis://", "rediss://")):
+        return None
+    pid = os.getpid()
+    if pid not in _redis:
+        import redis
+
+        _redis.clear()
+        _redis[pid] = redis.Redis.from_url(settings.broker)
+    return _redis[pid]
+
+
+def _announce(run_id: str, status: str) -> None:
+    client = _broker_redis()
+    if client is not None:
+        key = _finished_key(run_id)
+        client.pipeline().rpush(key, status).expire(key, 3600).execute()
+
+
+def wait_finished(run_id: str, timeout: float) -> str | None:
+    """Block until a worker announces the run's end, for at most ``timeout`` seconds; the
+    status, or None (no announcement yet, or a broker that is not Redis: poll the trace)."""
+    client = _broker_redis()
+    if client is None:
+        import time
+
+        time.sleep(timeout)
+        return None
+    got = client.blpop([_finished_key(run_id)], timeout=max(timeout, 0.01))
+    return got[1].decode() if got else None
 
 
 def _replanner() -> Any:
@@ -152,4 +195,4 @@ def _stop_sweeping(**_: Any) -> None:
     _stop_sweeper.set()
 
 
-__all__ = ["app", "cancel", "engine", "run_attempt", "send"]
+__all__ = ["app", "cancel", "engine", "run_attempt", "send", "wait_finished"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dagwright.agents.cache import StoreCache
-from dagwright.errors import DagwrightError
+from dagwright.errors import DagwrightError, StaleState
 from dagwright.executors import decisions, engine
 from dagwright.executors import events as ev
 from dagwright.executors.events import Event
@@ -82,9 +82,13 @@ class Engine:
         id_factory: Callable[[], str] = new_id,
         cache: Any = None,
         replanner: Callable[..., Workflow] | None = None,
+        on_finished: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``on_finished(run_id, status)`` is called after this process recorded a run's end
+        (the Celery app uses it to wake clients waiting for the run)."""
         self.store = store
         self.replanner = replanner
+        self.on_finished = on_finished
         self.registry = registry
         self.tool_modules = tool_modules
         self.timing = timing or Timing()
@@ -155,6 +159,29 @@ class Engine:
             states.pop(run_id, None)
         return state
 
+    def _absorb(self, run_id: str, stored: list[Event] | None) -> None:
+        """Fold this process's own appended events into its cached state when they directly
+        follow what it has seen (no need to read them back)."""
+        if not stored:
+            return
+        with self.lock:
+            folded = self._states.get(run_id)
+            if folded is None or stored[0].seq != folded[1][0] + 1:
+                return
+            state, seen = folded
+            if any(e.type == ev.PLAN_REVISED for e in stored):
+                return  # rare: let the next read fold it
+            for event in stored:
+                engine.apply(state.plan or self.plan_of(run_id)[0], state, event)
+            seen[0] = stored[-1].seq or seen[0]
+            if state.status in engine.FINAL:
+                self._states.pop(run_id, None)
+
+    def _cached(self, run_id: str) -> tuple[engine.RunState, int] | None:
+        """The cached state and the ``seq`` the next event must get for it to be current."""
+        folded = self._states.get(run_id)
+        return (folded[0], folded[1][0] + 1) if folded is not None else None
+
     # -- starting a run ----------------------------------------------------------------------------
     def start(
         self,
@@ -224,8 +251,19 @@ class Engine:
             if d is not None:
                 dispatches.append(d)
         if concluding is not None:
-            self.store.append(run_id, concluding, claims=["conclude"])
+            self._conclude(run_id, concluding)
         return dispatches
+
+    def _conclude(self, run_id: str, events: list[Event], claims: list[str] | None = None) -> bool:
+        """Append the events that end a run (once: the ``conclude`` claim), then tell."""
+        if self.store.append(run_id, events, claims=claims or ["conclude"]) is None:
+            return False
+        if self.on_finished is not None:
+            try:
+                self.on_finished(run_id, str(events[-1].data.get("status")))
+            except Exception:  # noqa: BLE001 - a wake-up signal; the trace has the truth
+                pass
+        return True
 
     def _may_replan(self, plan: Plan, state: engine.RunState) -> bool:
         return (
@@ -273,7 +311,7 @@ class Engine:
                 state.replan_for = None  # no revision: the failure stands
                 events = decisions.conclude(plan, state, self.clock(), cancelled=False)
             events[-1].data["error"] = {**(events[-1].data.get("error") or {}), "replan": problem}
-            self.store.append(run_id, recorded + events, claims=["conclude"])
+            self._conclude(run_id, recorded + events)
             return []
         kept = decisions.kept_steps(workflow, revised, outputs)
         revision = Event(
@@ -342,7 +380,7 @@ class Engine:
             d.attempt,
             {"attempt_id": d.attempt_id, "inputs": args},
         )
-        self.store.append(d.run_id, [started])
+        self._absorb(d.run_id, self.store.append(d.run_id, [started]))
         if failed is not None:
             outcome = failed
         else:
@@ -395,25 +433,44 @@ class Engine:
                     d.run_id, d.step, d.attempt + 1, next_id, delay, plan.steps[d.step].timeout
                 )
             ]
+        outcome_events = list(events)
         ready: list[str] = []
+        expect: int | None = None
         if outcome.status == "succeeded":
+            # Decide on the cached state, and append only if nobody wrote since (compare-and-set
+            # on the next seq); when someone did, read the trace and decide again.
             with self.lock:
+                cached = self._cached(d.run_id)
+                if cached is not None:
+                    expect = cached[1]
+                    ready = engine.ready_after(plan, cached[0], d.step)
+        dispatches: list[Dispatch] = []
+        for attempt_no in (1, 2):
+            events, dispatches = list(outcome_events), []
+            claims = [finish]
+            for sid in ready:
+                dispatch, event = self._schedule(plan, d.run_id, sid, 1)
+                events.append(event)
+                claims.append(f"dispatch:{sid}:1")
+                dispatches.append(dispatch)
+            try:
+                stored = self.store.append(d.run_id, events, claims=claims, expect_seq=expect)
+                break
+            except StaleState:
+                if attempt_no == 2:
+                    raise
+            with self.lock:  # someone wrote meanwhile: decide on the current trace
                 _, _, state = self.state(d.run_id)
                 ready = engine.ready_after(plan, state, d.step)
-        dispatches = []
-        claims = [finish]
-        for sid in ready:
-            dispatch, event = self._schedule(plan, d.run_id, sid, 1)
-            events.append(event)
-            claims.append(f"dispatch:{sid}:1")
-            dispatches.append(dispatch)
-        if self.store.append(d.run_id, events, claims=claims) is None:
+            expect = None
+        if stored is None:
             if not dispatches:
                 return []  # another delivery of this attempt recorded its outcome first
             # a dependent was dispatched by someone else meanwhile: record the outcome alone
             if self.store.append(d.run_id, events[: -len(dispatches)], claims=[finish]) is None:
                 return []
             return self.advance(d.run_id)
+        self._absorb(d.run_id, stored)
         if ready and len(ready) == len(plan.dependents[d.step]):
             return dispatches  # every dependent is on its way; nothing else can have changed
         return dispatches + self.advance(d.run_id)
@@ -490,7 +547,7 @@ class Engine:
         for e in events:
             engine.apply(plan, after, e)
         events += decisions.conclude(plan, after, now, cancelled=True)
-        if self.store.append(run_id, events, claims=claims) is None:
+        if not self._conclude(run_id, events, claims):
             return None
         return [a for a in running if a]
 

@@ -240,3 +240,22 @@ def test_runs_keep_their_lineage(store: TraceStore) -> None:
     assert (record.parent_run_id, record.mode, record.from_steps) == (parent, "fork", ["b", "c"])
     assert record.lineage() == {"parent": parent, "mode": "fork", "from_steps": ["b", "c"]}
     assert store.get_run(parent).lineage() is None
+
+
+def test_an_append_expecting_a_seq_is_refused_when_the_run_moved_on(store: TraceStore) -> None:
+    from dagwright.errors import StaleState
+
+    run_id = _run(store)
+    first = store.append(run_id, [_event(run_id, ev.RUN_STARTED)], expect_seq=1)
+    assert first is not None and first[0].seq == 1
+    store.append(run_id, [_event(run_id, ev.STEP_SCHEDULED, "a")])  # another writer
+    with pytest.raises(StaleState):
+        store.append(run_id, [_event(run_id, ev.ATTEMPT_STARTED, "a")], claims=["x"],
+                     expect_seq=2)  # fmt: skip
+    assert [e.seq for e in store.events(run_id)] == [1, 2], "nothing was written"
+    # the claim was not taken either
+    again = store.append(run_id, [_event(run_id, ev.ATTEMPT_STARTED, "a")], claims=["x"],
+                         expect_seq=3)  # fmt: skip
+    assert again is not None and again[0].seq == 3
+    assert store.append(run_id, [_event(run_id, ev.STEP_SCHEDULED, "b")], claims=["x"],
+                        expect_seq=4) is None  # fmt: skip

@@ -64,13 +64,22 @@ class TraceStore(Protocol):
         """Record a new run. A run id that exists already is an error."""
 
     def append(
-        self, run_id: str, events: Sequence[Event], *, claims: Sequence[str] = ()
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        claims: Sequence[str] = (),
+        expect_seq: int | None = None,
     ) -> list[Event] | None:
         """Append events atomically (all or none), in order; returns them with their ``seq``.
 
         With ``claims``, the append also takes those keys for the run, all or none: when any of
         them was taken already, nothing is written and the result is None. This is the
         compare-and-set that makes dispatching and recording results idempotent across workers.
+
+        With ``expect_seq``, the append happens only if the first event gets that ``seq``, i.e.
+        nobody appended since the caller's last read; otherwise nothing is written and
+        ``StaleState`` is raised (a lost claim still returns None first).
         """
 
     def heartbeat(self, run_id: str, step: str, attempt: int, at: float) -> None:

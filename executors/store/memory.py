@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from dagwright.errors import StoreError
+from dagwright.errors import StaleState, StoreError
 from dagwright.executors.events import RUN_FINISHED, Event
 from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id
 
@@ -28,7 +28,12 @@ class MemoryTraceStore:
             self._events[run.run_id] = []
 
     def append(
-        self, run_id: str, events: Sequence[Event], *, claims: Sequence[str] = ()
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        claims: Sequence[str] = (),
+        expect_seq: int | None = None,
     ) -> list[Event] | None:
         with self._lock:
             if run_id not in self._runs:
@@ -36,8 +41,10 @@ class MemoryTraceStore:
             taken = self._claims.setdefault(run_id, set())
             if any(k in taken for k in claims):
                 return None
-            taken.update(claims)
             trace = self._events[run_id]
+            if expect_seq is not None and len(trace) + 1 != expect_seq:
+                raise StaleState(f"run {run_id!r} changed since seq {expect_seq - 1}")
+            taken.update(claims)
             stored = [e.with_seq(len(trace) + i + 1) for i, e in enumerate(events)]
             trace.extend(stored)
             return stored

@@ -31,10 +31,10 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
-from dagwright.errors import StoreError
+from dagwright.errors import StaleState, StoreError
 from dagwright.executors.events import RUN_FINISHED, STEP_FINISHED, Event
 from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id
 
@@ -124,13 +124,17 @@ class SqlTraceStore:
     def __init__(self, target: str, *, create: bool = True) -> None:
         self.url = store_url(target)
         self._lock = threading.Lock()
-        self._writer: Connection | None = None
+        self._writer: Any = None  # SQLAlchemy's pooled DBAPI connection, held
         self._insert_sql = ""
         self._insert_order: Sequence[str] | None = None
         self._take_seq_sql = ""
         self._select_sql = ""
         self._select_order: Sequence[str] | None = None
         self._take_seq_order: Sequence[str] | None = None
+        self._take_seq_expect_sql = ""
+        self._take_seq_expect_order: Sequence[str] | None = None
+        self._claim_sql = ""
+        self._claim_positional = False
         if self.url.get_backend_name() == "sqlite" and self.url.database not in (
             None,
             "",
@@ -212,51 +216,80 @@ class SqlTraceStore:
             ) from None
 
     def append(
-        self, run_id: str, events: Sequence[Event], *, claims: Sequence[str] = ()
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        claims: Sequence[str] = (),
+        expect_seq: int | None = None,
     ) -> list[Event] | None:
         if not events and not claims:
             return []
+        dbapi = self.engine.dialect.dbapi
         with self._lock:
             try:
-                return self._append(run_id, events, claims)
-            except IntegrityError:
+                return self._append(run_id, events, claims, expect_seq)
+            except (IntegrityError, dbapi.IntegrityError):
                 if claims and self._claimed(run_id, claims):
                     return None  # someone else took the claim first: nothing was written
                 raise StoreError(f"cannot append to run {run_id!r}: conflicting events") from None
-            except (OperationalError, InterfaceError) as exc:
-                self._drop_writer()
+            except (OperationalError, InterfaceError, dbapi.OperationalError,
+                    dbapi.InterfaceError) as exc:  # fmt: skip
+                self._drop_writer(invalidate=True)
                 raise StoreError(
-                    f"cannot write to the trace store {self.location()}: {exc.orig}"
+                    f"cannot write to the trace store {self.location()}: "
+                    f"{getattr(exc, 'orig', None) or exc}"
                 ) from None
 
-    def _append(self, run_id: str, events: Sequence[Event], claims: Sequence[str]) -> list[Event]:
-        """The hot path: one transaction on a held connection, statements compiled once.
+    def _append(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        claims: Sequence[str],
+        expect_seq: int | None = None,
+    ) -> list[Event]:
+        """The hot path: one transaction on a held DBAPI connection (SQLAlchemy's pooled
+        ``raw_connection``), statements compiled once by SQLAlchemy for this dialect.
 
-        (SQLAlchemy's per-call checkout and statement handling cost ~4x the SQLite commit.)"""
-        writer = self._writer_connection()
-        with writer.begin():
+        (SQLAlchemy's per-statement result handling and transaction bookkeeping cost more than
+        the SQLite commit itself; workers append twice per step.)"""
+        raw = self._writer_connection()
+        cur = raw.cursor()
+        try:
             if claims:  # first: a lost claim costs nothing else
-                writer.execute(
-                    claims_table.insert(), [{"run_id": run_id, "key": k} for k in claims]
-                )
-            row = writer.exec_driver_sql(
-                self._take_seq_sql, self._take_seq_params(run_id, len(events))
-            ).first()
+                rows = [(run_id, k) if self._claim_positional else {"run_id": run_id, "key": k}
+                        for k in claims]  # fmt: skip
+                cur.executemany(self._claim_sql, rows)
+            if expect_seq is None:
+                sql, params = self._take_seq_sql, self._take_seq_params(run_id, len(events))
+            else:
+                sql = self._take_seq_expect_sql
+                params = self._take_seq_params(run_id, len(events), expect_seq)
+            cur.execute(sql, params)
+            row = cur.fetchone()
+            if row is None and expect_seq is not None:
+                raise StaleState(f"run {run_id!r} changed since seq {expect_seq - 1}")
             if row is None:
                 raise StoreError(f"cannot append to unknown run {run_id!r}")
             start = int(row[0]) - len(events)
             stored = [e.with_seq(start + i) for i, e in enumerate(events)]
             rows = [self._row(run_id, e) for e in stored]
-            params: list[Any] = rows
+            inserts: list[Any] = rows
             if self._insert_order is not None:
-                params = [tuple(r[k] for k in self._insert_order) for r in rows]
-            if params:
-                writer.exec_driver_sql(self._insert_sql, params)
+                inserts = [tuple(r[k] for k in self._insert_order) for r in rows]
+            if inserts:
+                cur.executemany(self._insert_sql, inserts)
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            cur.close()
         return stored
 
-    def _writer_connection(self) -> Connection:
+    def _writer_connection(self) -> Any:
         if self._writer is None:
-            self._writer = self.engine.connect()
+            self._writer = self.engine.raw_connection()
             dialect = self.engine.dialect
             keys = ["run_id", "seq", "type", "at", "step", "attempt", "status", "data"]
             compiled = events_table.insert().compile(dialect=dialect, column_keys=keys)
@@ -271,6 +304,19 @@ class SqlTraceStore:
                 .compile(dialect=dialect)
             )
             self._take_seq_sql = take.string
+            take_expect = (
+                r.update()
+                .where(r.c.run_id == bindparam("rid"), r.c.next_seq == bindparam("expect"))
+                .values(next_seq=r.c.next_seq + bindparam("n"))
+                .returning(r.c.next_seq)
+                .compile(dialect=dialect)
+            )
+            self._take_seq_expect_sql = take_expect.string
+            self._take_seq_expect_order = take_expect.positiontup if dialect.positional else None
+            claim = claims_table.insert().compile(dialect=dialect, column_keys=["run_id", "key"])
+            self._claim_sql = claim.string
+            self._claim_positional = bool(dialect.positional)
+            assert not self._claim_positional or list(claim.positiontup or []) == ["run_id", "key"]
             t = events_table
             select_events = (
                 select(t.c.seq, t.c.type, t.c.at, t.c.step, t.c.attempt, t.c.data)
@@ -283,10 +329,14 @@ class SqlTraceStore:
             self._take_seq_order = take.positiontup if dialect.positional else None
         return self._writer
 
-    def _take_seq_params(self, run_id: str, n: int) -> Any:
+    def _take_seq_params(self, run_id: str, n: int, expect: int | None = None) -> Any:
         values = {"rid": run_id, "n": n}
-        if self._take_seq_order is not None:
-            return tuple(values[k] for k in self._take_seq_order)
+        order = self._take_seq_order
+        if expect is not None:
+            values["expect"] = expect
+            order = self._take_seq_expect_order
+        if order is not None:
+            return tuple(values[k] for k in order)
         return values
 
     def _claimed(self, run_id: str, claims: Sequence[str]) -> bool:
@@ -349,29 +399,42 @@ class SqlTraceStore:
             "data": _dumps(e.data),
         }
 
-    def _drop_writer(self) -> None:
+    def _drop_writer(self, *, invalidate: bool = False) -> None:
         if self._writer is not None:
             try:
-                self._writer.close()
-            except SQLAlchemyError:
+                if invalidate:  # a broken connection must not go back to the pool
+                    self._writer.invalidate()
+                else:
+                    self._writer.close()
+            except Exception:  # noqa: BLE001 - it is being thrown away
                 pass
             self._writer = None
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         # the hot read path (workers read the new events of a run at every step): the held
-        # connection and a statement compiled once, in a transaction of its own
+        # DBAPI connection and a statement compiled once
+        dbapi = self.engine.dialect.dbapi
         with self._lock:
             try:
-                writer = self._writer_connection()
+                raw = self._writer_connection()
                 params: Any = {"rid": run_id, "after": after}
                 if self._select_order is not None:
                     params = tuple(params[k] for k in self._select_order)
-                with writer.begin():
-                    rows = writer.exec_driver_sql(self._select_sql, params).all()
-            except (OperationalError, InterfaceError) as exc:
-                self._drop_writer()
+                cur = raw.cursor()
+                try:
+                    cur.execute(self._select_sql, params)
+                    rows = cur.fetchall()
+                finally:
+                    cur.close()
+                    # end the read's transaction (PostgreSQL opens one; SQLite does not)
+                    if getattr(raw.dbapi_connection, "in_transaction", True):
+                        raw.commit()
+            except (OperationalError, InterfaceError, dbapi.OperationalError,
+                    dbapi.InterfaceError) as exc:  # fmt: skip
+                self._drop_writer(invalidate=True)
                 raise StoreError(
-                    f"cannot read the trace store {self.location()}: {exc.orig}"
+                    f"cannot read the trace store {self.location()}: "
+                    f"{getattr(exc, 'orig', None) or exc}"
                 ) from None
         return [
             Event(
