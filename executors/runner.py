@@ -144,9 +144,10 @@ def run_step(
 
     A plain-function tool runs in a thread of its own, which is not waited for after a
     timeout (``asyncio.run`` would wait for its default executor)."""
-    loop = getattr(_local, "loop", None)
-    if loop is None:  # one event loop per worker thread, reused: a new loop per step costs
-        loop = _local.loop = asyncio.new_event_loop()
+    holder = getattr(_local, "holder", None)
+    if holder is None:  # one event loop per worker thread, reused: a new loop per step costs
+        holder = _local.holder = _Loop()
+    loop = holder.loop
     pool = (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagwright-step")
         if not tool.is_async
@@ -157,6 +158,17 @@ def run_step(
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Loop:
+    """A thread's event loop, closed when the thread ends (its thread-local storage goes)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.close()
 
 
 _local = threading.local()

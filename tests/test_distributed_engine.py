@@ -1,0 +1,67 @@
+"""The distributed engine in one process, two engines on one SQLite trace (as two workers):
+recording an outcome is a compare-and-set on the run's next seq, so a decision made on a stale
+cached state is never written; the engine reads the trace and decides again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dagwright.errors import StaleState
+from dagwright.executors import events as ev
+from dagwright.executors.distributed import Dispatch, Engine
+from dagwright.executors.store.sql import SqlTraceStore
+from dagwright.planner.schema import Workflow
+from dagwright.tools import ToolRegistry
+
+DIAMOND = Workflow.model_validate({"name": "diamond", "steps": [
+    {"id": "a", "uses": "echo", "with": {"x": 1}},
+    {"id": "b", "uses": "test.hook", "needs": ["a"]},
+    {"id": "c", "uses": "echo", "with": {"x": 3}, "needs": ["a"]},
+    {"id": "d", "uses": "echo", "with": {"x": 4}, "needs": ["b", "c"]},
+]})  # fmt: skip
+
+
+def test_a_decision_on_a_stale_state_is_made_again(tmp_path: Path, registry: ToolRegistry) -> None:
+    hook: dict[str, Any] = {}
+
+    def run_hook() -> str:
+        """While b runs, another worker finishes c."""
+        hook["c"] = hook["other"].execute(hook["dispatch"])
+        return "b done"
+
+    registry.register(run_hook, name="test.hook")
+    db = str(tmp_path / "t.db")
+    stores = [SqlTraceStore(db), SqlTraceStore(db)]
+    one, other = (Engine(s, registry) for s in stores)
+    stale: list[str] = []
+    append = stores[0].append
+
+    def counting_append(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return append(*args, **kwargs)
+        except StaleState:
+            stale.append(args[0])
+            raise
+
+    stores[0].append = counting_append  # type: ignore[method-assign]
+    run_id, first = one.start(DIAMOND, {})
+    assert [d.step for d in first] == ["a"]
+    after_a = one.execute(first[0])
+    by_step: dict[str, Dispatch] = {d.step: d for d in after_a}
+    assert set(by_step) == {"b", "c"}
+    hook.update(other=other, dispatch=by_step["c"])
+    after_b = one.execute(by_step["b"])
+    # the other worker finished c while b ran, and could not dispatch d (b was running)
+    assert hook["c"] == []
+    # `one` decided on its cached state (c not finished), its append was refused, it read the
+    # trace and dispatched d itself
+    assert stale == [run_id]
+    assert [d.step for d in after_b] == ["d"]
+    assert one.execute(after_b[0]) == []
+    events = stores[1].events(run_id)
+    assert [e.step for e in events if e.type == ev.STEP_SCHEDULED].count("d") == 1
+    assert events[-1].type == ev.RUN_FINISHED and events[-1].data["status"] == "succeeded"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    for s in stores:
+        s.close()
