@@ -75,23 +75,28 @@ def engine() -> Engine:
 # -- "run finished" wake-ups: clients waiting for a run block on a Redis list instead of polling
 # the trace store (the trace stays the truth: a missed signal only means a later poll)
 
-_redis: dict[int, Any] = {}
+_redis: dict[tuple[int, str], Any] = {}
 
 
 def _finished_key(run_id: str) -> str:
     return f"dagwright:finished:{run_id}"
 
 
+_MAX_WAIT = 60.0
+
+
 def _broker_redis() -> Any:
-    if not settings.broker.startswith(("redis://", "rediss://")):
+    url = str(app.conf.broker_url or settings.broker)
+    if not url.startswith(("redis://", "rediss://")):
         return None
-    pid = os.getpid()
-    if pid not in _redis:
+    key = (os.getpid(), url)
+    if key not in _redis:
         import redis
 
         _redis.clear()
-        _redis[pid] = redis.Redis.from_url(settings.broker)
-    return _redis[pid]
+        # a blocking wait needs a socket timeout longer than the wait (redis-py's is 5 s)
+        _redis[key] = redis.Redis.from_url(url, socket_timeout=_MAX_WAIT + 10)
+    return _redis[key]
 
 
 def _announce(run_id: str, status: str) -> None:
@@ -102,15 +107,16 @@ def _announce(run_id: str, status: str) -> None:
 
 
 def wait_finished(run_id: str, timeout: float) -> str | None:
-    """Block until a worker announces the run's end, for at most ``timeout`` seconds; the
-    status, or None (no announcement yet, or a broker that is not Redis: poll the trace)."""
+    """Block until a worker announces the run's end, for at most ``timeout`` seconds (60 at
+    most); the status, or None (no announcement yet, or a broker that is not Redis: poll the
+    trace). One waiter takes the announcement: others see the end in the trace."""
     client = _broker_redis()
     if client is None:
         import time
 
         time.sleep(timeout)
         return None
-    got = client.blpop([_finished_key(run_id)], timeout=max(timeout, 0.01))
+    got = client.blpop([_finished_key(run_id)], timeout=min(max(timeout, 0.01), _MAX_WAIT))
     return got[1].decode() if got else None
 
 

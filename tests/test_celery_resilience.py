@@ -129,6 +129,10 @@ def test_twenty_runs_at_once_on_two_worker_processes(cluster) -> None:  # noqa: 
     workflow = wf(steps, name="load")
     assert len(workflow.steps) == 20
     run_ids = [submit(eng, workflow) for _ in range(20)]
+    from dagwright.executors import celery_app
+
+    # the worker that records a run's end wakes whoever waits for it (a Redis list)
+    assert celery_app.wait_finished(run_ids[0], 60) == "succeeded"
     wait_finished(store, run_ids, timeout=120)
     for rid in run_ids:
         events = store.events(rid)
