@@ -814,6 +814,15 @@ def _print_revisions_and_calls(events: list[Any]) -> None:
                 f"  kept (not run again): {', '.join(e.data.get('kept') or []) or 'none'}; "
                 f"steps now: {', '.join(steps)}"
             )
+    diverged = [e for e in events if e.type == "replay_diverged"]
+    if diverged:
+        first = diverged[0].data
+        out.print(
+            f"\n[red]replay diverged[/red] ({len(diverged)} divergence"
+            f"{'s' if len(diverged) != 1 else ''}); first: {escape(first.get('message', ''))}"
+        )
+        if first.get("diff"):
+            out.print(escape(first["diff"]), highlight=False)
     calls = [e for e in events if e.type == "model_call"]
     if calls:
         hits = sum(bool(e.data.get("cache_hit")) for e in calls)
@@ -873,6 +882,8 @@ def trace_cmd(
             bits += [str(data.get("purpose") or ""), str(data.get("model_id") or data.get("model"))]
             bits += ["cache hit"] if data.get("cache_hit") else []
             bits += [f"error: {str(data['error'])[:120]}"] if data.get("error") else []
+        if e.type == "replay_diverged":
+            bits.append(str(data.get("message", "")))
         if e.type == "plan_revised":
             bits.append(
                 f"revision {data.get('revision')}, kept: {', '.join(data.get('kept') or []) or 'none'}"

@@ -208,6 +208,12 @@ def test_a_nondeterministic_tool_marked_rerun_diverges(
     ]
     diverged = [e for e in store.events(report.run_id) if e.type == ev.REPLAY_DIVERGED]
     assert diverged[0].step == "now" and diverged[0].data["diff"].startswith("--- recorded")
+    from dagwright.cli.main import _print_revisions_and_calls, out
+
+    with out.capture() as captured:
+        _print_revisions_and_calls(store.events(report.run_id))
+    shown = captured.get()
+    assert "replay diverged (" in shown and "step 'now' attempt 1: output differs" in shown
 
 
 def test_replay_cli_exit_codes_and_report(
