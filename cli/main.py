@@ -481,10 +481,11 @@ def resume_cmd(
 ) -> None:
     """Continue a failed run in a new, linked run, reusing the steps that succeeded.
 
-    Succeeded steps are reused (their recorded outputs; not executed again); the failed ones and
-    everything downstream of them run again. With --from, those steps and everything downstream run again too. With --workflow, the new
-    run follows the edited file; a reused step whose definition changed is refused (name it in
-    --from). --input overrides the parent's inputs. Exit codes as for `run`."""
+    Succeeded steps are reused (their recorded outputs; not executed again); the failed ones
+    and everything downstream of them run again. With --from, those steps and everything
+    downstream run again too. With --workflow, the new run follows the edited file; a reused
+    step whose definition changed is refused (name it in --from). --input overrides the
+    parent's inputs. Exit codes as for `run`."""
     _run_derived(
         run_id,
         mode="resume",
@@ -522,7 +523,8 @@ def fork_cmd(
     """Try a change from a step on, in a new run that reuses everything upstream of it.
 
     Everything upstream of the --from steps is reused; they and everything downstream run
-    again, under the plan edited by --set. Without --from, the steps changed by --set are the ones to run from."""
+    again, under the plan edited by --set. Without --from, the steps changed by --set are the
+    ones to run from. Exit codes as for `run`."""
     if not sets and not from_steps:
         _die("fork needs --from STEP and/or --set steps.<id>.with.<arg>=VALUE", EXIT_INVALID)
     _run_derived(
@@ -558,10 +560,11 @@ def replay_cmd(
 ) -> None:
     """Re-execute a recorded run from its trace, calling no model, and report divergences.
 
-    Every step must reproduce its recorded inputs, status and output. Tools with side effects (the default for user tools) get their recorded outcome back; tools
-    marked replay="rerun" (echo, llm.generate, …) run again, their model calls served from the
-    trace. The replay is recorded as a run linked to RUN_ID. Exit 0: reproduced; 1: diverged
-    (the first divergence is shown with a diff of recorded vs replayed)."""
+    Every step must reproduce its recorded inputs, status and output. Tools with side effects
+    (the default for user tools) get their recorded outcome back; tools marked replay="rerun"
+    (echo, llm.generate, …) run again, their model calls served from the trace. The replay is
+    recorded as a run linked to RUN_ID. Exit 0: reproduced; 1: diverged (the first divergence
+    is shown with a diff of recorded vs replayed)."""
     from dagwright.cli.lineage import registry_for_run
     from dagwright.executors.replay import replay_run
     from dagwright.executors.store.memory import MemoryTraceStore
