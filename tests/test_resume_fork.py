@@ -207,3 +207,41 @@ def test_resume_and_replay_a_run_executed_on_celery(tmp_path: Path, celery_clust
         proc = cli("replay", run_id, "--json", cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert as_json(proc)["reproduced"] is True
+
+
+def test_a_local_run_killed_mid_step_is_resumed(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from clitools import DAGWRIGHT
+
+    slow = FAILING.replace("ms: 1500", "ms: 0").replace(
+        "fail_times: 3", "fail_times: 0"
+    ).replace("    retry: {max_attempts: 1}\n", "") + (
+        "  - id: d\n    uses: sleep\n    with: {ms: 60000}\n    needs: [c]\n"
+        "  - id: e\n    uses: echo\n    with: {after: '${{ steps.d.output.slept_ms }}'}\n"
+    )  # fmt: skip
+    (tmp_path / "slow.yaml").write_text(slow)
+    (tmp_path / "quick.yaml").write_text(slow.replace("ms: 60000", "ms: 5"))
+    proc = subprocess.Popen([DAGWRIGHT, "run", "slow.yaml"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    db = tmp_path / ".dagwright" / "trace.db"
+    deadline = time.monotonic() + 30
+    run_id = None
+    while time.monotonic() < deadline:
+        runs = as_json(cli("runs", "--json", cwd=tmp_path)) if db.exists() else []
+        if runs:
+            run_id = runs[0]["run_id"]
+            if any(
+                e.type == ev.ATTEMPT_STARTED and e.step == "d" for e in _events(tmp_path, run_id)
+            ):
+                break
+        time.sleep(0.1)
+    assert run_id is not None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert as_json(cli("show", run_id, "--json", cwd=tmp_path))["status"] == "running"
+    resumed = as_json(cli("resume", run_id, "--workflow", "quick.yaml", "--json", cwd=tmp_path))
+    assert resumed["status"] == "succeeded", resumed
+    assert [s for s, v in resumed["steps"].items() if v.get("reused_from")] == ["a", "b", "c"]
+    assert resumed["steps"]["d"]["attempts"] == 1 and resumed["output"]["e"] == {"after": 5}
