@@ -38,6 +38,8 @@ class ModelCall:
     purpose: str = ""
     request_key: str | None = None
     """The request's cache key (model, messages, schema, parameters): replay matches on it."""
+    params: dict[str, Any] | None = None
+    """The parameters the step asked with (temperature, seed, max_tokens)."""
     replayed: bool = False
     """Served from a recorded trace by ``dagwright replay``: no provider was called."""
 

@@ -66,6 +66,19 @@ class ModelReplay:
         self.pos = 0
         self.served = 0
 
+    def _next(self) -> dict[str, Any] | None:
+        return self.calls[self.pos] if self.pos < len(self.calls) else None
+
+    def model(self) -> str:
+        """The model the next recorded call went to (a replay needs no DAGWRIGHT_MODEL)."""
+        call = self._next()
+        return str(call.get("model") or "") if call else ""
+
+    def params(self) -> dict[str, Any] | None:
+        """The parameters the next recorded call was made with (its seed, not this env's)."""
+        call = self._next()
+        return call.get("params") if call else None
+
     def ask(
         self,
         key: str,

@@ -300,3 +300,29 @@ def test_a_replanned_run_replays_its_recorded_revision(
     assert report.divergences == [] and report.status == "succeeded"
     kinds = [e.type for e in store.events(report.run_id)]
     assert kinds.count(ev.PLAN_REVISED) == 1
+
+
+def test_replay_uses_the_recorded_model_and_seed_not_this_environments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry: ToolRegistry
+) -> None:
+    for key in [k for k in __import__("os").environ if k.startswith("DAGWRIGHT_")]:
+        monkeypatch.delenv(key)
+    wf = Workflow.model_validate({"name": "env", "steps": [
+        {"id": "say", "uses": "llm.generate", "with": {"prompt": "Hello"}}]})  # fmt: skip
+    store = SqlTraceStore(str(tmp_path / "t.db"))
+    with OpenAIStub([text_reply("hi")]) as server:
+        monkeypatch.setenv("DAGWRIGHT_MODEL_BASE_URL", server.base_url)
+        monkeypatch.setenv("DAGWRIGHT_MODEL", "openai:stub-1")
+        monkeypatch.setenv("DAGWRIGHT_MODEL_SEED", "11")
+        run = LocalExecutor(store, registry).run(wf)
+    assert run.output == {"say": "hi"}
+    for key in ("DAGWRIGHT_MODEL_BASE_URL", "DAGWRIGHT_MODEL", "DAGWRIGHT_MODEL_SEED"):
+        monkeypatch.delenv(key)  # a laptop without the production settings
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("replay called a provider")
+
+    monkeypatch.setattr(models, "connect", refuse)
+    report = replay_run(store, run.run_id, registry, into=MemoryTraceStore())
+    assert report.divergences == [] and report.model_calls_served == 1
+    store.close()

@@ -83,12 +83,15 @@ def _ask(
     from dagwright.settings import Settings
 
     settings = Settings.from_env()
-    model = model or settings.model
+    replay = ctx.replay  # dagwright replay: the recording's model and parameters, not this env's
+    model = model or settings.model or (replay.model() if replay is not None else "")
     if not model:
         raise StepError(
             f"{purpose} needs a model: set its model or DAGWRIGHT_MODEL", retryable=False
         )
     params = {"temperature": 0, "seed": settings.model_seed, "max_tokens": max_tokens}
+    if replay is not None:
+        params = replay.params() or params
     shape = (
         schema
         if schema is not None
@@ -97,12 +100,12 @@ def _ask(
     key = request_key(model, messages, shape, params)
 
     def record(call: ModelCall) -> None:
-        call.request_key = key
+        call.request_key, call.params = key, params
         if ctx.emit is not None:
             ctx.emit("model_call", call.as_dict())
 
-    if ctx.replay is not None:  # dagwright replay: the recorded answer, no provider is called
-        return ctx.replay.ask(key, model, messages, answer_model, purpose, record)
+    if replay is not None:  # the recorded answer: no provider is called
+        return replay.ask(key, model, messages, answer_model, purpose, record)
     if ctx.cache is not None:
         hit = ctx.cache.get(key)
         if hit is not None:
