@@ -202,6 +202,13 @@ def test_resume_and_replay_a_run_executed_on_celery(tmp_path: Path, celery_clust
     finally:
         store.close()
     assert not [e for e in events if e.type == ev.ATTEMPT_STARTED and e.step in ("a", "b")]
+    proc = cli("fork", parent, "--set", "steps.c.with.fail_times=0", "--executor", "celery",
+               "--json", cwd=tmp_path, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    fork = as_json(proc)
+    assert fork["status"] == "succeeded" and fork["steps"]["b"]["reused_from"] == parent
+    diff = as_json(cli("diff", child["run_id"], fork["run_id"], "--json", cwd=tmp_path, env=env))
+    assert diff["steps"] == {} and diff["identical"] == ["a", "b", "c"]
     # a run executed by the workers replays here, locally, from its trace
     for run_id in (parent, child["run_id"]):
         proc = cli("replay", run_id, "--json", cwd=tmp_path, env=env)
