@@ -13,9 +13,8 @@ from dagwright.executors.lineage import Derivation, apply_sets, derive, parent_s
 from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.loader import workflow_from_data
 from dagwright.planner.prepare import prepare
-from dagwright.planner.schema import Workflow
 from dagwright.planner.source import Source
-from dagwright.planner.validate import registry_for, resolve_inputs, validate
+from dagwright.planner.validate import registry_for_run, resolve_inputs, validate
 from dagwright.tools.registry import ToolRegistry
 
 
@@ -75,20 +74,6 @@ def derived_run(
     return record, derivation, registry, source_path
 
 
-def registry_for_run(
-    workflow: Workflow, registry: ToolRegistry, modules: Sequence[str], source: str | None
-) -> ToolRegistry:
-    if modules:
-        registry = registry.copy()
-        for module in modules:
-            registry.load_module(module)
-    base_dir = Path(source).resolve().parent if source else None
-    registry, issues = registry_for(workflow, registry, base_dir, Source(source))
-    if issues:
-        raise PlanError(issues)
-    return registry
-
-
 def describe(derivation: Derivation) -> str:
     """One line for people: what is reused, what runs again."""
     reused = ", ".join(derivation.reused) or "none"
@@ -97,4 +82,4 @@ def describe(derivation: Derivation) -> str:
     )
 
 
-__all__ = ["derived_run", "describe", "registry_for_run"]
+__all__ = ["derived_run", "describe"]

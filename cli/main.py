@@ -565,9 +565,9 @@ def replay_cmd(
     (echo, llm.generate, …) run again, their model calls served from the trace. The replay is
     recorded as a run linked to RUN_ID. Exit 0: reproduced; 1: diverged (the first divergence
     is shown with a diff of recorded vs replayed)."""
-    from dagwright.cli.lineage import registry_for_run
     from dagwright.executors.replay import replay_run
     from dagwright.executors.store.memory import MemoryTraceStore
+    from dagwright.planner.validate import registry_for_run
 
     settings = _settings()
     store = _store(db)

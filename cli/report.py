@@ -7,9 +7,9 @@ from typing import Any
 
 from dagwright.executors import engine
 from dagwright.executors.events import Event
+from dagwright.executors.lineage import parent_state
 from dagwright.executors.store.base import RunRecord
 from dagwright.planner.plan import Plan
-from dagwright.planner.schema import Workflow
 
 
 def iso(at: float | None) -> str | None:
@@ -20,9 +20,9 @@ def iso(at: float | None) -> str | None:
 
 
 def state_of(record: RunRecord, events: list[Event]) -> tuple[Plan, engine.RunState]:
-    plan = Plan.from_workflow(Workflow.model_validate(record.workflow))
-    state = engine.fold(plan, record.run_id, events)
-    return state.plan or plan, state
+    state = parent_state(record.workflow, record.run_id, events)
+    assert state.plan is not None
+    return state.plan, state
 
 
 def duration(start: float | None, end: float | None) -> float | None:

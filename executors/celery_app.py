@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -112,8 +113,6 @@ def wait_finished(run_id: str, timeout: float) -> str | None:
     trace). One waiter takes the announcement: others see the end in the trace."""
     client = _broker_redis()
     if client is None:
-        import time
-
         time.sleep(timeout)
         return None
     got = client.blpop([_finished_key(run_id)], timeout=min(max(timeout, 0.01), _MAX_WAIT))

@@ -23,20 +23,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dagwright.agents.cache import StoreCache
-from dagwright.errors import DagwrightError, StaleState
+from dagwright.errors import DagwrightError, PlanError, StaleState
 from dagwright.executors import decisions, engine
 from dagwright.executors import events as ev
 from dagwright.executors.events import Event
 from dagwright.executors.runner import Outcome, run_step
-from dagwright.executors.store.base import RunRecord, TraceStore
+from dagwright.executors.store.base import RunRecord, TraceStore, lineage_fields
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
-from dagwright.planner.source import Source
-from dagwright.planner.validate import registry_for, resolve_inputs, validate
+from dagwright.planner.validate import registry_for_run, resolve_inputs, validate
 from dagwright.tools.registry import ToolContext, ToolRegistry
 
 
@@ -115,15 +113,10 @@ class Engine:
 
     def _compile(self, record: RunRecord) -> tuple[Plan, ToolRegistry]:
         workflow = Workflow.model_validate(record.workflow)
-        registry = self.registry
-        if self.tool_modules:
-            registry = registry.copy()
-            for module in self.tool_modules:
-                registry.load_module(module)
-        base_dir = Path(record.source).resolve().parent if record.source else None
-        registry, issues = registry_for(workflow, registry, base_dir, Source(record.source))
-        if issues:
-            raise DagwrightError("; ".join(str(i) for i in issues))
+        try:
+            registry = registry_for_run(workflow, self.registry, self.tool_modules, record.source)
+        except PlanError as exc:
+            raise DagwrightError("; ".join(str(i) for i in exc.issues)) from None
         return Plan.from_workflow(workflow), registry
 
     def state(self, run_id: str) -> tuple[Plan, ToolRegistry, engine.RunState]:
@@ -208,9 +201,7 @@ class Engine:
                 inputs=inputs,
                 source=source,
                 executor="celery",
-                parent_run_id=(lineage or {}).get("parent"),
-                mode=(lineage or {}).get("mode"),
-                from_steps=list((lineage or {}).get("from_steps") or []),
+                **lineage_fields(lineage),
             )
         )
         data: dict[str, Any] = {"inputs": inputs, "executor": "celery"}
@@ -444,25 +435,26 @@ class Engine:
                 if cached is not None:
                     expect = cached[1]
                     ready = engine.ready_after(plan, cached[0], d.step)
-        dispatches: list[Dispatch] = []
-        for attempt_no in (1, 2):
-            events, dispatches = list(outcome_events), []
-            claims = [finish]
+
+        def with_dispatches(ready: list[str]) -> tuple[list[Event], list[str], list[Dispatch]]:
+            """The outcome's events, and the dispatch of each of ``ready``, with their claims."""
+            events, claims, dispatches = list(outcome_events), [finish], []
             for sid in ready:
                 dispatch, event = self._schedule(plan, d.run_id, sid, 1)
                 events.append(event)
                 claims.append(f"dispatch:{sid}:1")
                 dispatches.append(dispatch)
-            try:
-                stored = self.store.append(d.run_id, events, claims=claims, expect_seq=expect)
-                break
-            except StaleState:
-                if attempt_no == 2:
-                    raise
+            return events, claims, dispatches
+
+        events, claims, dispatches = with_dispatches(ready)
+        try:
+            stored = self.store.append(d.run_id, events, claims=claims, expect_seq=expect)
+        except StaleState:
             with self.lock:  # someone wrote meanwhile: decide on the current trace
                 _, _, state = self.state(d.run_id)
                 ready = engine.ready_after(plan, state, d.step)
-            expect = None
+            events, claims, dispatches = with_dispatches(ready)
+            stored = self.store.append(d.run_id, events, claims=claims)
         if stored is None:
             if not dispatches:
                 return []  # another delivery of this attempt recorded its outcome first

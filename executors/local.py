@@ -30,7 +30,7 @@ from dagwright.executors.runner import (
     Outcome,
     execute_attempt,
 )
-from dagwright.executors.store.base import RunRecord, TraceStore
+from dagwright.executors.store.base import RunRecord, TraceStore, lineage_fields
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
 from dagwright.planner.validate import resolve_inputs, validate
@@ -261,9 +261,7 @@ class _Run:
                 inputs=self.inputs,
                 source=source,
                 executor="local",
-                parent_run_id=(lineage or {}).get("parent"),
-                mode=(lineage or {}).get("mode"),
-                from_steps=list((lineage or {}).get("from_steps") or []),
+                **lineage_fields(lineage),
             )
         )
         started = {"inputs": self.inputs, "executor": "local", "max_parallel": self.x.max_parallel}

@@ -89,6 +89,7 @@ class Replayer:
         self.attempts: dict[Key, _Recorded] = {}
         self.calls: dict[Key, list[dict[str, Any]]] = {}
         self.revisions: list[Workflow] = []
+        self.revised = 0  # revisions served so far
         self.divergences: list[Divergence] = []
         self.reported = 0
         self.compared = 0
@@ -133,12 +134,12 @@ class Replayer:
 
     def replanner(self, workflow: Workflow, outputs: Any, failure: Any, record: Any) -> Workflow:
         """The recorded revisions, in order (no model is asked)."""
-        done = getattr(self, "_revised", 0)
+        done = self.revised
         if done >= len(self.revisions):
             self._diverge(failure.get("step"), None, "plan revision", None, failure,
                           "the recorded run was not replanned here")  # fmt: skip
             raise RuntimeError("no recorded plan revision to serve")
-        self._revised = done + 1
+        self.revised = done + 1
         return self.revisions[done]
 
     # -- hooks for each attempt ------------------------------------------------------------------

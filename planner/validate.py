@@ -62,6 +62,26 @@ def registry_for(
     return loaded, issues
 
 
+def registry_for_run(
+    workflow: Workflow,
+    registry: ToolRegistry,
+    modules: tuple[str, ...] | list[str] = (),
+    source: str | None = None,
+) -> ToolRegistry:
+    """The registry a recorded run executes with: ``registry``, the settings' tool ``modules``
+    and the workflow's ``tools:`` (found next to ``source``, the workflow's file). Raises
+    PlanError when a module cannot load."""
+    if modules:
+        registry = registry.copy()
+        for module in modules:
+            registry.load_module(module)
+    base_dir = Path(source).resolve().parent if source else None
+    registry, issues = registry_for(workflow, registry, base_dir, Source(source))
+    if issues:
+        raise PlanError(issues)
+    return registry
+
+
 # --- output paths ---------------------------------------------------------------------------
 
 
@@ -512,4 +532,11 @@ def check(workflow: Workflow, registry: ToolRegistry, source: Source | None = No
         raise PlanError(issues)
 
 
-__all__ = ["check", "path_problem", "registry_for", "resolve_inputs", "validate"]
+__all__ = [
+    "check",
+    "path_problem",
+    "registry_for",
+    "registry_for_run",
+    "resolve_inputs",
+    "validate",
+]

@@ -38,6 +38,16 @@ class RunRecord:
         return {"parent": self.parent_run_id, "mode": self.mode, "from_steps": self.from_steps}
 
 
+def lineage_fields(lineage: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``RunRecord``'s lineage fields from a derived run's lineage (parent, mode, from_steps)."""
+    lineage = lineage or {}
+    return {
+        "parent_run_id": lineage.get("parent"),
+        "mode": lineage.get("mode"),
+        "from_steps": list(lineage.get("from_steps") or []),
+    }
+
+
 @dataclass(frozen=True)
 class RunSummary:
     record: RunRecord
@@ -109,4 +119,4 @@ class TraceStore(Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["RunRecord", "RunSummary", "TraceStore", "match_run_id"]
+__all__ = ["RunRecord", "RunSummary", "TraceStore", "lineage_fields", "match_run_id"]
