@@ -394,6 +394,12 @@ def _print_result(summary: dict[str, Any], db: str | None) -> None:
         out.print_json(json.dumps(summary["output"], default=str))
     out.print(f"trace: {escape(summary['trace'])}")
     out.print(f"inspect: dagwright show {summary['run_id']}{escape(_db_flag(db))}")
+    flag = escape(_db_flag(db))
+    out.print(f"replay: dagwright replay {summary['run_id']}{flag}")
+    if status in ("failed", "cancelled"):
+        out.print(
+            f"fix and go on: dagwright resume {summary['run_id']} --workflow FIXED.yaml{flag}"
+        )
 
 
 def _check_executor(executor_name: str, detach: bool) -> None:

@@ -40,6 +40,9 @@ def failed_run(tmp_path: Path) -> tuple[str, Path]:
     assert proc.returncode == 1, proc.stderr
     data = as_json(proc)
     assert data["status"] == "failed" and data["error"]["step"] == "c"
+    text = cli("run", "wf.yaml", cwd=tmp_path).stdout  # what a person reads
+    assert "replay: dagwright replay " in text
+    assert "fix and go on: dagwright resume " in text and "--workflow FIXED.yaml" in text
     return data["run_id"], tmp_path
 
 
