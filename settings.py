@@ -1,38 +1,82 @@
-"""Typed settings, read once at the edge (CLI, worker). Core code receives values."""
+"""Typed settings, read once at the edge (CLI, worker). Core code receives values.
+
+``Settings.from_env()`` reads the ``DAGWRIGHT_*`` environment variables; ``Settings(...)`` takes
+values from the caller only (never os.environ, never a .env file).
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dagwright.errors import DagwrightError
 
+if TYPE_CHECKING:
+    from dagwright.planner.limits import Limits
+
 DEFAULT_DB = ".dagwright/trace.db"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+PREFIX = "DAGWRIGHT_"
+_IGNORED_PREFIX = "DAGWRIGHT_TEST_"  # the test suite's own variables
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        # the fields model_* are ours; only keep pydantic's own methods from being shadowed
+        protected_namespaces=("model_validate", "model_dump", "settings_customise_sources"),
+    )
+
     db: str = DEFAULT_DB
     """DAGWRIGHT_DB: trace store, a SQLite file, ``sqlite:///path`` or ``postgresql://…``."""
     tools: tuple[str, ...] = ()
     """DAGWRIGHT_TOOLS: modules of user tools loaded for every workflow (comma-separated)."""
-    max_parallel: int = 8
+    max_parallel: PositiveInt = 8
     """DAGWRIGHT_MAX_PARALLEL: attempts the local executor runs at once."""
     broker: str = DEFAULT_BROKER
     """DAGWRIGHT_BROKER: the Celery broker (Redis)."""
-    heartbeat: float = 5.0
+    heartbeat: PositiveSeconds = 5.0
     """DAGWRIGHT_HEARTBEAT: seconds between a worker's heartbeats for a running attempt; an
     attempt silent for 3 heartbeats is treated as lost and sent again."""
-    sweep_interval: float = 5.0
+    sweep_interval: PositiveSeconds = 5.0
     """DAGWRIGHT_SWEEP_INTERVAL: seconds between a worker's sweeps for stalled runs."""
-    redispatch_after: float = 60.0
+    redispatch_after: PositiveSeconds = 60.0
     """DAGWRIGHT_REDISPATCH_AFTER: a dispatched step no worker has started after this many
     seconds is sent again (its message was lost, e.g. the broker restarted)."""
-    visibility_timeout: float = 3600.0
+    visibility_timeout: PositiveSeconds = 3600.0
     """DAGWRIGHT_VISIBILITY_TIMEOUT: seconds before Redis hands an unacknowledged message to
     another worker; keep it above the longest step timeout."""
+    eval_timeout: PositiveSeconds = 10.0
+    """DAGWRIGHT_EVAL_TIMEOUT: seconds for resolving a step's arguments, and for its checks,
+    when the step has no ``timeout:`` (with one, its timeout covers the whole attempt); past it
+    the attempt is ``timed_out``."""
+    max_workflow_bytes: PositiveInt = 1 << 20
+    """DAGWRIGHT_MAX_WORKFLOW_BYTES: the largest workflow file read (1 MiB), checked before it is
+    parsed."""
+    max_steps: PositiveInt = 10_000
+    """DAGWRIGHT_MAX_STEPS: the most steps a workflow file may have."""
+    max_depth: PositiveInt = 64
+    """DAGWRIGHT_MAX_DEPTH: the deepest nesting of lists and mappings in a workflow file or a
+    run input."""
+    max_input_bytes: PositiveInt = 1 << 20
+    """DAGWRIGHT_MAX_INPUT_BYTES: the largest run input (1 MiB; a string as UTF-8, other data as
+    JSON)."""
+    max_output_bytes: PositiveInt = 16 << 20
+    """DAGWRIGHT_MAX_OUTPUT_BYTES: the largest output of a step's attempt, as JSON (16 MiB); a
+    bigger one fails the attempt (not retried) and is not recorded."""
 
     model: str = ""
     """DAGWRIGHT_MODEL: the model ``llm.generate`` uses when a step names none."""
@@ -42,43 +86,150 @@ class Settings:
     """DAGWRIGHT_MODEL_BASE_URL: the OpenAI-compatible endpoint for ``openai:`` models (vLLM,
     Ollama, llama.cpp server, LiteLLM proxy); empty means OpenAI's own."""
     model_api_key: str = ""
-    """DAGWRIGHT_MODEL_API_KEY: the key for that endpoint (else OPENAI_API_KEY is used)."""
+    """DAGWRIGHT_MODEL_API_KEY: the key sent to every provider's endpoint; when empty, each
+    provider's own key below."""
+    openai_api_key: str = ""
+    """DAGWRIGHT_OPENAI_API_KEY: the key for ``openai:`` models when DAGWRIGHT_MODEL_API_KEY is
+    empty; ``from_env`` falls back to OPENAI_API_KEY."""
+    anthropic_api_key: str = ""
+    """DAGWRIGHT_ANTHROPIC_API_KEY: the key for ``anthropic:`` models when DAGWRIGHT_MODEL_API_KEY
+    is empty; ``from_env`` falls back to ANTHROPIC_API_KEY."""
     model_seed: int = 0
     """DAGWRIGHT_MODEL_SEED: the seed sent with every model request, where supported."""
 
+    @field_validator("tools", mode="before")
+    @classmethod
+    def split_tools(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the values passed in: from_env() passes the environment's, so constructing
+        # Settings never reads os.environ or a .env file behind the caller's back.
+        return (init_settings,)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings in ``env`` (default: os.environ), and nothing else.
+
+        Raises DagwrightError for an unknown ``DAGWRIGHT_*`` name or a value of the wrong type,
+        naming the variable. An empty value means the default.
+        """
         env = os.environ if env is None else env
-        known = {f"DAGWRIGHT_{f.name.upper()}": f for f in fields(cls)}
-        unknown = sorted(
-            k
-            for k in env
-            if k.startswith("DAGWRIGHT_") and k not in known and not k.startswith("DAGWRIGHT_TEST_")
+        _reject_unknown(env, _env_names(cls))
+        values = _Variables(cls, env)()
+        for name, variable in _PROVIDER_KEYS.items():  # the providers' own variables
+            if name not in values and env.get(variable):
+                values[name] = env[variable]
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise DagwrightError(_explain(exc, cls.model_fields)) from None
+
+    def limits(self) -> Limits:
+        """The DAGWRIGHT_MAX_* limits, as the value core code receives."""
+        from dagwright.planner.limits import Limits  # the planner package is not cheap
+
+        return Limits(
+            workflow_bytes=self.max_workflow_bytes,
+            steps=self.max_steps,
+            depth=self.max_depth,
+            input_bytes=self.max_input_bytes,
+            output_bytes=self.max_output_bytes,
         )
-        if unknown:
-            raise DagwrightError(
-                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        values: dict[str, object] = {}
-        for name, f in known.items():
-            raw = env.get(name)
-            if raw is None or raw == "":
-                continue
-            default = f.default
-            if isinstance(default, tuple):
-                values[f.name] = tuple(t.strip() for t in raw.split(",") if t.strip())
-            elif isinstance(default, int | float):
-                try:
-                    value = type(default)(raw)
-                except ValueError:
-                    value = -1
-                if value <= 0 and f.name != "model_seed":
-                    kind = "integer" if isinstance(default, int) else "number"
-                    raise DagwrightError(f"{name} must be a positive {kind}, got {raw!r}")
-                values[f.name] = value
-            else:
-                values[f.name] = raw
-        return cls(**values)  # type: ignore[arg-type]
+
+    def secrets(self) -> tuple[str, ...]:
+        """The values that must never be recorded or printed: the API keys, and the passwords
+        in the URLs (trace store, broker, model cache, model endpoint)."""
+        keys = [self.model_api_key, self.openai_api_key, self.anthropic_api_key]
+        for url in (self.db, self.broker, self.model_cache, self.model_base_url):
+            try:
+                password = urlsplit(url).password if "@" in url else None
+            except ValueError:  # not a URL: no password in it that we could find
+                password = None
+            if password:
+                keys += [password, unquote(password)]
+        return tuple(dict.fromkeys(k for k in keys if k))
+
+
+_PROVIDER_KEYS = {"openai_api_key": "OPENAI_API_KEY", "anthropic_api_key": "ANTHROPIC_API_KEY"}
+"""Settings whose value falls back to a provider's own, standard variable."""
+
+
+class _Variables(PydanticBaseSettingsSource):
+    """The ``DAGWRIGHT_*`` values of one mapping, as strings; empty values are left out."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raw = self._env.get(_env_name(field_name))
+        return (raw or None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            raw, key, _ = self.get_field_value(field, name)
+            if raw is not None:
+                values[key] = raw
+        return values
+
+
+def _env_name(field_name: str) -> str:
+    return f"{PREFIX}{field_name.upper()}"
+
+
+def _env_names(settings_cls: type[BaseSettings]) -> list[str]:
+    return [_env_name(name) for name in settings_cls.model_fields]
+
+
+def _reject_unknown(env: Mapping[str, str], known: list[str]) -> None:
+    unknown = sorted(
+        k
+        for k in env
+        if k.startswith(PREFIX) and k not in known and not k.startswith(_IGNORED_PREFIX)
+    )
+    if not unknown:
+        return
+    named = []
+    for name in unknown:
+        # compare past the shared prefix, or every DAGWRIGHT_* name looks close
+        suffixes = [k.removeprefix(PREFIX) for k in known]
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), suffixes, n=1)
+        named.append(f"{name} (did you mean {PREFIX}{close[0]}?)" if close else name)
+    raise DagwrightError(
+        f"unknown setting(s) {', '.join(named)}; known: {', '.join(sorted(known))}"
+    )
+
+
+def _explain(exc: ValidationError, fields: Mapping[str, FieldInfo]) -> str:
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        field = fields.get(name)
+        expected = _expected(field) if field is not None else None
+        what = f"must be {expected}" if expected else error["msg"]
+        problems.append(f"{_env_name(name)} {what}, got {error['input']!r}")
+    return "; ".join(problems)
+
+
+def _expected(field: FieldInfo) -> str | None:
+    kind = "integer" if field.annotation is int else "number" if field.annotation is float else None
+    if kind is None:
+        return None
+    if any(getattr(m, "gt", None) == 0 for m in field.metadata):
+        return f"a positive {kind}"
+    return f"an {kind}" if kind == "integer" else f"a {kind}"
 
 
 __all__ = ["DEFAULT_BROKER", "DEFAULT_DB", "Settings"]

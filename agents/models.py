@@ -10,13 +10,14 @@ can be inspected and, later, replayed without calling the model again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from dagwright.errors import DagwrightError
+from dagwright.redact import Redactor
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -56,22 +57,39 @@ def discard(_: ModelCall) -> None:
 
 @dataclass(frozen=True)
 class ModelSettings:
+    """How providers are reached. The one way to build them from the settings is
+    ``from_settings``; a provider asks ``key_for(its name)`` for its credentials."""
+
     base_url: str | None = None
     """OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server, LiteLLM proxy)."""
     api_key: str | None = None
+    """The key for every provider (DAGWRIGHT_MODEL_API_KEY)."""
     seed: int = 0
     timeout: float = 120.0
     max_tokens: int = 2048
+    provider_keys: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Each provider's own key, by provider name (OPENAI_API_KEY, ANTHROPIC_API_KEY), used
+    when ``api_key`` is None."""
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> ModelSettings:
-        """From dagwright's ``Settings`` (DAGWRIGHT_MODEL_BASE_URL, _API_KEY, _SEED)."""
+        """From dagwright's ``Settings`` (DAGWRIGHT_MODEL_BASE_URL, _API_KEY, _SEED, and each
+        provider's key: ``Settings.from_env`` falls back to OPENAI_API_KEY, ANTHROPIC_API_KEY)."""
+        keys = {"openai": settings.openai_api_key, "anthropic": settings.anthropic_api_key}
         values = {
             "base_url": settings.model_base_url or None,
             "api_key": settings.model_api_key or None,
             "seed": settings.model_seed,
+            "provider_keys": {name: key for name, key in keys.items() if key},
         }
         return cls(**{**values, **overrides})
+
+    def key_for(self, provider: str) -> str | None:
+        """The key to send to ``provider`` (None: none; a local endpoint may need none)."""
+        return self.api_key or self.provider_keys.get(provider) or None
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(k for k in (self.api_key, *self.provider_keys.values()) if k)
 
 
 class Provider(Protocol):
@@ -128,7 +146,55 @@ def connect(model: str, settings: ModelSettings | None = None) -> Provider:
         raise DagwrightError(
             f"model {model!r}: unknown provider {prefix!r}; known: {', '.join(sorted(_PROVIDERS))}"
         )
-    return factory(name, settings or ModelSettings())
+    settings = settings or ModelSettings()
+    made = factory(name, settings)
+    redactor = Redactor(settings.secrets())
+    return _Redacted(made, redactor) if redactor else made
+
+
+class _Redacted:
+    """A provider whose errors and recorded calls carry none of the credentials it was given
+    (a provider's or a proxy's error may echo the request's headers)."""
+
+    def __init__(self, inner: Provider, redactor: Redactor) -> None:
+        self._inner, self._redactor = inner, redactor
+        self.name, self.model = inner.name, inner.model
+
+    def __getattr__(self, attr: str) -> Any:  # e.g. ``compact``, ``model_id``
+        return getattr(self._inner, attr)
+
+    def _record(self, record: Recorder) -> Recorder:
+        r = self._redactor
+
+        def redacted(call: ModelCall) -> None:
+            call.request, call.response = r.value(call.request), r.value(call.response)
+            call.error = r.text(call.error) if call.error is not None else None
+            record(call)
+
+        return redacted
+
+    def _error(self, exc: ModelError) -> ModelError:
+        r = self._redactor
+        last = r.text(exc.last_error) if exc.last_error is not None else None
+        return ModelError(r.text(str(exc)), attempts=exc.attempts, last_error=last)
+
+    def structured(
+        self, messages: list[dict[str, Any]], response_model: type[M], *, max_retries: int,
+        record: Recorder, purpose: str = "",
+    ) -> M:  # fmt: skip
+        try:
+            return self._inner.structured(
+                messages, response_model, max_retries=max_retries,
+                record=self._record(record), purpose=purpose,
+            )  # fmt: skip
+        except ModelError as exc:
+            raise self._error(exc) from None
+
+    def text(self, messages: list[dict[str, Any]], *, record: Recorder, purpose: str = "") -> str:
+        try:
+            return self._inner.text(messages, record=self._record(record), purpose=purpose)
+        except ModelError as exc:
+            raise self._error(exc) from None
 
 
 @dataclass

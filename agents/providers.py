@@ -90,36 +90,19 @@ class _InstructorCalls:
         return self.calls
 
 
-class OpenAIProvider:
-    """Any OpenAI-compatible endpoint, through Instructor (tool-calling mode)."""
+class _InstructorProvider:
+    """Structured answers through Instructor (tool calling); a subclass holds its SDK's client
+    and says how Instructor wraps it."""
 
-    name = "openai"
-
-    def __init__(self, model: str, settings: ModelSettings) -> None:
-        try:
-            import openai
-        except ImportError as exc:  # pragma: no cover - openai comes with instructor
-            raise ModelError("openai: pip install instructor (it brings openai)") from exc
-        self.model = model
-        self.settings = settings
-        self.client = openai.OpenAI(
-            base_url=settings.base_url,
-            api_key=settings.api_key or "not-needed",
-            max_retries=0,  # no HTTP retries hidden inside: every request is recorded
-            timeout=settings.timeout,
-        )
+    name: str
+    model: str
+    settings: ModelSettings
 
     def _instructor(self) -> Any:
-        import instructor
-
-        return instructor.from_openai(self.client, mode=instructor.Mode.TOOLS)
+        raise NotImplementedError
 
     def _params(self) -> dict[str, Any]:
-        return {
-            "temperature": 0,
-            "seed": self.settings.seed,
-            "max_tokens": self.settings.max_tokens,
-        }
+        raise NotImplementedError
 
     def structured(
         self, messages: list[dict[str, Any]], response_model: type[M], *, max_retries: int,
@@ -127,7 +110,10 @@ class OpenAIProvider:
     ) -> M:  # fmt: skip
         from instructor.core import InstructorRetryException
 
+        from dagwright.redact import redact_logs
+
         client = self._instructor()
+        redact_logs("instructor", self.settings.secrets())  # it logs errors that may echo keys
         calls = _InstructorCalls(self.name, f"{self.name}:{self.model}", purpose)
         calls.attach(client)
         try:
@@ -151,6 +137,38 @@ class OpenAIProvider:
             raise ModelError(f"{self.name}:{self.model}: {type(exc).__name__}: {exc}") from None
         calls.flush(record)
         return result  # type: ignore[no-any-return]
+
+
+class OpenAIProvider(_InstructorProvider):
+    """Any OpenAI-compatible endpoint, through Instructor (tool-calling mode)."""
+
+    name = "openai"
+
+    def __init__(self, model: str, settings: ModelSettings) -> None:
+        try:
+            import openai
+        except ImportError as exc:  # pragma: no cover - openai comes with instructor
+            raise ModelError("openai: pip install instructor (it brings openai)") from exc
+        self.model = model
+        self.settings = settings
+        self.client = openai.OpenAI(
+            base_url=settings.base_url,
+            api_key=settings.key_for(self.name) or "not-needed",  # never the SDK's own env read
+            max_retries=0,  # no HTTP retries hidden inside: every request is recorded
+            timeout=settings.timeout,
+        )
+
+    def _instructor(self) -> Any:
+        import instructor
+
+        return instructor.from_openai(self.client, mode=instructor.Mode.TOOLS)
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "temperature": 0,
+            "seed": self.settings.seed,
+            "max_tokens": self.settings.max_tokens,
+        }
 
     def text(self, messages: list[dict[str, Any]], *, record: Recorder, purpose: str = "") -> str:
         timer = CallTimer(
@@ -192,7 +210,7 @@ def _openai(model: str, settings: ModelSettings) -> OpenAIProvider:
     return OpenAIProvider(model, settings)
 
 
-class AnthropicProvider(OpenAIProvider):
+class AnthropicProvider(_InstructorProvider):
     """Anthropic's Messages API through Instructor (tool use), when the package is installed.
     (This SDK's Messages API takes neither a seed nor a temperature: the request is recorded as
     sent.)"""
@@ -208,8 +226,8 @@ class AnthropicProvider(OpenAIProvider):
             ) from None
         self.model = model
         self.settings = settings
-        self.client = anthropic.Anthropic(  # type: ignore[assignment]
-            api_key=settings.api_key or "not-needed",
+        self.client = anthropic.Anthropic(
+            api_key=settings.key_for(self.name) or "not-needed",
             base_url=settings.base_url,
             max_retries=0,
             timeout=settings.timeout,
@@ -230,11 +248,12 @@ class AnthropicProvider(OpenAIProvider):
             ModelCall(model=f"{self.name}:{self.model}", provider=self.name,
                       request={"system": system, "messages": chat, **self._params()}, purpose=purpose)
         )  # fmt: skip
+        optional: dict[str, Any] = {"system": system} if system else {}
         try:
-            response = self.client.messages.create(  # type: ignore[attr-defined]
+            response = self.client.messages.create(
                 model=self.model,
-                messages=chat,
-                **({"system": system} if system else {}),
+                messages=chat,  # type: ignore[arg-type]  # plain dicts of the SDK's shape
+                **optional,
                 **self._params(),
             )
         except Exception as exc:  # noqa: BLE001
@@ -366,7 +385,13 @@ def _load_hf(model: str) -> tuple[Any, Any, Any]:
 
     hf_model = AutoModelForCausalLM.from_pretrained(model)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    return outlines.from_transformers(hf_model, tokenizer), hf_model, tokenizer
+    # outlines annotates the slow tokenizer class (PreTrainedTokenizer) and takes the fast one that
+    # AutoTokenizer gives too; `unused-ignore`: older transformers type them so that it matches
+    outlines_model = outlines.from_transformers(
+        hf_model,
+        tokenizer,  # type: ignore[arg-type, unused-ignore]
+    )
+    return outlines_model, hf_model, tokenizer
 
 
 @provider("hf")

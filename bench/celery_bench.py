@@ -10,11 +10,13 @@ The benchmark starts its own workers as subprocesses and stops them at the end (
 - ``dagwright``: ``dagwright worker --pool P --concurrency N -l WARNING`` with ``DAGWRIGHT_DB``
   a fresh SQLite file in a temp dir (shared with this process, the client) and
   ``DAGWRIGHT_BROKER`` = Redis db ``--redis-db`` (13; flushed before and after). The client
-  starts a run with ``Engine.start`` + ``celery_app.send`` and waits for the end the way
-  ``dagwright run --executor celery`` does: it blocks on the Redis list the worker that records
-  ``run_finished`` pushes to (``celery_app.wait_finished``), then reads the trace. (With
-  ``--poll-ms N`` it polls ``store.events(run_id, after=seq)`` every N ms instead, as it did
-  before the signal existed.)
+  builds its app with ``create_app(Settings(broker=..., db=...))``, starts a run with
+  ``Engine.start`` + ``runtime(app).send`` and follows it to its end the way ``dagwright run
+  --executor celery`` does: ``lifecycle.follow(store, run_id, wait=...)`` tails and folds the
+  trace, its ``wait`` blocking on the Redis list the worker that records ``run_finished``
+  pushes to (``runtime(app).wait_finished``); ``on_event`` collects the attempts' start times.
+  (With ``--poll-ms N`` it re-reads the trace every N ms instead, as it did before the signal
+  existed.)
 - ``raw celery``: ``celery -A raw_celery_app worker`` (``bench/raw_celery_app.py``) with the
   same settings (acks_late, prefetch 1, JSON, no result backend, ``--without-gossip
   --without-mingle``) and the same pool/concurrency, on Redis db ``--raw-redis-db`` (12). Each
@@ -95,7 +97,7 @@ class Worker:
             if script.exists():
                 cmd = [str(script), "worker", *common, f"--name={self.name}"]
             else:  # the same as `dagwright worker`
-                cmd = [sys.executable, "-m", "celery", "-A", "dagwright.executors.celery_app"]
+                cmd = [sys.executable, "-m", "celery", "-A", "dagwright.worker"]
                 cmd += ["worker", *common, "--without-gossip", "--without-mingle"]
                 cmd += [f"--hostname={self.name}"]
         else:
@@ -182,15 +184,18 @@ class Result:
 class Dagwright:
     name = "dagwright"
 
-    def __init__(self, db: str, poll: float) -> None:
-        from dagwright.executors import celery_app
-        from dagwright.executors import events as ev
-        from dagwright.executors.distributed import Engine
+    def __init__(self, broker: str, db: str, poll: float) -> None:
+        from dagwright.executors import lifecycle
+        from dagwright.executors.celery.app import create_app, runtime
+        from dagwright.executors.celery.engine import Engine
+        from dagwright.executors.engine import events as ev
         from dagwright.executors.store.sql import SqlTraceStore
+        from dagwright.settings import Settings
         from dagwright.tools import default_registry
 
-        self.celery_app, self.ev = celery_app, ev
-        self.app = celery_app.app
+        self.lifecycle, self.ev = lifecycle, ev
+        self.app = create_app(Settings(broker=broker, db=db))
+        self.rt = runtime(self.app)
         self.store = SqlTraceStore(db)
         self.engine = Engine(self.store, default_registry)
         self.poll = poll
@@ -229,39 +234,41 @@ class Dagwright:
 
     def runner(self, w: Workload) -> Callable[[], Sample]:
         wf = dagwright_workflow(w)
-        ev, store, eng = self.ev, self.store, self.engine
+        ev, store, eng, rt = self.ev, self.store, self.engine, self.rt
 
         def once() -> Sample:
+            starts: list[float] = []
+
+            def on_event(e: Any, _state: Any) -> None:
+                if e.type == ev.ATTEMPT_STARTED:
+                    starts.append(e.at)
+
             cpu0 = time.process_time()
             t0 = time.perf_counter()
             run_id, dispatches = eng.start(wf, {})
-            self.celery_app.send(dispatches)
-            seq, finished, starts = 0, None, []
-            deadline = time.monotonic() + RUN_TIMEOUT
-            while finished is None:
-                if self.poll:
-                    time.sleep(self.poll)
-                else:  # block until a worker announces the end (as raw Celery's BLPOP)
-                    self.celery_app.wait_finished(run_id, 1.0)
-                new = store.events(run_id, after=seq)
-                for e in new:
-                    if e.type == ev.ATTEMPT_STARTED:
-                        starts.append(e.at)
-                    elif e.type == ev.RUN_FINISHED:
-                        finished = e
-                if new:
-                    seq = new[-1].seq or seq
-                elif time.monotonic() > deadline:
-                    raise RuntimeError(f"dagwright run {run_id} ({w.name}) did not finish")
+            rt.send(dispatches)
+            # the CLI's "follow a run until it ends": tail and fold the trace; between reads,
+            # block until a worker announces the end (as raw Celery's BLPOP), or sleep --poll-ms
+            wait = None if self.poll else (lambda s: rt.wait_finished(run_id, s))
+            try:
+                state = self.lifecycle.follow(
+                    store,
+                    run_id,
+                    on_event=on_event,
+                    wait=wait,
+                    poll=self.poll or 1.0,
+                    timeout=RUN_TIMEOUT,
+                )
+            except Exception as exc:
+                raise RuntimeError(f"dagwright run {run_id} ({w.name}): {exc}") from exc
             makespan = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
-            status = finished.data.get("status")
-            if status != "succeeded":
+            if state.status != "succeeded" or state.finished_at is None:
                 raise RuntimeError(
-                    f"dagwright run {run_id} ({w.name}) ended {status}: {finished.data}"
+                    f"dagwright run {run_id} ({w.name}) ended {state.status}: {state.error}"
                 )
             self.last_run_id = run_id
-            return Sample(makespan, finished.at - min(starts), cpu, len(starts))
+            return Sample(makespan, state.finished_at - min(starts), cpu, len(starts))
 
         return once
 
@@ -515,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="celerybench-"))
     db = str(tmp / "trace.db")
-    # celery_app reads its settings at import time: set them first.
+    # The workers (subprocesses) read their settings from the environment (dagwright.worker);
+    # this client builds its app from explicit Settings.
     for k in [k for k in os.environ if k.startswith("DAGWRIGHT_") and "_TEST_" not in k]:
         del os.environ[k]
     os.environ["DAGWRIGHT_DB"] = db
@@ -552,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         flush(args.redis_db)
         flush(args.raw_redis_db)
-        engines = [Dagwright(db, args.poll_ms / 1000), RawCelery()]
+        broker = os.environ["DAGWRIGHT_BROKER"]
+        engines = [Dagwright(broker, db, args.poll_ms / 1000), RawCelery()]
 
         workers.start(engines, "prefork", 2)
         dw_step, raw_step = bench_chain(engines, noop_chain, chain_repeats)

@@ -54,7 +54,7 @@ from typing import Annotated, Any
 from typing_extensions import TypedDict
 
 from dagwright.executors import engine
-from dagwright.executors import events as ev
+from dagwright.executors.engine import events as ev
 from dagwright.executors.local import LocalExecutor
 from dagwright.executors.store.memory import MemoryTraceStore
 from dagwright.executors.store.sql import SqlTraceStore
@@ -380,7 +380,7 @@ def simulate_schedule(plan: Plan) -> int:
     """Fold the engine over a run where every ready step is scheduled and succeeds at once."""
     run_id = "sim"
     state = engine.RunState.initial(plan, run_id)
-    engine.apply(plan, state, ev.Event(ev.RUN_STARTED, run_id, 0.0, data={"inputs": {}}))
+    state = engine.apply(state, ev.Event(ev.RUN_STARTED, run_id, 0.0, data={"inputs": {}}))
     done, tick = 0, 0.0
     while True:
         ready = engine.ready_steps(plan, state)
@@ -388,10 +388,9 @@ def simulate_schedule(plan: Plan) -> int:
             break
         tick += 1.0
         for sid in ready:
-            engine.apply(plan, state, ev.Event(ev.STEP_SCHEDULED, run_id, tick, sid, 1))
+            state = engine.apply(state, ev.Event(ev.STEP_SCHEDULED, run_id, tick, sid, 1))
         for sid in ready:
-            engine.apply(
-                plan,
+            state = engine.apply(
                 state,
                 ev.Event(
                     ev.STEP_FINISHED, run_id, tick, sid, 1, {"status": "succeeded", "output": {}}

@@ -1,5 +1,5 @@
 """Raw Celery, the baseline for ``celery_bench.py``: the same broker and worker settings as
-``dagwright.executors.celery_app``, and nothing else (no trace, no store, no engine).
+``dagwright.executors.celery.app``, and nothing else (no trace, no store, no engine).
 
 Two tasks:
 
@@ -29,7 +29,7 @@ from celery import Celery
 BROKER = os.environ.get("RAWBENCH_BROKER", "redis://127.0.0.1:6379/12")
 
 app = Celery("rawbench", broker=BROKER)
-# The same settings as dagwright's Celery app (executors/celery_app.py).
+# The same settings as dagwright's Celery app (create_app in executors/celery/app.py).
 app.conf.update(
     task_ignore_result=True,
     result_backend=None,

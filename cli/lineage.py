@@ -4,17 +4,28 @@ store, take the workflow (the parent's plan, an edited file, or ``--set`` edits)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from dagwright.errors import DagwrightError, PlanError
 from dagwright.executors import engine
-from dagwright.executors.lineage import Derivation, apply_sets, derive, parent_state
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.events import Event
+from dagwright.executors.engine.lineage import (
+    RESUME,
+    Derivation,
+    apply_sets,
+    derive,
+    parent_state,
+)
+from dagwright.executors.lifecycle import abandoned, close_abandoned, new_id, run_registry
 from dagwright.executors.store.base import RunRecord, TraceStore
+from dagwright.planner.inputs import resolve_inputs
 from dagwright.planner.loader import workflow_from_data
 from dagwright.planner.prepare import prepare
 from dagwright.planner.source import Source
-from dagwright.planner.validate import registry_for_run, resolve_inputs, validate
+from dagwright.planner.validate import validate
 from dagwright.tools.registry import ToolRegistry
 
 
@@ -29,19 +40,23 @@ def derived_run(
     workflow_file: Path | None = None,
     inputs: dict[str, str] | None = None,
     sets: list[str] | None = None,
-) -> tuple[RunRecord, Derivation, ToolRegistry, str | None]:
-    """(parent record, derivation, registry, source path of the new run's workflow).
+    heartbeat: float = 5.0,
+    now: float | None = None,
+) -> tuple[RunRecord, Derivation, ToolRegistry, str | None, str]:
+    """(parent record, derivation, registry, source path of the new run's workflow, the new
+    run's id).
 
-    Raises PlanError (bad edit, inconsistent reuse) or DagwrightError (no such run, a run
-    that is still executing on workers)."""
+    A parent that is still running is refused (on workers, or in another local process that
+    holds its lease). A local parent whose process is gone (its lease expired) is closed as
+    ``abandoned`` when it is resumed, naming the new run; it cannot be resumed a second time.
+
+    Raises PlanError (bad edit, inconsistent reuse) or DagwrightError (no such run, a run that
+    is still executing, an abandoned run resumed already)."""
     record = store.get_run(run_id)
-    parent = parent_state(record.workflow, record.run_id, store.events(record.run_id))
-    if record.executor == "celery" and parent.status not in engine.FINAL:
-        raise DagwrightError(
-            f"run {record.run_id} is still running on the workers: wait for it to end, "
-            f"or `dagwright cancel {record.run_id}` first"
-        )
-    assert parent.plan is not None
+    events = store.events(record.run_id)
+    parent = parent_state(record.workflow, record.run_id, events)
+    now = time.time() if now is None else now
+    closing = _check_parent(store, record, parent, events, mode, now, heartbeat)
     edited: list[str] = []
     given = dict(inputs or {})
     source_path = record.source
@@ -50,13 +65,13 @@ def derived_run(
         workflow, registry, source = ready.workflow, ready.registry, ready.source
         source_path = str(workflow_file.resolve())
     else:
-        data = parent.plan.workflow.to_data()
+        data = parent.current_plan.workflow.to_data()
         if sets:
             data, set_inputs, edited = apply_sets(data, sets)
             given.update(set_inputs)
         source = Source(f"<workflow of run {record.run_id}>")
         workflow = workflow_from_data(data, source)
-        registry = registry_for_run(workflow, registry, tool_modules, record.source)
+        registry = run_registry(workflow, registry, tool_modules, record.source)
         problems = validate(workflow, registry, source)
         if problems:
             raise PlanError(problems)
@@ -71,7 +86,47 @@ def derived_run(
         from_steps=from_steps or edited,
         source=source,
     )
-    return record, derivation, registry, source_path
+    child = new_id()
+    if closing and not close_abandoned(store, parent, now, resumed_by=child):
+        raise DagwrightError(f"run {record.run_id} ended meanwhile: look at it, then try again")
+    return record, derivation, registry, source_path, child
+
+
+def _check_parent(
+    store: TraceStore,
+    record: RunRecord,
+    parent: engine.RunState,
+    events: list[Event],
+    mode: str,
+    now: float,
+    heartbeat: float,
+) -> bool:
+    """Whether the parent is to be closed as abandoned first; refuses a live parent, and an
+    abandoned one resumed already."""
+    rid = record.run_id
+    if parent.status == engine.ABANDONED:
+        finished = next(e for e in reversed(events) if e.type == ev.RUN_FINISHED)
+        child = finished.data.get("resumed_by")
+        if mode == RESUME and child:
+            raise DagwrightError(
+                f"run {rid} was abandoned and has been resumed as run {child} already: "
+                f"resume {child} instead (or fork {rid} to try something else)"
+            )
+        return False
+    if parent.status in engine.FINAL:
+        return False
+    if record.executor == "celery":
+        raise DagwrightError(
+            f"run {rid} is still running on the workers: wait for it to end, "
+            f"or `dagwright cancel {rid}` first"
+        )
+    if not abandoned(store, record, parent, now, heartbeat):
+        raise DagwrightError(
+            f"run {rid} is still running in another process (it renews its lease every "
+            f"{heartbeat:g}s): wait for it to end or stop it (Ctrl-C, kill); once its process is "
+            f"gone for {3 * heartbeat:g}s it shows as abandoned and can be resumed"
+        )
+    return mode == RESUME
 
 
 def describe(derivation: Derivation) -> str:

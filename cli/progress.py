@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from dagwright.executors import engine
-from dagwright.executors import events as ev
-from dagwright.executors.events import Event
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.events import Event
 from dagwright.planner.schema import Workflow
 
 ICONS = {

@@ -4,8 +4,10 @@ Steps start the moment their last dependency succeeds; at most ``max_parallel`` 
 once (async tools on the event loop, plain functions in a thread pool). Every fact is appended to
 the trace store before the in-memory state follows it, so the trace is always the truth.
 
-Timeouts stop *waiting*: an async tool is cancelled; a plain function keeps running in its
-thread until it returns (Python cannot kill a thread), and its late result is discarded.
+Timeouts stop *waiting*: an async tool is cancelled; a plain function, a slow expression or a
+slow check keeps running in its thread until it returns (Python cannot kill a thread), and its
+late result is discarded. A step's ``timeout:`` covers its whole attempt: resolving its
+arguments, the tool and the checks (``runner.Attempt``).
 Cancellation (Ctrl-C, or ``cancel()``) records every running attempt and unfinished step as
 cancelled and finishes the run as ``cancelled``, so the trace stays consistent.
 """
@@ -15,30 +17,36 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from dagwright.agents.cache import StoreCache
 from dagwright.errors import PlanError
-from dagwright.executors import decisions, engine
-from dagwright.executors import events as ev
-from dagwright.executors.events import Event
-from dagwright.executors.runner import (
-    Outcome,
-    execute_attempt,
+from dagwright.executors import engine
+from dagwright.executors.engine import decisions
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.events import Event
+from dagwright.executors.engine.outcome import Outcome
+from dagwright.executors.lifecycle import (
+    NewRun,
+    Replanner,
+    Replanning,
+    lease,
+    new_id,
+    open_run,
+    settle_cache,
+    tool_context,
 )
-from dagwright.executors.store.base import RunRecord, TraceStore, lineage_fields
+from dagwright.executors.runner import EVAL_TIMEOUT, Attempt
+from dagwright.executors.store.base import TraceStore
+from dagwright.planner.inputs import resolve_inputs
+from dagwright.planner.limits import Limits
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
-from dagwright.planner.validate import resolve_inputs, validate
-from dagwright.tools.registry import ToolContext, ToolRegistry, default_registry
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
+from dagwright.planner.validate import validate
+from dagwright.tools.registry import ToolRegistry, default_registry
 
 
 @dataclass
@@ -62,14 +70,25 @@ class LocalExecutor:
         id_factory: Callable[[], str] = new_id,
         on_event: Callable[[Event, engine.RunState], None] | None = None,
         cache: Any = None,
-        replanner: Callable[..., Workflow] | None = None,
+        replanner: Replanner | None = None,
         replayer: Any = None,
+        lease_every: float = 5.0,
+        limits: Limits | None = None,
+        eval_timeout: float = EVAL_TIMEOUT,
     ) -> None:
-        """``replanner(workflow, outputs, failure, record) -> Workflow`` revises the plan when a
-        step with ``on_failure: replan`` fails for good (the CLI wires the planner's model).
+        """``replanner`` (``lifecycle.Replanner``) revises the plan when a step with
+        ``on_failure: replan`` fails for good (the CLI wires the planner's model).
 
         ``replayer`` (``executors.replay.Replayer``): this run replays a recorded one — recorded
-        outcomes and model calls are served, every attempt is compared, retry waits skipped."""
+        outcomes and model calls are served, every attempt is compared, retry waits skipped.
+
+        ``lease_every``: seconds between renewals of the run's lease; a run whose lease was not
+        renewed for 3 of them is ``abandoned`` (its process is gone) and may be resumed once.
+
+        ``limits.output_bytes``: an attempt's largest output, as JSON (default ``Limits()``).
+
+        ``eval_timeout`` (DAGWRIGHT_EVAL_TIMEOUT): seconds for resolving a step's arguments, and
+        for its checks, when the step has no ``timeout:`` (``runner.Attempt``)."""
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
         self.store = store
@@ -81,6 +100,9 @@ class LocalExecutor:
         self.cache = cache if cache is not None else StoreCache(store)
         self.replanner = replanner
         self.replayer = replayer
+        self.lease_every = lease_every
+        self.limits = limits or Limits()
+        self.eval_timeout = eval_timeout
         self._current: _Run | None = None
 
     def run(
@@ -128,10 +150,20 @@ class LocalExecutor:
         if issues:
             raise PlanError(issues)
         resolved = resolve_inputs(workflow, dict(inputs or {}))  # defaults filled, types checked
-        run = _Run(self, Plan.from_workflow(workflow), run_id or self.id_factory(), resolved)
+        new = NewRun(
+            workflow,
+            resolved,
+            run_id or self.id_factory(),
+            source=source,
+            prelude=prelude or (),
+            reused=reused or {},
+            lineage=lineage,
+        )
+        run = _Run(self, Plan.from_workflow(workflow), new)
         self._current = run
         try:
-            return await run.execute(source, prelude or [], reused or {}, lineage)
+            with lease(self.store, new.run_id, every=self.lease_every, clock=self.clock):
+                return await run.execute()
         finally:
             self._current = None
 
@@ -143,25 +175,25 @@ class LocalExecutor:
 
 
 class _Run:
-    def __init__(
-        self, executor: LocalExecutor, plan: Plan, run_id: str, inputs: dict[str, Any]
-    ) -> None:
+    def __init__(self, executor: LocalExecutor, plan: Plan, new: NewRun) -> None:
         self.x = executor
-        self.plan = plan
-        self.run_id = run_id
-        self.inputs = inputs
-        self.state = engine.RunState.initial(plan, run_id)
+        self.new = new
+        self.run_id = new.run_id
+        self.state = engine.RunState.initial(plan, new.run_id)
+        self.replanning = Replanning(executor.replanner, executor.registry)
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cancel_requested = asyncio.Event()
         self.settled = asyncio.Event()
         self.sem = asyncio.Semaphore(executor.max_parallel)
         self.cancelled = False
+        self.replan_problem: str | None = None
         self.buffer: list[Event] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.flush_scheduled = False
         self.arriving = 0  # steps dispatched in this turn whose task has not started yet
         self.store_error: BaseException | None = None
+        self.waiting_for_cancel = 0  # replay: attempts stopped where the recording was cancelled
         self.pool = ThreadPoolExecutor(
             max_workers=executor.max_parallel + 4, thread_name_prefix="dagwright-step"
         )
@@ -177,9 +209,14 @@ class _Run:
     ) -> Event:
         return Event(kind, self.run_id, self.x.clock(), step, attempt, data)
 
+    @property
+    def plan(self) -> Plan:
+        """The plan in force (the run's, or its latest revision)."""
+        return self.state.current_plan
+
     def emit(self, *events: Event) -> None:
         for e in events:
-            engine.apply(self.plan, self.state, e)
+            self.state = engine.apply(self.state, e)
         self.buffer.extend(events)
         if not self.flush_scheduled and self.loop is not None:
             self.flush_scheduled = True
@@ -242,37 +279,12 @@ class _Run:
         await waiter
 
     # -- the loop ------------------------------------------------------------------------------
-    async def execute(
-        self,
-        source: str | None,
-        prelude: list[dict[str, Any]],
-        reused: dict[str, dict[str, Any]],
-        lineage: dict[str, Any] | None,
-    ) -> RunResult:
+    async def execute(self) -> RunResult:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
-        wf = self.plan.workflow
-        self.x.store.create_run(
-            RunRecord(
-                run_id=self.run_id,
-                workflow_name=wf.name,
-                created_at=self.x.clock(),
-                workflow=wf.to_data(),
-                inputs=self.inputs,
-                source=source,
-                executor="local",
-                **lineage_fields(lineage),
-            )
-        )
-        started = {"inputs": self.inputs, "executor": "local", "max_parallel": self.x.max_parallel}
-        self.emit(
-            self.event(ev.RUN_STARTED, **started, **({"lineage": lineage} if lineage else {})),
-            *(
-                Event(ev.MODEL_CALL, self.run_id, self.x.clock(), None, None, call)
-                for call in prelude
-            ),
-            *decisions.reused_events(self.run_id, self.x.clock(), reused),
-        )
+        details = {"max_parallel": self.x.max_parallel}
+        self.emit(*open_run(self.x.store, self.new, executor="local", clock=self.x.clock,
+                            details=details))  # fmt: skip
         try:
             self.dispatch()
             while True:
@@ -304,46 +316,17 @@ class _Run:
     async def replan(self) -> bool:
         """A step failed with ``on_failure: replan``: ask the replanner for a revised plan and go
         on under it, keeping the succeeded steps it leaves unchanged. False: the run fails."""
-        failed = self.state.replan_for
-        workflow = self.plan.workflow
-        if (
-            self.x.replanner is None
-            or failed is None
-            or self.state.revisions >= workflow.max_replans
-        ):
+        if not self.replanning.wanted(self.state):
             return False
-        outputs = decisions.succeeded_outputs(self.state)
-        failure = {"step": failed, "error": self.state.steps[failed].error}
         await self.durable()
-        record = self.tool_emitter(None, None)
-
-        def ask() -> Workflow:
-            assert self.x.replanner is not None
-            return self.x.replanner(
-                workflow, outputs, failure, lambda c: record("model_call", c.as_dict())
-            )
-
-        try:
-            revised = await asyncio.get_running_loop().run_in_executor(None, ask)
-        except Exception as exc:  # noqa: BLE001 - the run fails with the step's own error
-            self.state.steps[failed].reason = f"replanning failed: {exc}"
-            return False
-        issues = validate(revised, self.x.registry)
-        if issues:
-            return False
-        kept = decisions.kept_steps(workflow, revised, outputs)
-        revision = self.event(
-            ev.PLAN_REVISED,
-            revision=self.state.revisions + 1,
-            workflow=revised.to_data(),
-            kept=kept,
-            failed_step=failed,
-            error=failure["error"],
-        )
-        self.buffer.append(revision)  # recorded as is; the state moves to the revised plan
+        state, clock = self.state, self.x.clock
+        loop = asyncio.get_running_loop()
+        revision = await loop.run_in_executor(None, self.replanning.revise, state, clock)
+        self.emit(*revision.events)  # the state moves to the revised plan
         self.flush()
-        self.plan = Plan.from_workflow(revised)
-        self.state = engine.revise(self.state, self.plan, kept)
+        if revision.problem is not None:
+            self.replan_problem = revision.problem
+            return False
         self.settled.clear()
         self.dispatch()
         return True
@@ -357,6 +340,7 @@ class _Run:
                 self.tasks[sid] = asyncio.create_task(self.drive(sid), name=f"dagwright:{sid}")
         if not self.tasks and engine.is_settled(self.state):
             self.settled.set()
+        self.cancel_when_all_wait()
 
     async def drive(self, sid: str) -> None:
         self.arriving -= 1
@@ -395,37 +379,60 @@ class _Run:
         self.dispatch()
 
     async def attempt(self, sid: str, attempt: int, attempt_id: str, tool: Any) -> Outcome:
-        args, failed = decisions.resolve_args(self.plan, self.state, sid)
-        self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=args))
+        run = Attempt(
+            self.plan.steps[sid],
+            engine.step_context(self.plan, self.state, sid),
+            number=attempt,
+            eval_timeout=self.x.eval_timeout,
+            pool=self.pool,
+            max_output_bytes=self.x.limits.output_bytes,
+        )  # the attempt's time budget starts: resolving, the tool and the checks count
+        args, failed = await run.resolve()
         replay = self.x.replayer
-        if replay is None:
-            return failed or await self.call(sid, attempt, tool, args)
         rev = self.state.revisions
+        if replay is not None and replay.cancelled_before(rev, sid, attempt):
+            await self.wait_for_cancel()
+        self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=args))
+        if replay is None:
+            return failed or await self.call(sid, attempt, tool, args, run)
+        if not failed and replay.cancelled_during(rev, sid, attempt, args):
+            for d in replay.pending():
+                self.emit(Event(ev.REPLAY_DIVERGED, self.run_id, self.x.clock(), sid, attempt,
+                                d.as_dict()))  # fmt: skip
+            await self.wait_for_cancel()
         outcome = failed or replay.served(rev, sid, attempt, tool, args)
         if outcome is None:
-            outcome = await self.call(sid, attempt, tool, args, replay.models(rev, sid, attempt))
+            outcome = await self.call(
+                sid, attempt, tool, args, run, replay.models(rev, sid, attempt)
+            )
         for d in replay.observe(rev, sid, attempt, args, outcome):
             at = self.x.clock()
             self.emit(Event(ev.REPLAY_DIVERGED, self.run_id, at, sid, attempt, d.as_dict()))
         return outcome
 
     async def call(
-        self, sid: str, attempt: int, tool: Any, args: Any, models: Any = None
+        self, sid: str, attempt: int, tool: Any, args: Any, run: Attempt, models: Any = None
     ) -> Outcome:
-        """Call the tool (``models``: recorded model calls to serve, in a replay)."""
-        step = self.plan.steps[sid]
+        """Call the tool and verify (``models``: recorded model calls to serve, in a replay)."""
         await self.durable()  # the attempt is on record before the tool is called
-        ctx = ToolContext(
-            run_id=self.run_id,
-            step_id=sid,
-            attempt=attempt,
-            previous_failure=decisions.previous_failure(self.state, sid, attempt),
-            emit=self.tool_emitter(sid, attempt),
-            cache=self.x.cache if step.cache and models is None else None,
-            replay=models,
-        )
-        context = engine.step_context(self.plan, self.state, sid)
-        return await execute_attempt(tool, step, args, ctx, context, pool=self.pool)
+        emit = self.tool_emitter(sid, attempt)
+        ctx = tool_context(self.state, sid, attempt, emit=emit, cache=self.x.cache, replay=models)
+        outcome = await run.execute(tool, args, ctx)
+        settle_cache(ctx, outcome)
+        return outcome
+
+    async def wait_for_cancel(self) -> NoReturn:
+        """A replay reached where its recording was cancelled (an attempt running, or a step
+        waiting to start it): wait here as the recording did. Once every step in flight waits
+        so, the replay is cancelled as the recording was."""
+        self.waiting_for_cancel += 1
+        self.cancel_when_all_wait()
+        while True:
+            await asyncio.sleep(3600)
+
+    def cancel_when_all_wait(self) -> None:
+        if self.waiting_for_cancel and self.waiting_for_cancel == len(self.tasks):
+            self.cancel_requested.set()
 
     async def cancel_all(self) -> None:
         tasks = list(self.tasks.values())
@@ -437,7 +444,13 @@ class _Run:
         self.cancelled = True
 
     def finish(self) -> RunResult:
-        events = decisions.conclude(self.plan, self.state, self.x.clock(), cancelled=self.cancelled)
+        events = decisions.conclude(
+            self.plan,
+            self.state,
+            self.x.clock(),
+            cancelled=self.cancelled,
+            replan_problem=self.replan_problem,
+        )
         self.emit(*events)
         self.flush()
         if self.store_error is not None:
@@ -448,4 +461,4 @@ class _Run:
         )
 
 
-__all__ = ["LocalExecutor", "RunResult", "new_id"]
+__all__ = ["LocalExecutor", "RunResult"]

@@ -9,6 +9,11 @@ with the recorded attempt; the first difference of each attempt is a *divergence
 the replay's own trace (``replay_diverged``) with a diff of recorded vs replayed.
 
 Retry waits are skipped; plan revisions (``on_failure: replan``) are served from the recording.
+
+A cancelled recording replays to the point of cancellation: an attempt that was running when
+the run was cancelled (recorded as cancelled, or never finished), or a step that was waiting to
+start, is not executed; the replay waits there until every other step has got as far, then
+cancels itself as the recording was (``cancelled_at`` in the report).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from typing import Any
 
 from dagwright.agents.replay import ModelReplay
 from dagwright.executors import engine
-from dagwright.executors import events as ev
-from dagwright.executors.events import Event
-from dagwright.executors.lineage import REPLAY, parent_state, reused_record
-from dagwright.executors.runner import CANCELLED, FAILED, TIMED_OUT, Outcome
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.events import Event
+from dagwright.executors.engine.lineage import REPLAY, parent_state, reused_record
+from dagwright.executors.engine.outcome import CANCELLED, FAILED, SKIPPED, TIMED_OUT, Outcome
 from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.schema import Workflow
 from dagwright.tools.registry import Tool, ToolRegistry
@@ -94,6 +99,12 @@ class Replayer:
         self.reported = 0
         self.compared = 0
         self.served_calls: list[ModelReplay] = []
+        self.cancelled = self.recorded.status == CANCELLED
+        """The recorded run was cancelled: its replay stops where it did."""
+        self.cancelled_at: list[dict[str, Any]] = []
+        """Where the replay stopped, as the recording did: ``{"step", "attempt", "running"}``
+        (``running``: the attempt had started; otherwise the step was waiting to start it)."""
+        self.reached: set[Key] = set()
         self._index(events)
 
     def _index(self, events: list[Event]) -> None:
@@ -132,7 +143,9 @@ class Replayer:
     def lineage(self) -> dict[str, Any]:
         return {"parent": self.record.run_id, "mode": REPLAY, "from_steps": []}
 
-    def replanner(self, workflow: Workflow, outputs: Any, failure: Any, record: Any) -> Workflow:
+    def replanner(
+        self, workflow: Workflow, outputs: Any, failure: Any, registry: Any, record: Any
+    ) -> Workflow:
         """The recorded revisions, in order (no model is asked)."""
         done = self.revised
         if done >= len(self.revisions):
@@ -142,7 +155,41 @@ class Replayer:
         self.revised = done + 1
         return self.revisions[done]
 
+    def steps_that_may_wait(self) -> int:
+        """How many attempts may wait at the point of cancellation at once (at most one per
+        step): the replay needs more slots than that, or a step could wait for a slot forever."""
+        if not self.cancelled:
+            return 0
+        plans = [self.workflow(), *self.revisions]
+        return len({s.id for wf in plans for s in wf.steps})
+
     # -- hooks for each attempt ------------------------------------------------------------------
+    def cancelled_before(self, rev: int, sid: str, attempt: int) -> bool:
+        """True when the recording was cancelled before this attempt started (its step was
+        waiting to start it): the replay does not start it, and waits to be cancelled."""
+        if not self.cancelled or (rev, sid, attempt) in self.attempts:
+            return False
+        step = self.recorded.steps.get(sid)
+        if step is None or step.status not in (CANCELLED, SKIPPED):
+            return False
+        self.cancelled_at.append({"step": sid, "attempt": attempt, "running": False})
+        return True
+
+    def cancelled_during(self, rev: int, sid: str, attempt: int, args: Any) -> bool:
+        """True when this attempt was running when the recording was cancelled (recorded as
+        cancelled, or never finished): its inputs are compared (a divergence, if any, is
+        ``pending()``), the tool is not called, and the replay waits to be cancelled."""
+        rec = self.attempts.get((rev, sid, attempt))
+        if not self.cancelled or rec is None or rec.status not in (None, CANCELLED):
+            return False
+        self.compared += 1
+        self.reached.add((rev, sid, attempt))
+        if args != rec.inputs:
+            self._diverge(sid, attempt, "inputs", rec.inputs, args,
+                          f"step {sid!r} attempt {attempt}: inputs differ")  # fmt: skip
+        self.cancelled_at.append({"step": sid, "attempt": attempt, "running": True})
+        return True
+
     def served(self, rev: int, sid: str, attempt: int, tool: Tool, args: Any) -> Outcome | None:
         """The recorded outcome to serve, or None when the tool runs again."""
         rec = self.attempts.get((rev, sid, attempt))
@@ -172,6 +219,7 @@ class Replayer:
     ) -> list[Divergence]:
         """Compare a replayed attempt with its recording; returns divergences not yet told."""
         self.compared += 1
+        self.reached.add((rev, sid, attempt))
         rec = self.attempts.get((rev, sid, attempt))
         told = any(d.step == sid and d.attempt == attempt for d in self.divergences)
         if rec is not None and rec.status is not None and not told:
@@ -210,7 +258,19 @@ class Replayer:
             elif state.output != rec.output:
                 self._diverge(None, None, "run output", rec.output, state.output,
                               "the run's output differs")  # fmt: skip
+            elif self.cancelled:
+                self._unreached()
         return self.pending()
+
+    def _unreached(self) -> None:
+        """A cancelled replay ends as its recording did, whatever it left out: every recorded
+        attempt must have been reached."""
+        for rev, sid, attempt in self.attempts:
+            if (rev, sid, attempt) not in self.reached:
+                self._diverge(sid, attempt, "attempt", {"attempt": attempt}, None,
+                              f"attempt {attempt} of step {sid!r} ran in the recording, "
+                              "not in the replay")  # fmt: skip
+                return
 
     def pending(self) -> list[Divergence]:
         new = self.divergences[self.reported :]
@@ -245,6 +305,8 @@ class ReplayReport:
     attempts_compared: int
     model_calls_served: int
     seconds: float
+    cancelled_at: list[dict[str, Any]] = field(default_factory=list)
+    """A cancelled recording: where the replay was cancelled too (``Replayer.cancelled_at``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -256,6 +318,7 @@ class ReplayReport:
             "attempts_compared": self.attempts_compared,
             "model_calls_served": self.model_calls_served,
             "seconds": self.seconds,
+            "cancelled_at": self.cancelled_at,
         }
 
 
@@ -278,7 +341,7 @@ def replay_run(
     executor = LocalExecutor(
         target,
         registry,
-        max_parallel=max_parallel,
+        max_parallel=max(max_parallel, replayer.steps_that_may_wait() + 1),
         replanner=replayer.replanner if replayer.revisions else None,
         replayer=replayer,
     )
@@ -302,7 +365,13 @@ def replay_run(
         attempts_compared=replayer.compared,
         model_calls_served=replayer.model_calls_served(),
         seconds=round(seconds, 6),
+        cancelled_at=_in_plan_order(replayer.cancelled_at, replayer.workflow()),
     )
+
+
+def _in_plan_order(where: list[dict[str, Any]], workflow: Workflow) -> list[dict[str, Any]]:
+    order = {s.id: i for i, s in enumerate(workflow.steps)}
+    return sorted(where, key=lambda w: (order.get(w["step"], len(order)), w["step"], w["attempt"]))
 
 
 def divergence_event(run_id: str, d: Divergence, at: float | None = None) -> Event:

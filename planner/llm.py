@@ -62,7 +62,7 @@ def _args_accepting_refs(tool: Tool, max_ref: int = 300) -> type[BaseModel]:
     for name, info in tool.args_model.model_fields.items():
         annotation: Any = info.annotation
         if info.metadata:
-            annotation = Annotated[(annotation, *info.metadata)]  # type: ignore[misc]
+            annotation = Annotated[(annotation, *info.metadata)]
         if info.annotation is not str:
             ref = Annotated[str, Field(pattern=REF_PATTERN, max_length=max_ref)]
             annotation = Union[annotation, ref]  # noqa: UP007
@@ -72,7 +72,7 @@ def _args_accepting_refs(tool: Tool, max_ref: int = 300) -> type[BaseModel]:
             Field(default=default, alias=info.alias, description=info.description),
         )
     extra = tool.args_model.model_config.get("extra", "forbid")
-    return create_model(  # type: ignore[call-overload,no-any-return]
+    return create_model(
         f"Args_{_slug(tool.name)}",
         __config__=ConfigDict(extra=extra, populate_by_name=True),
         **fields,
@@ -100,42 +100,52 @@ def draft_model(
     for tool in registry:
         args = _args_accepting_refs(tool, max_ref)
         required = any(f.is_required() for f in tool.args_model.model_fields.values())
+        # field definitions hold type forms (Annotated, Literal), which mypy types as objects
+        step_fields: dict[str, Any] = {
+            "id": (Annotated[str, Field(pattern=STEP_ID, max_length=max_id)], ...),
+            "uses": (Literal[tool.name], ...),
+            "with_": (
+                args,
+                Field(alias="with") if required else Field(alias="with", default=None),
+            ),
+            "needs": (
+                list[Annotated[str, Field(max_length=max_id)]],
+                Field(default_factory=list, max_length=2 if compact else 20),
+            ),
+        }
+        if not compact:
+            step_fields["description"] = (str, Field(default="", max_length=300))
         step_models.append(
             create_model(
                 f"Step_{_slug(tool.name)}",
                 __config__=ConfigDict(extra="forbid", populate_by_name=True),
-                id=(Annotated[str, Field(pattern=STEP_ID, max_length=max_id)], ...),
-                uses=(Literal[tool.name], ...),  # type: ignore[valid-type]
-                with_=(
-                    args,
-                    Field(alias="with") if required else Field(alias="with", default=None),
-                ),
-                needs=(
-                    list[Annotated[str, Field(max_length=max_id)]],
-                    Field(default_factory=list, max_length=2 if compact else 20),
-                ),
-                **({} if compact else {"description": (str, Field(default="", max_length=300))}),
+                **step_fields,
             )
         )
     if not step_models:
         raise DagwrightError("the planner needs at least one registered tool")
     step_union = Annotated[Union[tuple(step_models)], Field(discriminator="uses")]  # type: ignore[valid-type]  # noqa: UP007
-    extra_fields: dict[str, Any] = {}
+    fields: dict[str, Any] = {
+        "name": (Annotated[str, Field(min_length=1, max_length=24 if compact else 100)], ...),
+        # a type built at run time, from the registry: pydantic reads it, mypy cannot
+        "steps": (
+            list[step_union],  # type: ignore[valid-type]
+            Field(min_length=1, max_length=max_steps),
+        ),
+    }
     if not compact:
-        extra_fields["description"] = (str, Field(default="", max_length=500))
-        extra_fields["output"] = (Union[str, dict[str, str], None], Field(default=None))  # noqa: UP007
+        fields["description"] = (str, Field(default="", max_length=500))
+        fields["output"] = (Union[str, dict[str, str], None], Field(default=None))  # noqa: UP007
     else:
         ref = Annotated[str, Field(pattern=REF_PATTERN, max_length=max_ref)]
-        extra_fields["output"] = (ref | None, Field(default=None))
+        fields["output"] = (ref | None, Field(default=None))
     model = create_model(
         "Plan",
         __base__=_DraftBase if check else _SchemaOnlyDraft,
-        name=(Annotated[str, Field(min_length=1, max_length=24 if compact else 100)], ...),
-        steps=(list[step_union], Field(min_length=1, max_length=max_steps)),  # type: ignore[valid-type]
-        **extra_fields,
+        **fields,
     )
     model.registry = registry
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 SYSTEM = """You are the planner of dagwright, a workflow engine. Turn the user's task into a plan:

@@ -12,15 +12,90 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from dagwright.errors import PlanError, PlanIssue
+from dagwright.planner.limits import Limits
 from dagwright.planner.schema import Check, InputSpec, RetryPolicy, Step, Workflow
 from dagwright.planner.source import Path_, Source
 
 
+class _Refused(Exception):
+    """A document the bounded loader will not compose (at the event's ``start_mark``)."""
+
+    def __init__(self, message: str, event: yaml.Event, hint: str) -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+        mark = event.start_mark
+        self.line: int | None = mark.line + 1 if mark is not None else None
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses, while composing, nesting deeper than ``limits.depth``
+    and aliases that would add more than ``limits.alias_nodes`` values to the document written
+    out (the "billion laughs": a few aliases of aliases expand to billions of values), and
+    aliases to a value that contains them (a cycle)."""
+
+    def __init__(self, text: str, limits: Limits) -> None:
+        super().__init__(text)
+        self.limits = limits
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> its values, written out
+        self._aliased = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self._count_alias(event)
+            return super().compose_node(parent, index)
+        collection = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
+        if collection:
+            if self._depth >= self.limits.depth:
+                raise _Refused(
+                    f"nested deeper than {self.limits.depth} levels of lists and mappings",
+                    event,
+                    f"flatten the data, or {self.limits.raise_hint('depth')}",
+                )
+            self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= collection
+        if node is None:
+            return None
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in children)
+        return node
+
+    def _count_alias(self, event: yaml.AliasEvent) -> None:
+        node = self.anchors.get(event.anchor)
+        if node is None:
+            return  # PyYAML reports the undefined alias
+        size = self._sizes.get(id(node))
+        if size is None:  # its anchor is still being composed: the alias is inside it
+            raise _Refused(
+                f"recursive alias *{event.anchor}: it refers to a value that contains it",
+                event,
+                "a workflow is a tree of values: write the value out",
+            )
+        self._aliased += size
+        if self._aliased > self.limits.alias_nodes:
+            raise _Refused(
+                f"YAML aliases expand the workflow by more than {self.limits.alias_nodes:,} "
+                f"values (this one, *{event.anchor}, adds {size:,})",
+                event,
+                "write the values out instead of aliasing them",
+            )
+
+
 def _walk(node: yaml.Node, at: Path_, source: Source, issues: list[PlanIssue]) -> None:
     if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a list or mapping as a key: safe_load refused the document already
+            key: str = key_node.value
             line = key_node.start_mark.line + 1
             if key in seen:
                 issues.append(
@@ -41,32 +116,44 @@ def _walk(node: yaml.Node, at: Path_, source: Source, issues: list[PlanIssue]) -
             _walk(item, (*at, i), source, issues)
 
 
-def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Source]:
+def parse_yaml(
+    text: str, file: str | None = None, limits: Limits | None = None
+) -> tuple[Any, Source]:
+    """The data of one YAML document and the line of each key and item. Raises PlanError at the
+    line of a syntax error, a duplicate key, nesting deeper than ``limits.depth`` or aliases
+    that would expand the document (composed once, so aliases are never followed twice)."""
     source = Source(file=file)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        msg = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
-        raise PlanError(
-            [
-                PlanIssue(
-                    msg,
-                    file=file,
-                    line=mark.line + 1 if mark else None,
-                    hint="check indentation and quoting on that line",
-                )
-            ]
-        ) from None
     issues: list[PlanIssue] = []
-    if node is not None:
-        _walk(node, (), source, issues)
+    loader: _BoundedLoader | None = None
+    try:
+        loader = _BoundedLoader(text, limits or Limits())
+        node = loader.get_single_node()
+        if node is not None:
+            _walk(node, (), source, issues)  # before constructing: merge keys rewrite nodes
+        data = loader.construct_document(node) if node is not None else None
+    except _Refused as exc:
+        raise PlanError([PlanIssue(exc.message, file=file, line=exc.line, hint=exc.hint)]) from None
+    except yaml.YAMLError as exc:
+        raise PlanError([_syntax_issue(exc, text, file)]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if issues:
         raise PlanError(issues)
     return data, source
+
+
+def _syntax_issue(exc: yaml.YAMLError, text: str, file: str | None) -> PlanIssue:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        line: int | None = text.count("\n", 0, exc.position) + 1
+        msg = f"YAML syntax error: unacceptable character #x{exc.character:04x} ({exc.reason})"
+        return PlanIssue(msg, file=file, line=line, hint="remove that character from the line")
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    msg = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+    line = mark.line + 1 if mark else None
+    return PlanIssue(msg, file=file, line=line, hint="check indentation and quoting on that line")
 
 
 _MODELS_BY_DEPTH: dict[tuple[str | None, ...], type[BaseModel]] = {
@@ -227,23 +314,81 @@ class LoadedWorkflow:
     base_dir: Path | None = None
 
 
-def load_workflow(path: str | Path) -> LoadedWorkflow:
-    """Read and parse a YAML workflow file. Raises PlanError naming file and line."""
+def load_workflow(path: str | Path, limits: Limits | None = None) -> LoadedWorkflow:
+    """Read and parse a YAML workflow file. Raises PlanError naming file and line.
+
+    At most ``limits.workflow_bytes`` are read; a file that is not UTF-8 text is refused."""
     path = Path(path)
+    limits = limits or Limits()
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(limits.workflow_bytes + 1)
     except OSError as exc:
         raise PlanError(
             [PlanIssue(f"cannot read the workflow: {exc.strerror}", file=str(path))]
         ) from None
-    return loads_workflow(text, file=str(path), base_dir=path.resolve().parent)
+    if len(raw) > limits.workflow_bytes:
+        raise PlanError([_too_big(str(path), limits)])
+    text = _decode(raw, str(path))
+    return loads_workflow(text, file=str(path), base_dir=path.resolve().parent, limits=limits)
+
+
+def _too_big(file: str | None, limits: Limits) -> PlanIssue:
+    return PlanIssue(
+        f"the workflow file is more than {limits.workflow_bytes:,} bytes",
+        file=file,
+        hint=f"split the workflow, or {limits.raise_hint('workflow_bytes')}",
+    )
+
+
+def _decode(raw: bytes, file: str) -> str:
+    """The file's text; PlanError when it is binary (has a NUL byte) or not UTF-8, at the line
+    of the first byte that is NUL or not UTF-8."""
+    try:
+        text = raw.decode("utf-8")
+        bad = None
+    except UnicodeDecodeError as exc:
+        text, bad = "", exc.start
+    nul = raw.find(b"\0")
+    if nul < 0 and bad is None:
+        return text
+    at = min(p for p in (nul, bad) if p is not None and p >= 0)
+    if nul >= 0:
+        message = "a binary file, not a YAML workflow (it has NUL bytes)"
+        hint = "give the workflow's .yaml file; if this is UTF-16 text, save it as UTF-8"
+    else:
+        message = f"not UTF-8 text: byte 0x{raw[at]:02x} cannot be decoded"
+        hint = "save the file as UTF-8"
+    line = raw.count(b"\n", 0, at) + 1
+    raise PlanError([PlanIssue(message, file=file, line=line, hint=hint)])
 
 
 def loads_workflow(
-    text: str, *, file: str | None = None, base_dir: Path | None = None
+    text: str,
+    *,
+    file: str | None = None,
+    base_dir: Path | None = None,
+    limits: Limits | None = None,
 ) -> LoadedWorkflow:
-    data, source = parse_yaml(text, file)
+    """Parse a workflow's YAML text under ``limits`` (default: ``Limits()``)."""
+    limits = limits or Limits()
+    if len(text) > limits.workflow_bytes or len(_utf8(text)) > limits.workflow_bytes:
+        raise PlanError([_too_big(file, limits)])
+    data, source = parse_yaml(text, file, limits)
+    steps = data.get("steps") if isinstance(data, Mapping) else None
+    if isinstance(steps, list) and len(steps) > limits.steps:
+        issue = source.issue(
+            f"the workflow has {len(steps):,} steps, more than the limit of {limits.steps:,}",
+            ("steps",),
+            field="steps",
+            hint=f"split the workflow, or {limits.raise_hint('steps')}",
+        )
+        raise PlanError([issue])
     return LoadedWorkflow(workflow_from_data(data, source), source, base_dir)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 def dump_workflow(workflow: Workflow) -> str:

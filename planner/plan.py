@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import networkx as nx
-
 from dagwright.planner.references import Expression, expression, expressions_in
 from dagwright.planner.schema import Step, Workflow
 
@@ -59,7 +57,9 @@ class Plan:
                 if d not in steps:
                     raise ValueError(f"step {sid!r} depends on unknown step {d!r}")
                 dependents[d].append(sid)
-        graph = nx.DiGraph()
+        import networkx as nx  # here, not at the top: `dagwright --help` imports no graph library
+
+        graph: nx.DiGraph[str] = nx.DiGraph()
         graph.add_nodes_from(steps)
         graph.add_edges_from((d, sid) for sid, ds in deps.items() for d in ds)
         try:

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagwright.errors import DagwrightError, PlanError, PlanIssue
+from dagwright.errors import PlanError, PlanIssue
+from dagwright.planner.inputs import resolve_inputs
+from dagwright.planner.limits import Limits
 from dagwright.planner.loader import load_workflow
 from dagwright.planner.schema import Workflow
 from dagwright.planner.source import Source
-from dagwright.planner.validate import registry_for, resolve_inputs, validate
+from dagwright.planner.tool_modules import load_tool_modules, registry_for
+from dagwright.planner.validate import validate
 from dagwright.tools.registry import ToolRegistry
 
 
@@ -28,22 +31,14 @@ class Prepared:
 
 
 def _semantic_issues(
-    wf: Workflow, source: Source, base_dir: Path, registry: ToolRegistry, modules: Sequence[str]
+    wf: Workflow,
+    source: Source,
+    base_dir: Path | None,
+    registry: ToolRegistry,
+    modules: Sequence[str],
 ) -> tuple[ToolRegistry, list[PlanIssue]]:
-    issues: list[PlanIssue] = []
-    if modules:
-        registry = registry.copy()
-    for module in modules:
-        try:
-            registry.load_module(module)
-        except (ImportError, DagwrightError) as exc:
-            issues.append(
-                PlanIssue(
-                    f"cannot load tool module {module!r} from settings: {exc}",
-                    hint="check DAGWRIGHT_TOOLS",
-                )
-            )
-    registry, more = registry_for(wf, registry, base_dir, source)
+    registry, issues = load_tool_modules(registry, modules)
+    registry, more = registry_for(wf, registry, base_dir, source, modules)
     return registry, issues + more + validate(wf, registry, source)
 
 
@@ -55,14 +50,20 @@ def prepare(
     inputs: Mapping[str, Any] | None = None,
     inputs_required: bool = True,
     inputs_as_text: bool = False,
+    allow_tool_modules: bool = True,
+    limits: Limits | None = None,
 ) -> Prepared:
     """Everything a run needs from a workflow file; raises PlanError listing every problem.
 
-    ``inputs_required=False`` checks given inputs only (``validate`` without ``--input``)."""
+    ``inputs_required=False`` checks given inputs only (``validate`` without ``--input``).
+    ``allow_tool_modules=False``: the workflow's ``tools:`` may name no module, as for a
+    workflow given as text (registered tools only); with True (the CLI's, for files), modules
+    in the file's folder and ``tool_modules``' (``tool_modules.registry_for``).
+    ``limits`` bound the file, its steps and nesting, and the inputs (default ``Limits()``)."""
     path = Path(path)
-    base_dir = path.resolve().parent
+    base_dir = path.resolve().parent if allow_tool_modules else None
     try:
-        loaded = load_workflow(path)
+        loaded = load_workflow(path, limits)
     except PlanError as exc:
         if isinstance(exc.partial, Workflow) and isinstance(exc.source, Source):
             _, more = _semantic_issues(exc.partial, exc.source, base_dir, registry, tool_modules)
@@ -72,7 +73,9 @@ def prepare(
     wf, source = loaded.workflow, loaded.source
     registry, issues = _semantic_issues(wf, source, base_dir, registry, tool_modules)
     resolved: dict[str, Any] = {}
-    if inputs_required or inputs:
+    over = _inputs_over_limits(wf, inputs or {}, limits or Limits(), inputs_as_text, source)
+    issues += over
+    if (inputs_required or inputs) and not over:
         try:
             resolved = resolve_inputs(wf, inputs or {}, as_text=inputs_as_text, source=source)
         except PlanError as exc:
@@ -80,6 +83,24 @@ def prepare(
     if issues:
         raise PlanError(sorted(issues, key=lambda i: (i.line is None, i.line or 0)))
     return Prepared(wf, registry, resolved, source)
+
+
+def _inputs_over_limits(
+    wf: Workflow, given: Mapping[str, Any], limits: Limits, as_text: bool, source: Source
+) -> list[PlanIssue]:
+    """Inputs too big or too deep, found before they are converted (a JSON parse of deep text
+    would overflow the stack) or checked."""
+    issues = []
+    for name, value in given.items():
+        spec = wf.inputs.get(name)
+        json_text = as_text and spec is not None and spec.type in ("object", "array")
+        problem = limits.input_problem(name, value, json_text=json_text)
+        if problem is not None:
+            message, hint = problem
+            issues.append(
+                source.issue(message, ("inputs", name), field=f"inputs.{name}", hint=hint)
+            )
+    return issues
 
 
 __all__ = ["Prepared", "prepare"]

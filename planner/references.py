@@ -8,10 +8,18 @@
 - Expressions are evaluated by Jinja2's ``SandboxedEnvironment`` (no Python ``eval``; no access to
   dunder attributes or unsafe methods). On mappings ``a.b`` reads the key ``b`` before any
   attribute, so ``output.items`` is the ``items`` field, not ``dict.items``.
+- What the sandbox would refuse is also found statically (``Expression.unsafe_names``), so
+  validation refuses it before anything runs.
+- The data an expression reads is shared (a step's output is read by every step after it): the
+  sandbox is Jinja2's immutable one, so ``output.items.append(…)`` is refused.
+- Operations that could make a huge value in one step (``2 ** 3000000000``, ``"a" * 10**9``,
+  ``x.ljust(10**9)``, ``| join`` of a long list with a long separator…) are refused before they
+  run (``sandbox_limits``); the rest is bounded in time by the attempt's budget.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -19,17 +27,21 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes, sandbox
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.parser import Parser
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dagwright.errors import DagwrightError
+from dagwright.planner import sandbox_limits as limits
 
 OPEN, CLOSE = "${{", "}}"
 PathPart = str | int
 _SIMPLE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*)\s*$")
 _PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+_CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
+"""Names Jinja parses as constants, not as names to look up."""
 
 SAFE_GLOBALS: dict[str, Any] = {
     "len": len,
@@ -57,7 +69,37 @@ def _no_field(obj: Mapping[Any, Any], name: Any) -> str:
     return f"no field {name!r} (it has: {keys})"
 
 
-class _Env(SandboxedEnvironment):
+class _Env(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset(limits.BINOPS)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        limits.BINOPS[operator](left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        # (jinja's own spelling: the double underscores keep the names free for kwargs)
+        if __obj is sum:
+            args = limits.call_sum(args, kwargs)
+        else:
+            args = limits.method_call(__obj, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """``str.format`` and ``format_map`` with each field's width and the result bounded."""
+        if super().wrap_str_format(value) is None:
+            return None
+        owner: str = value.__self__
+        is_map = value.__name__ == "format_map"
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            if is_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                return str(limits.Formatter(self).vformat(owner, (), args[0]))
+            return str(limits.Formatter(self).vformat(owner, args, kwargs))
+
+        return functools.update_wrapper(bounded, value)
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping):
             if attribute in obj:
@@ -67,13 +109,50 @@ class _Env(SandboxedEnvironment):
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         if isinstance(obj, Mapping) and isinstance(argument, str | int) and argument not in obj:
-            return self.undefined(hint=_no_field(obj, argument), obj=obj, name=argument)
+            # jinja's Undefined takes an item as its name too (its own getitem passes ints);
+            # the annotation says str
+            return self.undefined(
+                hint=_no_field(obj, argument),
+                obj=obj,
+                name=argument,  # type: ignore[arg-type]
+            )
         return super().getitem(obj, argument)
 
 
 _env = _Env(undefined=StrictUndefined, autoescape=False)
 _env.globals.clear()
 _env.globals.update(SAFE_GLOBALS)
+_env.filters.update(limits.FILTERS)
+
+_PROBES: tuple[Any, ...] = (object(), type)
+"""What ``_env.is_safe_attribute`` is asked about: any object (names starting with ``_``) and a
+type (``mro``, which ``jinja2.sandbox.is_internal_attribute`` refuses on types)."""
+_INTERNAL = frozenset().union(
+    # what is_internal_attribute refuses on functions, methods, generators and coroutines
+    sandbox.UNSAFE_FUNCTION_ATTRIBUTES,
+    sandbox.UNSAFE_METHOD_ATTRIBUTES,
+    sandbox.UNSAFE_GENERATOR_ATTRIBUTES,
+    sandbox.UNSAFE_COROUTINE_ATTRIBUTES,
+    sandbox.UNSAFE_ASYNC_GENERATOR_ATTRIBUTES,
+    # the Python 2 spellings Jinja 2 refused (Jinja 3 dropped them): still never data
+    {"func_closure", "func_code", "func_defaults", "func_dict", "func_globals"},
+    {"im_class", "im_func", "im_self"},
+)
+_ATTRIBUTE_ARGS = {"attr": 0, "selectattr": 0, "rejectattr": 0, "groupby": 0, "sum": 0}
+"""Filters whose positional argument at this index names an attribute (``attribute=`` too)."""
+
+
+def is_unsafe_name(name: str) -> bool:
+    """Whether reading ``name`` (an attribute or a key) reaches for Python's internals: dunder
+    names (``__class__``, ``__globals__``) and what Jinja2's sandbox treats as internal (``mro``,
+    ``gi_frame``, ``func_globals``…). A single leading underscore is data (``_id``, ``_links``
+    in API responses): keys read from mappings; the sandbox still refuses such attributes of
+    objects at run time."""
+    if name.startswith("__"):
+        return True
+    if name.startswith("_"):
+        return False
+    return name in _INTERNAL or not all(_env.is_safe_attribute(p, name, None) for p in _PROBES)
 
 
 @dataclass(frozen=True)
@@ -96,7 +175,7 @@ class Expression:
         self.source = source.strip()
         self._compiled: Callable[..., Any] | None = None
         m = _SIMPLE.match(self.source)
-        if m:
+        if m and m.group(1) not in _CONSTANTS:
             parts: list[PathPart] = [
                 name if name else int(idx) for name, idx in _PART.findall(m.group(2))
             ]
@@ -117,11 +196,26 @@ class Expression:
         self._ast = ast
         self.refs = tuple(_refs_in(ast))
 
+    @property
+    def is_path(self) -> bool:
+        """A plain path (``steps.a.output.items[0]``): evaluated by a lookup, never slow."""
+        return self._simple is not None
+
     def names(self) -> set[str]:
         """Free names the expression reads (``inputs``, ``steps``, ``output``, functions…)."""
         if self._ast is None:
             return {self.refs[0].root}
         return {n.name for n in self._ast.find_all(nodes.Name) if n.ctx == "load"}
+
+    def unsafe_names(self) -> list[str]:
+        """The constant attribute and key names it reads that the sandbox may refuse
+        (``is_unsafe_name``), in the order they are written."""
+        if self._ast is None:
+            assert self._simple is not None
+            names: list[str] = [p for p in self._simple.path if isinstance(p, str)]
+        else:
+            names = list(_read_names(self._ast))
+        return list(dict.fromkeys(n for n in names if is_unsafe_name(n)))
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         if self._simple is not None:
@@ -132,6 +226,8 @@ class Expression:
             return self._compiled(**context)
         except UndefinedError as exc:
             raise ExpressionError(f"${{{{ {self.source} }}}}: {exc.message}") from None
+        except limits.TooBig as exc:
+            raise ExpressionError(f"${{{{ {self.source} }}}}: {exc}") from None
         except SecurityError as exc:
             raise ExpressionError(f"${{{{ {self.source} }}}} is not allowed: {exc}") from None
         except Exception as exc:  # a type error inside the expression, e.g. len(3)
@@ -162,6 +258,26 @@ def _chain(node: nodes.Node) -> tuple[str, list[PathPart]] | None:
             return None
         return inner[0], [*inner[1], node.arg.value]
     return None
+
+
+def _read_names(node: nodes.Node) -> Iterator[str]:
+    """Constant attribute and key names read anywhere in ``node``, inner ones first:
+    ``a.b``, ``a['b']``, ``a | attr('b')``, ``a | map(attribute='b.c')``."""
+    for child in node.iter_child_nodes():
+        yield from _read_names(child)
+    if isinstance(node, nodes.Getattr):
+        yield node.attr
+    elif isinstance(node, nodes.Getitem):
+        if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            yield node.arg.value
+    elif isinstance(node, nodes.Filter | nodes.Test):
+        paths = [k.value for k in node.kwargs if k.key == "attribute"]
+        index = _ATTRIBUTE_ARGS.get(node.name) if isinstance(node, nodes.Filter) else None
+        if index is not None and index < len(node.args):
+            paths.append(node.args[index])
+        for path in paths:
+            if isinstance(path, nodes.Const) and isinstance(path.value, str):
+                yield from path.value.split(".")
 
 
 def _refs_in(node: nodes.Node) -> Iterator[Ref]:
@@ -304,6 +420,7 @@ __all__ = [
     "expression",
     "expressions_in",
     "has_refs",
+    "is_unsafe_name",
     "lookup",
     "render",
     "split",

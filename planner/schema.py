@@ -7,7 +7,7 @@ Field names follow what YAML authors know from GitHub Actions and Argo (``uses``
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -47,7 +47,7 @@ class RetryPolicy(_Model):
     backoff_factor: Annotated[float, Field(ge=1, le=10)] = 2.0
     max_backoff: Annotated[float, Field(ge=0, le=86400)] = 60.0
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.0
-    retry_on: list[RetryOn] = Field(default_factory=lambda: ["error", "timeout", "verification"])
+    retry_on: list[RetryOn] = Field(default_factory=lambda: list(get_args(RetryOn)))
 
 
 CHECK_KINDS = ("expr", "contains", "not_contains", "regex", "schema", "judge")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from dagwright.errors import PlanIssue
@@ -36,4 +37,10 @@ class Source:
         )
 
 
-__all__ = ["Path_", "Source"]
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    """A hint naming the closest of ``choices`` to ``word``, if one is close."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else None
+
+
+__all__ = ["Path_", "Source", "did_you_mean"]

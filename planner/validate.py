@@ -2,24 +2,20 @@
 
 Checks: unknown tools, ``with`` arguments against each tool's typed signature, references to
 steps/inputs/output paths that cannot exist, unknown ``needs``, duplicate ids, cycles (printed),
-verify checks that cannot be evaluated, and — when run inputs are given — missing, unknown or
-ill-typed inputs.
+verify checks that cannot be evaluated, expressions that read what the sandbox refuses
+(``__class__``, ``__globals__``, ``mro``…), input defaults of the wrong type, and — when run inputs
+are given — missing, unknown or ill-typed inputs.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
-import re
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import jsonschema
-import networkx as nx
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from dagwright.errors import DagwrightError, PlanError, PlanIssue
+from dagwright.errors import PlanError, PlanIssue
+from dagwright.planner.inputs import typed_input
+from dagwright.planner.output_paths import path_problem, resolve_ref
 from dagwright.planner.plan import step_deps
 from dagwright.planner.references import (
     SAFE_GLOBALS,
@@ -28,110 +24,12 @@ from dagwright.planner.references import (
     Ref,
     expression,
     expressions_in,
+    has_refs,
 )
-from dagwright.planner.schema import InputSpec, Step, Workflow
-from dagwright.planner.source import Path_, Source
+from dagwright.planner.regex import RegexError, compile_regex, schema_problems
+from dagwright.planner.schema import Step, Workflow
+from dagwright.planner.source import Path_, Source, did_you_mean
 from dagwright.tools.registry import Tool, ToolRegistry
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str | None:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f"did you mean {close[0]!r}?" if close else None
-
-
-def registry_for(
-    workflow: Workflow, registry: ToolRegistry, base_dir: Path | None, source: Source
-) -> tuple[ToolRegistry, list[PlanIssue]]:
-    """The registry a workflow runs with: ``registry`` plus the modules its ``tools:`` names."""
-    if not workflow.tools:
-        return registry, []
-    loaded = registry.copy()
-    issues = []
-    for i, module in enumerate(workflow.tools):
-        try:
-            loaded.load_module(module, base_dir)
-        except (ImportError, DagwrightError, SyntaxError) as exc:
-            issues.append(
-                source.issue(
-                    f"cannot load tool module {module!r}: {type(exc).__name__}: {exc}",
-                    ("tools", i),
-                    field="tools",
-                    hint="name an importable module, or a .py file next to the workflow",
-                )
-            )
-    return loaded, issues
-
-
-def registry_for_run(
-    workflow: Workflow,
-    registry: ToolRegistry,
-    modules: tuple[str, ...] | list[str] = (),
-    source: str | None = None,
-) -> ToolRegistry:
-    """The registry a recorded run executes with: ``registry``, the settings' tool ``modules``
-    and the workflow's ``tools:`` (found next to ``source``, the workflow's file). Raises
-    PlanError when a module cannot load."""
-    if modules:
-        registry = registry.copy()
-        for module in modules:
-            registry.load_module(module)
-    base_dir = Path(source).resolve().parent if source else None
-    registry, issues = registry_for(workflow, registry, base_dir, Source(source))
-    if issues:
-        raise PlanError(issues)
-    return registry
-
-
-# --- output paths ---------------------------------------------------------------------------
-
-
-def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
-    seen = 0
-    while "$ref" in schema and seen < 32:
-        ref = str(schema["$ref"])
-        if not ref.startswith("#/"):
-            return {}
-        node: Any = root
-        for part in ref[2:].split("/"):
-            node = node.get(part, {}) if isinstance(node, Mapping) else {}
-        schema, seen = node, seen + 1
-    return schema
-
-
-def path_problem(schema: Mapping[str, Any] | None, path: tuple[Any, ...]) -> str | None:
-    """Why ``path`` cannot exist in values of ``schema`` (None when it may exist)."""
-    if not schema:
-        return None
-    root, node = schema, schema
-    walked = "output"
-    for part in path:
-        node = _resolve(node, root)
-        if any(k in node for k in ("anyOf", "oneOf", "allOf")) or not node:
-            return None  # unions: don't guess
-        kind = node.get("type")
-        if kind == "object" or "properties" in node:
-            props = node.get("properties", {})
-            extra = node.get("additionalProperties", "properties" not in node)
-            if part in props:
-                node = props[part]
-            elif extra:
-                node = extra if isinstance(extra, Mapping) else {}
-            else:
-                hint = _did_you_mean(str(part), list(props))
-                return f"{walked} has no field {part!r} (fields: {', '.join(props) or 'none'})" + (
-                    f"; {hint}" if hint else ""
-                )
-        elif kind == "array":
-            if not isinstance(part, int):
-                return f"{walked} is a list: index it with [n], not .{part}"
-            node = node.get("items", {})
-        elif kind in ("string", "integer", "number", "boolean", "null"):
-            return f"{walked} is {'an' if kind == 'integer' else 'a'} {kind}; it has no {part!r}"
-        else:
-            return None
-        walked += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return None
-
 
 # --- the validator ----------------------------------------------------------------------------
 
@@ -157,6 +55,7 @@ class _Validator:
         self.issues.append(self.source.issue(message, path, step=step, field=field, hint=hint))
 
     def run(self) -> list[PlanIssue]:
+        self.check_defaults()
         for i, step in enumerate(self.wf.steps):
             if step.id in self.step_ids:
                 first = self.source.line(("steps", self.step_ids[step.id]))
@@ -176,6 +75,22 @@ class _Validator:
         self.check_cycles()
         return self.issues
 
+    def check_defaults(self) -> None:
+        for name, spec in self.wf.inputs.items():
+            if spec.required:
+                continue
+            try:
+                typed_input(spec, spec.default)
+            except ValueError as exc:
+                self.add(
+                    f"the default of input {name!r} must be {spec.type}: {exc} "
+                    f"(got {spec.default!r})",
+                    ("inputs", name, "default"),
+                    field=f"inputs.{name}.default",
+                    hint=f"give a default of type {spec.type}, "
+                    "or remove it to make the input required",
+                )
+
     # tools and arguments
     def check_step(self, i: int, step: Step) -> None:
         at: Path_ = ("steps", i)
@@ -183,7 +98,7 @@ class _Validator:
         if step.uses in self.registry:
             tool = self.tools[step.id] = self.registry.get(step.uses)
         else:
-            hint = _did_you_mean(step.uses, self.registry.names())
+            hint = did_you_mean(step.uses, self.registry.names())
             self.add(
                 f"unknown tool {step.uses!r}",
                 (*at, "uses"),
@@ -199,7 +114,7 @@ class _Validator:
                     "a step cannot need itself", (*at, "needs", j), step=step.id, field="needs"
                 )
             elif need not in self.step_ids:
-                hint = _did_you_mean(need, list(self.step_ids))
+                hint = did_you_mean(need, list(self.step_ids))
                 self.add(
                     f"needs unknown step {need!r}",
                     (*at, "needs", j),
@@ -224,7 +139,7 @@ class _Validator:
                 name = ".".join(map(str, loc))
                 if err["type"] == "extra_forbidden":
                     allowed = list(tool.args_model.model_fields)
-                    hint = _did_you_mean(str(loc[-1]), allowed)
+                    hint = did_you_mean(str(loc[-1]), allowed)
                     self.add(
                         f"tool {tool.name!r} has no argument {loc[-1]!r}",
                         (*at, "with", *loc),
@@ -280,6 +195,18 @@ class _Validator:
                 + " and call "
                 + ", ".join(sorted(SAFE_GLOBALS)),
             )
+        unsafe = expr.unsafe_names()
+        if unsafe:
+            self.add(
+                f"${{{{ {expr.source} }}}} may not read {', '.join(map(repr, unsafe))}: "
+                "expressions cannot read dunder names or Python internals",
+                at,
+                step=step,
+                field=field,
+                hint="read the fields of inputs and of step outputs (keys such as '_id' are "
+                "fine; '__…__' names are not)",
+            )
+            return  # its references would only add noise about the same names
         for ref in expr.refs:
             if ref.root in allowed_roots:
                 problem = self.ref_problem(ref, step)
@@ -297,7 +224,7 @@ class _Validator:
         if target not in self.step_ids:
             return (
                 f"${{{{ {ref} }}}} references unknown step {target!r}",
-                _did_you_mean(target, list(self.step_ids)),
+                did_you_mean(target, list(self.step_ids)),
             )
         if target == step:
             return (f"${{{{ {ref} }}}}: a step cannot read its own output", None)
@@ -322,7 +249,7 @@ class _Validator:
         spec = self.wf.inputs.get(name)
         if spec is None:
             declared = list(self.wf.inputs)
-            hint = _did_you_mean(name, declared)
+            hint = did_you_mean(name, declared)
             return (
                 f"${{{{ {ref} }}}} references undeclared input {name!r}",
                 (hint + " " if hint else "") + "declare it under 'inputs:'",
@@ -363,15 +290,23 @@ class _Validator:
             self.check_value(value, (*at, key), step=step.id, field=f"{field}.{key}")
         if check.regex is not None and "${{" not in check.regex:
             try:
-                re.compile(check.regex)
-            except re.error as exc:
+                compile_regex(check.regex)  # RE2: linear time, or refused here
+            except RegexError as exc:
                 self.add(
-                    f"invalid regex {check.regex!r}: {exc}",
-                    (*at, "regex"),
-                    step=step.id,
-                    field=f"{field}.regex",
+                    str(exc), (*at, "regex"), step=step.id, field=f"{field}.regex", hint=exc.hint
                 )
         if check.json_schema is not None:
+            static = not has_refs(check.json_schema)  # else its regexes are checked at run time
+            for problem in schema_problems(check.json_schema) if static else []:
+                self.add(
+                    f"JSON Schema regex {problem}",
+                    (*at, "schema"),
+                    step=step.id,
+                    field=f"{field}.schema",
+                    hint=problem.hint,
+                )
+            import jsonschema  # only workflows with a schema check need it
+
             try:
                 jsonschema.validators.validator_for(check.json_schema).check_schema(
                     check.json_schema
@@ -386,7 +321,9 @@ class _Validator:
 
     # graph
     def check_cycles(self) -> None:
-        graph = nx.DiGraph()
+        import networkx as nx  # here, not at the top: `dagwright --help` imports no graph library
+
+        graph: nx.DiGraph[str] = nx.DiGraph()
         for step in self.wf.steps:
             graph.add_node(step.id)
             for dep in _safe_deps(step):
@@ -426,7 +363,7 @@ def _describe(tool: Tool, arg: str) -> str:
 
 
 def _schema_summary(tool: Tool) -> str:
-    schema = _resolve(tool.output_schema or {}, tool.output_schema or {})
+    schema = resolve_ref(tool.output_schema or {}, tool.output_schema or {})
     props = schema.get("properties")
     if props:
         return "{" + ", ".join(props) + "}"
@@ -440,103 +377,10 @@ def validate(
     return _Validator(workflow, registry, source or Source()).run()
 
 
-# --- run inputs -------------------------------------------------------------------------------
-
-_TYPES: dict[str, Any] = {
-    "string": str,
-    "integer": int,
-    "number": float,
-    "boolean": bool,
-    "object": dict[str, Any],
-    "array": list[Any],
-}
-
-
-def _parse_text(spec: InputSpec, text: str) -> Any:
-    if spec.type == "string":
-        return text
-    if spec.type == "boolean":
-        lowered = text.strip().lower()
-        if lowered in ("true", "yes", "1", "on"):
-            return True
-        if lowered in ("false", "no", "0", "off"):
-            return False
-        raise ValueError("expected true or false")
-    if spec.type in ("object", "array"):
-        return json.loads(text)
-    return text
-
-
-def resolve_inputs(
-    workflow: Workflow,
-    given: Mapping[str, Any],
-    *,
-    as_text: bool = False,
-    source: Source | None = None,
-) -> dict[str, Any]:
-    """The run's inputs: given values checked and converted to their declared types, defaults
-    filled in. ``as_text`` means values came from a command line (``--input k=v``)."""
-    source = source or Source()
-    issues: list[PlanIssue] = []
-    resolved: dict[str, Any] = {}
-    for name in given:
-        if name not in workflow.inputs:
-            hint = _did_you_mean(name, list(workflow.inputs))
-            issues.append(
-                source.issue(
-                    f"unknown input {name!r}",
-                    ("inputs",),
-                    field=f"inputs.{name}",
-                    hint=(hint + " " if hint else "")
-                    + "declared inputs: "
-                    + (", ".join(workflow.inputs) or "none"),
-                )
-            )
-    for name, spec in workflow.inputs.items():
-        if name not in given:
-            if spec.required:
-                issues.append(
-                    source.issue(
-                        f"missing required input {name!r} ({spec.type})",
-                        ("inputs", name),
-                        field=f"inputs.{name}",
-                        hint=f"pass --input {name}=…",
-                    )
-                )
-            else:
-                resolved[name] = spec.default
-            continue
-        value = given[name]
-        try:
-            if as_text and isinstance(value, str):
-                value = _parse_text(spec, value)
-            strict = not as_text and spec.type != "number"
-            resolved[name] = TypeAdapter(_TYPES[spec.type]).validate_python(value, strict=strict)
-        except (ValueError, ValidationError) as exc:
-            detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-            issues.append(
-                source.issue(
-                    f"input {name!r} must be {spec.type}: {detail} (got {given[name]!r})",
-                    ("inputs", name),
-                    field=f"inputs.{name}",
-                )
-            )
-    if issues:
-        raise PlanError(issues)
-    return resolved
-
-
 def check(workflow: Workflow, registry: ToolRegistry, source: Source | None = None) -> None:
     issues = validate(workflow, registry, source)
     if issues:
         raise PlanError(issues)
 
 
-__all__ = [
-    "check",
-    "path_problem",
-    "registry_for",
-    "registry_for_run",
-    "resolve_inputs",
-    "validate",
-]
+__all__ = ["check", "validate"]

@@ -1,24 +1,32 @@
 """Shared fixtures. Real backends are part of the suite: PostgreSQL tests skip on a laptop without
-it, but fail when CI=true (CI has PostgreSQL at 127.0.0.1:5432)."""
+it, but fail when CI=true (CI has PostgreSQL at 127.0.0.1:5432); Celery tests run real workers on
+a redis-server the session starts (skip without the binary, fail when CI=true)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
 from dagwright.executors.store import MemoryTraceStore, TraceStore
 from dagwright.tools import ToolRegistry, default_registry
 
-REPO = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from dagwright.executors.celery.app import Runtime
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 PG_URL = os.environ.get("DAGWRIGHT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -41,19 +49,28 @@ def require_postgres() -> None:
     pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {problem}")
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
-    require_postgres()
+@contextmanager
+def fresh_schema() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped on exit."""
     import psycopg
 
     schema = f"dw_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     sep = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
+    require_postgres()
+    with fresh_schema() as url:
+        yield url
 
 
 STORE_KINDS = ["memory", "sqlite", "postgres"]
@@ -81,20 +98,88 @@ def registry() -> ToolRegistry:
     return default_registry.copy()
 
 
-# -- Celery: real worker processes on a real Redis ---------------------------------------------------
+# -- Redis: a redis-server of this session's own ---------------------------------------------------
+# Celery tests never use a shared Redis: another process's workers on the same queue would take
+# their messages. Each test session starts a private redis-server; its databases are handed out
+# here, one per user, so that no two clusters share a queue.
 
-REDIS_URL = os.environ.get("DAGWRIGHT_TEST_REDIS", "redis://127.0.0.1:6379/15")
+CELERY_DB = 1  # celery_cluster (SQLite trace store)
+CELERY_PG_DB = 2  # celery_pg_cluster (PostgreSQL trace store)
+RESILIENCE_DB = 3  # tests/test_celery_resilience.py
+MODEL_CACHE_DB = 4  # the Redis model-cache test in tests/test_llm_steps.py
+REPLAN_DB = 5  # tests/test_celery_replan.py
 
 
-def require_redis(url: str = REDIS_URL) -> None:
+def redis_server_binary() -> str:
+    """The redis-server binary: skip without it on a laptop, fail in CI (CI=true)."""
+    binary = shutil.which("redis-server")
+    if binary is not None:
+        return binary
+    if os.environ.get("CI") == "true":
+        pytest.fail("redis-server is required in CI but not on PATH")
+    pytest.skip("redis-server not on PATH")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(port: int, folder: Path, wait: float = 10.0) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1:``port`` without persistence, answering PING."""
+    import redis
+
+    log = folder / f"redis-{port}.log"
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(folder), "--logfile", str(log)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + wait
     try:
-        import redis
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                client.ping()
+                return proc
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    stop_redis(proc)
+    tail = log.read_text()[-2000:] if log.exists() else ""
+    raise RuntimeError(f"redis-server did not start on port {port}: {tail}")
 
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is required in CI but unreachable at {url}: {exc}")
-        pytest.skip(f"Redis not reachable at {url}: {exc}")
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis://127.0.0.1:<port>`` of a redis-server started for this session and killed at its
+    end; add the database (``/<n>``, see the numbers above)."""
+    binary = redis_server_binary()  # skip (or fail in CI) before making anything
+    folder = tmp_path_factory.mktemp("redis")
+    for _ in range(3):  # another process may take the free port before redis-server binds it
+        port = free_port()
+        try:
+            proc = start_redis(port, folder)
+            break
+        except RuntimeError:
+            continue
+    else:
+        raise RuntimeError(f"{binary} did not start (see {folder})")
+    yield f"redis://127.0.0.1:{port}"
+    stop_redis(proc)
+
+
+# -- Celery: real worker processes on the session's Redis -------------------------------------------
 
 
 class Workers:
@@ -106,6 +191,10 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Any] = []
 
+    @property
+    def broker(self) -> str:
+        return self.env["DAGWRIGHT_BROKER"]
+
     def start(
         self, *, concurrency: int = 4, pool: str = "prefork", wait: float = 20.0
     ) -> subprocess.Popen[bytes]:
@@ -113,7 +202,7 @@ class Workers:
         log = open(self.log_dir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
         self.logs.append(log)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "dagwright.executors.celery_app", "worker",
+            [sys.executable, "-m", "celery", "-A", "dagwright.worker", "worker",
              f"--concurrency={concurrency}", f"--pool={pool}", "--loglevel=INFO", "-n", name,
              "--without-gossip", "--without-mingle"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -154,7 +243,7 @@ def celery_env(db: str, broker: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGWRIGHT_")}
     env.update({
         "DAGWRIGHT_DB": db, "DAGWRIGHT_BROKER": broker, "DAGWRIGHT_TOOLS": "contract_tools",
-        "PYTHONPATH": str(Path(__file__).resolve().parent),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
         "DAGWRIGHT_HEARTBEAT": "0.5", "DAGWRIGHT_SWEEP_INTERVAL": "0.5",
         "DAGWRIGHT_REDISPATCH_AFTER": "5",
     })  # fmt: skip
@@ -162,34 +251,67 @@ def celery_env(db: str, broker: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def use_broker(broker: str) -> None:
-    """Point this process's Celery client at the test broker."""
-    from dagwright.executors import celery_app
+_clients: dict[str, Any] = {}
 
-    if celery_app.app.conf.broker_url == broker:
-        return
-    celery_app.app.conf.broker_url = broker
-    # forget connections and producers made for another broker
-    celery_app.app._pool = None
-    celery_app.app.amqp._producer_pool = None
+
+def use_broker(broker: str) -> Runtime:
+    """This process's Celery client for ``broker`` (send, wait, cancel): the one place tests
+    make one. One app per broker, kept for the session."""
+    from dagwright.executors.celery.app import create_app, runtime
+    from dagwright.settings import Settings
+
+    if broker not in _clients:
+        _clients[broker] = runtime(create_app(Settings(broker=broker)))
+    return _clients[broker]
 
 
 def flush_broker(broker: str) -> None:
     import redis
 
-    redis.Redis.from_url(broker).flushdb()
+    with redis.Redis.from_url(broker) as client:
+        client.flushdb()
+
+
+class Cluster(NamedTuple):
+    """A trace store shared by the test process and one worker (4 processes) on its own broker
+    database of the session's Redis."""
+
+    db: str
+    workers: Workers
+
+    @property
+    def broker(self) -> str:
+        return self.workers.broker
+
+
+@contextmanager
+def running_cluster(folder: Path, db: str, broker: str) -> Iterator[Cluster]:
+    flush_broker(broker)
+    workers = Workers(celery_env(db, broker), folder)
+    try:
+        workers.start(concurrency=4)
+        yield Cluster(db, workers)
+    finally:
+        workers.stop_all()
 
 
 @pytest.fixture(scope="session")
-def celery_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Workers]]:
-    """One shared SQLite trace store and one worker (4 processes) for the contract suite."""
-    require_redis()
+def celery_cluster(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """Celery workers on a SQLite trace store, for the session (the contract suite, the CLI)."""
     folder = tmp_path_factory.mktemp("celery")
-    db = str(folder / "trace.db")
-    flush_broker(REDIS_URL)
-    use_broker(REDIS_URL)
-    workers = Workers(celery_env(db, REDIS_URL), folder)
-    workers.start(concurrency=4)
-    yield db, workers
-    workers.stop_all()
-    flush_broker(REDIS_URL)
+    with running_cluster(folder, str(folder / "trace.db"), f"{redis_server}/{CELERY_DB}") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def celery_pg_cluster(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """Celery workers on a PostgreSQL trace store (a fresh schema), for the session: the
+    production set-up."""
+    require_postgres()
+    folder = tmp_path_factory.mktemp("celery-pg")
+    with fresh_schema() as url, running_cluster(folder, url, f"{redis_server}/{CELERY_PG_DB}") as c:
+        yield c

@@ -69,15 +69,20 @@ def text_reply(text: str, *, model: str = "stub-model-2026-11-01") -> dict[str, 
 
 class OpenAIStub:
     """``replies`` are served in order; or ``respond(body)`` picks the recorded reply for each
-    request (when requests arrive concurrently, in no fixed order)."""
+    request (when requests arrive concurrently, in no fixed order). ``reject_auth``: every
+    request gets a 401 whose body echoes its credentials (``Authorization``, ``x-api-key``), as
+    some providers and proxies do. Each logged request keeps its headers (names in lower case)."""
 
     def __init__(
         self,
         replies: list[dict[str, Any]] | None = None,
         respond: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        *,
+        reject_auth: bool = False,
     ) -> None:
         self.replies: deque[dict[str, Any]] = deque(replies or [])
         self.respond = respond
+        self.reject_auth = reject_auth
         self.requests: list[dict[str, Any]] = []
         stub = self
 
@@ -85,7 +90,18 @@ class OpenAIStub:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                stub.requests.append({"path": self.path, "body": body})
+                stub.requests.append(
+                    {
+                        "path": self.path,
+                        "body": body,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                    }
+                )
+                if stub.reject_auth:
+                    sent = self.headers.get("Authorization") or self.headers.get("x-api-key")
+                    self._send(401, {"error": {"message": f"invalid credentials: {sent}",
+                                               "type": "invalid_request_error"}})  # fmt: skip
+                    return
                 known = self.path.endswith("/chat/completions") or self.path.endswith("/messages")
                 if known and stub.respond is not None:
                     self._send(200, stub.respond(body))

@@ -1,13 +1,11 @@
 """The Celery executor when things go wrong: a worker killed mid-step, load, Redis restarting.
 
-Real worker processes on a real Redis, each test with its own broker database and trace store.
+Real worker processes on the session's own redis-server, each test with its own workers and trace
+store; the test that restarts Redis starts a redis-server of its own.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -15,40 +13,42 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Workers, celery_env, flush_broker, require_redis, use_broker
+from conftest import (
+    RESILIENCE_DB,
+    Workers,
+    celery_env,
+    flush_broker,
+    free_port,
+    start_redis,
+    stop_redis,
+    use_broker,
+)
 
 from dagwright.executors import engine
-from dagwright.executors import events as ev
-from dagwright.executors.distributed import Engine
-from dagwright.executors.events import Event
+from dagwright.executors.celery.engine import Engine
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.events import Event
+from dagwright.executors.lifecycle import follow
 from dagwright.executors.store.sql import SqlTraceStore
 from dagwright.planner.schema import Workflow
 from dagwright.tools import default_registry
-
-BROKER = "redis://127.0.0.1:6379/14"
 
 
 def wf(steps: list[dict[str, Any]], name: str = "resilience") -> Workflow:
     return Workflow.model_validate({"name": name, "steps": steps})
 
 
-def submit(eng: Engine, workflow: Workflow) -> str:
-    from dagwright.executors import celery_app
-
+def submit(eng: Engine, workflow: Workflow, broker: str) -> str:
     run_id, dispatches = eng.start(workflow, {})
-    celery_app.send(dispatches)
+    use_broker(broker).send(dispatches)
     return run_id
 
 
 def wait_finished(store: SqlTraceStore, run_ids: list[str], timeout: float) -> None:
+    """Follow each run to its end (``lifecycle.follow``, as the CLI does)."""
     deadline = time.monotonic() + timeout
-    pending = set(run_ids)
-    while pending and time.monotonic() < deadline:
-        for rid in list(pending):
-            if any(e.type == ev.RUN_FINISHED for e in store.events(rid)):
-                pending.discard(rid)
-        time.sleep(0.1)
-    assert not pending, f"{len(pending)} runs did not finish in {timeout}s"
+    for rid in run_ids:
+        follow(store, rid, poll=0.1, timeout=max(0.0, deadline - time.monotonic()))
 
 
 def wait_for(store: SqlTraceStore, run_id: str, predicate: Any, timeout: float = 20) -> list[Event]:
@@ -70,17 +70,22 @@ def finished_once(events: list[Event]) -> None:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[SqlTraceStore, Engine, Workers]]:
-    require_redis(BROKER)
-    flush_broker(BROKER)
-    use_broker(BROKER)
+def broker(redis_server: str) -> Iterator[str]:
+    """This module's database of the session's Redis, emptied around each test."""
+    url = f"{redis_server}/{RESILIENCE_DB}"
+    flush_broker(url)
+    yield url
+    flush_broker(url)
+
+
+@pytest.fixture
+def cluster(broker: str, tmp_path: Path) -> Iterator[tuple[SqlTraceStore, Engine, Workers]]:
     db = str(tmp_path / "trace.db")
     store = SqlTraceStore(db)
-    workers = Workers(celery_env(db, BROKER), tmp_path)
+    workers = Workers(celery_env(db, broker), tmp_path)
     yield store, Engine(store, default_registry), workers
     workers.stop_all()
     store.close()
-    flush_broker(BROKER)
 
 
 def test_a_worker_killed_mid_step_loses_no_work(cluster) -> None:  # noqa: ANN001
@@ -90,7 +95,7 @@ def test_a_worker_killed_mid_step_loses_no_work(cluster) -> None:  # noqa: ANN00
         {"id": "before", "uses": "echo", "with": {"v": 1}},
         {"id": "long", "uses": "sleep", "with": {"ms": 2500}, "needs": ["before"]},
         {"id": "after", "uses": "echo", "with": {"v": "${{ steps.long.output.slept_ms }}"}},
-    ]))  # fmt: skip
+    ]), workers.broker)  # fmt: skip
     wait_for(
         store, run_id, lambda es: any(e.type == ev.ATTEMPT_STARTED and e.step == "long" for e in es)
     )
@@ -128,11 +133,9 @@ def test_twenty_runs_at_once_on_two_worker_processes(cluster) -> None:  # noqa: 
     steps.append({"id": "sink", "uses": "echo", "needs": [f"s{i}" for i in range(13, 19)]})
     workflow = wf(steps, name="load")
     assert len(workflow.steps) == 20
-    run_ids = [submit(eng, workflow) for _ in range(20)]
-    from dagwright.executors import celery_app
-
+    run_ids = [submit(eng, workflow, workers.broker) for _ in range(20)]
     # the worker that records a run's end wakes whoever waits for it (a Redis list)
-    assert celery_app.wait_finished(run_ids[0], 60) == "succeeded"
+    assert use_broker(workers.broker).wait_finished(run_ids[0], 60) == "succeeded"
     wait_finished(store, run_ids, timeout=120)
     for rid in run_ids:
         events = store.events(rid)
@@ -143,37 +146,10 @@ def test_twenty_runs_at_once_on_two_worker_processes(cluster) -> None:  # noqa: 
         assert set(starts.values()) == {1} and len(starts) == 20, "no step recorded twice"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is needed to restart Redis in the middle of a run")
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
-
-
 def test_redis_restarting_mid_run_does_not_lose_the_run(tmp_path: Path) -> None:
-    require_redis()
-    port = _free_port()
+    port = free_port()  # a redis-server of its own: this test kills it
     broker = f"redis://127.0.0.1:{port}/0"
-    redis_proc = _redis(port, tmp_path)
-    use_broker(broker)
+    redis_proc = start_redis(port, tmp_path)
     db = str(tmp_path / "trace.db")
     store = SqlTraceStore(db)
     eng = Engine(store, default_registry)
@@ -185,14 +161,13 @@ def test_redis_restarting_mid_run_does_not_lose_the_run(tmp_path: Path) -> None:
             {"id": f"s{i}", "uses": "sleep", "with": {"ms": 300}, "needs": [f"s{i - 1}"]}
             for i in range(1, 8)
         ]
-        run_id = submit(eng, wf(steps, name="redis-restart"))
+        run_id = submit(eng, wf(steps, name="redis-restart"), broker)
         wait_for(
             store, run_id, lambda es: any(e.type == ev.STEP_FINISHED and e.step == "s2" for e in es)
         )
-        redis_proc.kill()  # Redis dies with the queue in it (no persistence)
-        redis_proc.wait(10)
+        stop_redis(redis_proc)  # kill -9: Redis dies with the queue in it (no persistence)
         time.sleep(1)
-        redis_proc = _redis(port, tmp_path)
+        redis_proc = start_redis(port, tmp_path)
         time.sleep(3)
         if worker.poll() is not None:
             # Celery's consumer can die on a lost Redis connection ("Unrecoverable error",
@@ -207,18 +182,13 @@ def test_redis_restarting_mid_run_does_not_lose_the_run(tmp_path: Path) -> None:
         assert [e.type for e in events].count(ev.RUN_FINISHED) == 1
     finally:
         workers.stop_all()
-        redis_proc.kill()
-        redis_proc.wait(10)
+        stop_redis(redis_proc)
         store.close()
-        use_broker(BROKER)
 
 
-def test_replanning_on_celery_workers(tmp_path: Path) -> None:
+def test_replanning_on_celery_workers(broker: str, tmp_path: Path) -> None:
     from openai_stub import OpenAIStub, tool_reply
 
-    require_redis(BROKER)
-    flush_broker(BROKER)
-    use_broker(BROKER)
     revised = {"name": "fragile", "steps": [
         {"id": "fetch", "uses": "echo", "with": {"text": "raw data"}},
         {"id": "summary2", "uses": "echo", "with": {"s": "${{ steps.fetch.output.text }}"}},
@@ -227,7 +197,7 @@ def test_replanning_on_celery_workers(tmp_path: Path) -> None:
         db = str(tmp_path / "trace.db")
         store = SqlTraceStore(db)
         env = celery_env(
-            db, BROKER, DAGWRIGHT_MODEL="openai:stub", DAGWRIGHT_MODEL_BASE_URL=stub.base_url
+            db, broker, DAGWRIGHT_MODEL="openai:stub", DAGWRIGHT_MODEL_BASE_URL=stub.base_url
         )
         workers = Workers(env, tmp_path)
         try:
@@ -236,7 +206,7 @@ def test_replanning_on_celery_workers(tmp_path: Path) -> None:
                 {"id": "fetch", "uses": "echo", "with": {"text": "raw data"}},
                 {"id": "summarise", "uses": "flaky", "with": {"fail_times": 9}, "needs": ["fetch"],
                  "on_failure": "replan"},
-            ], name="fragile"))  # fmt: skip
+            ], name="fragile"), broker)  # fmt: skip
             wait_finished(store, [run_id], timeout=60)
         finally:
             workers.stop_all()
@@ -250,4 +220,3 @@ def test_replanning_on_celery_workers(tmp_path: Path) -> None:
         assert [e.data["kept"] for e in events if e.type == ev.PLAN_REVISED] == [["fetch"]]
         assert len(stub.requests) == 1
         store.close()
-        flush_broker(BROKER)

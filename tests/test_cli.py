@@ -197,10 +197,8 @@ def test_help_texts_list_every_command(tmp_path: Path) -> None:
 
 
 def test_run_on_celery_workers_follows_and_detaches(tmp_path: Path, celery_cluster: Any) -> None:
-    from conftest import REDIS_URL
-
-    db, _ = celery_cluster
-    env = {"DAGWRIGHT_DB": db, "DAGWRIGHT_BROKER": REDIS_URL}
+    db = celery_cluster.db
+    env = {"DAGWRIGHT_DB": db, "DAGWRIGHT_BROKER": celery_cluster.broker}
     example = str(REPO / "workflows/examples/retries.yaml")
     proc = cli("run", example, "--executor", "celery", "--json", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -69,3 +69,23 @@ def test_refused_by_validate_and_run(
         assert expected in result.stderr, (command, result.stderr)
         assert str(path) in result.stderr, "the file is named"
     assert not (tmp_path / ".dagwright").exists(), "nothing ran and nothing was recorded"
+
+
+def test_an_ill_typed_default_is_refused_at_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "name: bad\ninputs:\n  n:\n    type: integer\n    default: two\n"
+        "steps:\n  - {id: a, uses: echo, with: {x: '${{ inputs.n }}'}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("DAGWRIGHT_")]:
+        monkeypatch.delenv(key)
+    for command in ("validate", "run"):
+        result = CliRunner().invoke(app, [command, str(path)])
+        assert result.exit_code == 2, (command, result.output)
+        assert f"{path}:5, field 'inputs.n.default'" in result.stderr, (command, result.stderr)
+        assert "the default of input 'n' must be integer" in result.stderr
+        assert "remove it to make the input required" in result.stderr, "a hint"
+    assert not (tmp_path / ".dagwright").exists(), "nothing ran and nothing was recorded"

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from dagwright.errors import StaleState
-from dagwright.executors import events as ev
-from dagwright.executors.distributed import Dispatch, Engine
+from dagwright.executors.celery.engine import Dispatch, Engine
+from dagwright.executors.engine import events as ev
 from dagwright.executors.store.sql import SqlTraceStore
 from dagwright.planner.schema import Workflow
 from dagwright.tools import ToolRegistry
@@ -65,3 +65,66 @@ def test_a_decision_on_a_stale_state_is_made_again(tmp_path: Path, registry: Too
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     for s in stores:
         s.close()
+
+
+FRAGILE = Workflow.model_validate({"name": "fragile", "steps": [
+    {"id": "a", "uses": "echo", "with": {"x": 1}},
+    {"id": "b", "uses": "flaky", "with": {"fail_times": 9}, "needs": ["a"],
+     "on_failure": "replan"},
+]})  # fmt: skip
+REVISED = Workflow.model_validate({"name": "fragile", "steps": [
+    {"id": "a", "uses": "echo", "with": {"x": 1}},
+    {"id": "c", "uses": "echo", "with": {"y": 2}, "needs": ["a"]},
+]})  # fmt: skip
+
+
+def test_replanning_asks_once_and_records_one_outcome_per_revision(
+    tmp_path: Path, registry: ToolRegistry
+) -> None:
+    """Two workers (or a worker and a sweeper) reach the same failed step: one replanner call;
+    another only a minute after the failure (the first worker may be lost), and whichever
+    outcome is recorded first wins: a late revision after a failed try is dropped."""
+    now = [1019.5]
+    calls: list[str] = []
+    db = str(tmp_path / "t.db")
+    seen: dict[str, Any] = {}
+
+    def slow_revising(*_: Any) -> Workflow:
+        calls.append("revising")
+        now[0] += 1  # a second later (and across a wall-clock minute): not asked again
+        seen["at once"] = other.advance(seen["run_id"])
+        now[0] += 61  # the first worker looks lost: the other asks again, and fails first
+        seen["a minute later"] = other.advance(seen["run_id"])
+        return REVISED
+
+    def failing(*_: Any) -> Workflow:
+        calls.append("failing")
+        raise RuntimeError("the model is unreachable")
+
+    one = Engine(SqlTraceStore(db), registry, clock=lambda: now[0], replanner=slow_revising)
+    other = Engine(SqlTraceStore(db), registry, clock=lambda: now[0], replanner=failing)
+    run_id, first = one.start(FRAGILE, {})
+    seen["run_id"] = run_id
+    (b,) = one.execute(first[0])
+    assert one.execute(b) == [], "the late revision is not recorded: nothing to dispatch"
+    assert calls == ["revising", "failing"]
+    assert seen == {"run_id": run_id, "at once": [], "a minute later": []}
+    events = one.store.events(run_id)
+    assert [e.type for e in events].count(ev.PLAN_REVISED) == 0
+    assert events[-1].type == ev.RUN_FINISHED and events[-1].data["status"] == "failed"
+    assert events[-1].data["error"]["replan"] == "replanning failed: the model is unreachable"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+def test_a_revision_recorded_first_wins(tmp_path: Path, registry: ToolRegistry) -> None:
+    db = str(tmp_path / "t.db")
+    one = Engine(SqlTraceStore(db), registry, replanner=lambda *_: REVISED)
+    run_id, first = one.start(FRAGILE, {})
+    (b,) = one.execute(first[0])
+    (c,) = one.execute(b)  # b failed for good; the revision adds c, dispatched at once
+    assert c.step == "c"
+    assert one.execute(c) == []
+    events = one.store.events(run_id)
+    revision = next(e for e in events if e.type == ev.PLAN_REVISED)
+    assert revision.data["kept"] == ["a"] and revision.data["failed_step"] == "b"
+    assert events[-1].data["status"] == "succeeded" and events[-1].data["output"] == {"c": {"y": 2}}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dagwright.executors import engine
-from dagwright.executors import events as ev
-from dagwright.executors.events import Event
-from dagwright.executors.retry import backoff_delay, should_retry
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.events import Event
+from dagwright.executors.engine.retry import backoff_delay, should_retry
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import RetryPolicy, Workflow
 
@@ -42,12 +42,12 @@ def test_a_step_is_ready_the_moment_its_last_dependency_succeeds() -> None:
     state = engine.RunState.initial(PLAN, "r")
     assert engine.ready_steps(PLAN, state) == ["a", "e"]
     for e in (schedule("a"), schedule("e"), finish("a")):
-        engine.apply(PLAN, state, e)
+        state = engine.apply(state, e)
     assert engine.ready_steps(PLAN, state) == ["b", "c"], "e still running does not hold b and c"
     for e in (schedule("b"), schedule("c"), finish("b")):
-        engine.apply(PLAN, state, e)
+        state = engine.apply(state, e)
     assert engine.ready_steps(PLAN, state) == []
-    engine.apply(PLAN, state, finish("c"))
+    state = engine.apply(state, finish("c"))
     assert engine.ready_steps(PLAN, state) == ["d"]
 
 
@@ -67,7 +67,7 @@ def test_a_failure_halts_dispatch_and_blocks_dependents() -> None:
         "d": "upstream step 'b' was skipped",
     }
     assert not engine.is_settled(state), "e is still running"
-    engine.apply(PLAN, state, finish("e"))
+    state = engine.apply(state, finish("e"))
     assert engine.is_settled(state)
     assert engine.final_status(PLAN, state) == "failed"
 

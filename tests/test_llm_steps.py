@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from openai_stub import OpenAIStub, text_reply, tool_reply
 
-from dagwright.executors import events as ev
+from dagwright.executors.engine import events as ev
 from dagwright.executors.local import LocalExecutor
 from dagwright.executors.store.sql import SqlTraceStore
 from dagwright.planner.schema import Workflow
@@ -94,12 +94,15 @@ def test_structured_output_follows_the_schema(
     assert result.output == {"tag": {"title": "t", "tags": ["one", "two"]}}
     sent = stub.requests[0]["body"]["tools"][0]["function"]["parameters"]
     assert sent["properties"]["value"] == schema
-    assert (
-        "minItems" in str(stub.requests[1]["body"]["messages"][-1]["content"])
-        or len(stub.requests) == 2
-    )
+    # one re-ask: the second request tells the model why its first answer was refused
+    assert len(stub.requests) == 2
+    reask = stub.requests[1]["body"]["messages"][-1]
+    assert reask["role"] == "tool" and reask["content"].startswith("Validation Error found:")
+    assert "value at tags: ['one'] is too short" in reask["content"]
     errors = [e.data["error"] for e in store.events(result.run_id) if e.type == ev.MODEL_CALL]
-    assert errors[0] and "tags" in errors[0] and errors[1] is None
+    assert len(errors) == 2 and errors[1] is None
+    assert errors[0].startswith("invalid answer: ")
+    assert "value at tags: ['one'] is too short" in errors[0]
 
 
 def test_a_failed_verify_is_told_to_the_model_on_retry(
@@ -160,13 +163,14 @@ def test_a_judge_check_asks_the_model_and_its_no_is_retried(
     assert [c.data["purpose"] for c in calls] == ["llm.judge", "llm.judge"]
 
 
-def test_redis_as_the_model_cache(stub: OpenAIStub, tmp_path: Path, registry: ToolRegistry) -> None:
-    from conftest import flush_broker, require_redis
+def test_redis_as_the_model_cache(
+    stub: OpenAIStub, tmp_path: Path, registry: ToolRegistry, redis_server: str
+) -> None:
+    from conftest import MODEL_CACHE_DB, flush_broker
 
     from dagwright.agents.cache import RedisCache
 
-    url = "redis://127.0.0.1:6379/11"  # not the Celery tests' broker databases
-    require_redis(url)
+    url = f"{redis_server}/{MODEL_CACHE_DB}"  # the session's own Redis, not a broker database
     flush_broker(url)
     cache = RedisCache(url, prefix=f"test:{tmp_path.name}:")
     stub.replies.append(text_reply("from the model"))

@@ -95,3 +95,28 @@ def test_split_refuses_unclosed_and_empty_expressions() -> None:
     with pytest.raises(ExpressionError, match="empty"):
         split("a ${{  }}")
     assert split("plain {{ jinja }} text") == ["plain {{ jinja }} text"]
+
+
+@pytest.mark.parametrize(("source", "value"), [("true", True), ("False", False), ("none", None)])
+def test_jinja_constants_are_constants_not_names(source: str, value: object) -> None:
+    expr = expression(source)
+    assert expr.evaluate({}) is value
+    assert expr.names() == set() and expr.refs == ()
+
+
+def test_unsafe_names_are_found_statically() -> None:
+    assert expression("inputs.__class__").unsafe_names() == ["__class__"]
+    assert expression("steps.a.output.x.mro()[1].__subclasses__()").unsafe_names() == [
+        "mro",
+        "__subclasses__",
+    ]
+    assert expression("inputs['__k'] ~ inputs.f.func_globals").unsafe_names() == [
+        "__k",
+        "func_globals",
+    ]
+    # a single underscore is data: `_id`, `_links` in API responses
+    assert expression("steps.a.output._id ~ steps.a.output['_links']").unsafe_names() == []
+    assert expression("inputs.x | attr('__dict__')").unsafe_names() == ["__dict__"]
+    assert expression("inputs.xs | map(attribute='a.__doc__') | list").unsafe_names() == ["__doc__"]
+    assert expression("len(steps.a.output.items) + inputs.n").unsafe_names() == []
+    assert expression("steps.a.output['items'][0] | upper").unsafe_names() == []

@@ -3,6 +3,7 @@ replayed with the server stopped and every provider made to raise if called."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -14,7 +15,7 @@ import pytest
 from openai_stub import OpenAIStub, text_reply, tool_reply
 
 from dagwright.agents import models
-from dagwright.executors import events as ev
+from dagwright.executors.engine import events as ev
 from dagwright.executors.local import LocalExecutor
 from dagwright.executors.replay import replay_run
 from dagwright.executors.store.memory import MemoryTraceStore
@@ -102,11 +103,23 @@ def no_provider(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_replay_reproduces_the_run_without_calling_out(
-    recorded: tuple[SqlTraceStore, str], no_provider: list[str], registry_with_publish: ToolRegistry
+    recorded: tuple[SqlTraceStore, str],
+    no_provider: list[str],
+    registry_with_publish: ToolRegistry,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store, run_id = recorded
     published = len(PUBLISHED)
-    report = replay_run(store, run_id, registry_with_publish)
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float, *args: Any, **kwargs: Any) -> Any:
+        waits.append(delay)
+        return await real_sleep(delay, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(asyncio, "sleep", recording_sleep)
+        report = replay_run(store, run_id, registry_with_publish)
     assert report.divergences == [], report.divergences
     assert report.status == "succeeded"
     assert no_provider == [] and len(PUBLISHED) == published, "nothing was called"
@@ -120,7 +133,8 @@ def test_replay_reproduces_the_run_without_calling_out(
     }  # fmt: skip
     draft = [e for e in replayed if e.type == ev.ATTEMPT_FINISHED and e.step == "draft"]
     assert [d.data["status"] for d in draft] == ["failed", "succeeded"]
-    assert draft[1].at - draft[0].at < 0.2, "a replay does not wait to retry"
+    assert draft[0].data["retry_in"] == 0.2, "the retry is scheduled as recorded…"
+    assert not [w for w in waits if w >= 0.2], "…but a replay does not wait for it"
 
 
 def _alter_model_response(db: Path, run_id: str, step: str, attempt: int, text: str) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dagwright.errors import RunNotFound, StoreError
-from dagwright.executors import events as ev
-from dagwright.executors.events import Event
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.events import Event
 from dagwright.executors.store import RunRecord, TraceStore
 
 
@@ -210,6 +210,7 @@ def test_a_store_from_an_earlier_version_is_upgraded_in_place(tmp_path: Path) ->
     old.append(run_id, [_event(run_id, ev.RUN_STARTED), _event(run_id, ev.STEP_SCHEDULED, "a")])
     old.close()
     with sqlite3.connect(path) as conn:  # make it look like the earlier schema
+        conn.execute("DROP TABLE dagwright_schema")  # (earlier versions had no version table)
         conn.execute("ALTER TABLE dagwright_runs DROP COLUMN next_seq")
         conn.execute("DROP INDEX ix_dagwright_runs_parent_run_id")
         for column in ("parent_run_id", "mode", "from_steps"):
@@ -259,3 +260,31 @@ def test_an_append_expecting_a_seq_is_refused_when_the_run_moved_on(store: Trace
     assert again is not None and again[0].seq == 3
     assert store.append(run_id, [_event(run_id, ev.STEP_SCHEDULED, "b")], claims=["x"],
                         expect_seq=4) is None  # fmt: skip
+
+
+@pytest.mark.postgres
+def test_many_processes_may_open_a_fresh_postgres_store_at_once(pg_url: str) -> None:
+    """A worker pool's processes open the (empty) shared store at the same moment: the schema
+    is created once, nobody fails on concurrent CREATE TABLEs."""
+
+    from dagwright.executors.store.sql import SqlTraceStore
+
+    barrier = threading.Barrier(8)
+    opened: list[SqlTraceStore] = []
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        barrier.wait()
+        try:
+            opened.append(SqlTraceStore(pg_url))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(opened) == 8
+    for s in opened:
+        s.close()

@@ -92,3 +92,24 @@ def test_a_workflow_loads_its_tool_module_from_its_folder(
     messages = [i.message for i in exc.value.issues]
     assert any("cannot load tool module 'no_such_module'" in m for m in messages)
     assert exc.value.issues[0].line == 2
+
+
+def test_built_ins_load_once_and_every_thread_sees_them() -> None:
+    """A fresh interpreter: 16 threads look a built-in up at once (a threads-pool worker's
+    first tasks); none may find the registry half loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from dagwright.tools import default_registry\n"
+        "barrier = threading.Barrier(16); found = []\n"
+        "def look():\n"
+        "    barrier.wait(); found.append('sleep' in default_registry)\n"
+        "threads = [threading.Thread(target=look) for _ in range(16)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(sum(found))\n"
+    )
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.stdout.strip() == "16", out.stderr

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from dagwright.errors import PlanError, PlanIssue
+from dagwright.planner.inputs import resolve_inputs
 from dagwright.planner.loader import loads_workflow
 from dagwright.planner.prepare import prepare
-from dagwright.planner.validate import resolve_inputs
 from dagwright.tools import ToolRegistry
 
 
@@ -275,3 +275,104 @@ def test_inputs_are_checked_and_converted(registry: ToolRegistry) -> None:
         resolve_inputs(wf, {"n": "three"}, as_text=True)
     with pytest.raises(PlanError, match="must be integer"):
         resolve_inputs(wf, {"n": "3"})  # from JSON, a string is not an integer
+
+
+def test_an_ill_typed_default_is_refused_at_its_line(registry: ToolRegistry) -> None:
+    issues = problems(
+        """
+        name: x
+        inputs:
+          n:
+            type: integer
+            default: two
+          ratio: {type: number, default: 2}
+          cfg: {type: object, default: {}}
+          tags: {type: array, default: [a]}
+        steps: [{id: a, uses: echo, with: {x: "${{ inputs.n }}"}}]
+        """,
+        registry,
+    )
+    assert [str(i) for i in issues] == [
+        "wf.yaml:6, field 'inputs.n.default': the default of input 'n' must be integer: "
+        "Input should be a valid integer (got 'two') "
+        "(give a default of type integer, or remove it to make the input required)"
+    ]
+
+
+def test_validate_itself_refuses_an_ill_typed_default(registry: ToolRegistry) -> None:
+    """What the executors call before a run: a bad default never reaches resolve_inputs."""
+    from dagwright.planner.validate import validate
+
+    loaded = loads_workflow(
+        "name: x\ninputs:\n  flag: {type: boolean, default: 'yes'}\nsteps: [{id: a, uses: echo}]\n",
+        file="wf.yaml",
+    )
+    issues = validate(loaded.workflow, registry, loaded.source)
+    assert [(i.line, i.field) for i in issues] == [(3, "inputs.flag.default")]
+    assert "must be boolean" in issues[0].message
+
+
+def test_a_check_with_two_kinds_is_one_problem(registry: ToolRegistry) -> None:
+    issues = problems(
+        """
+        name: x
+        steps:
+          - id: a
+            uses: echo
+            verify:
+              - {expr: "output.x", regex: y}
+        """,
+        registry,
+    )
+    assert len(issues) == 1, [str(i) for i in issues]
+    assert "exactly one of" in issues[0].message and issues[0].line == 7
+
+
+@pytest.mark.parametrize(
+    ("where", "expected_field"),
+    [
+        ("with: {x: '${{ inputs.topic.__class__ }}'}", "with.x"),
+        ("with: {x: 'see ${{ inputs.topic.__globals__ }}'}", "with.x"),
+        ("with: {x: '${{ steps.a.output.f.__subclasses__() }}'}", "with.x"),
+        ("with: {x: '${{ steps.a.output[\"__dict__\"] }}'}", "with.x"),
+        ("with: {x: '${{ (steps.a.output | list).mro }}'}", "with.x"),
+        ("with: {x: '${{ steps.a.output.f.func_globals }}'}", "with.x"),
+        ("with: {x: '${{ steps.a.output.g.gi_frame }}'}", "with.x"),
+        ("with: {x: '${{ steps.a.output | attr(\"__class__\") }}'}", "with.x"),
+        ("verify: [{expr: 'output.__class__ is defined'}]", "verify[0].expr"),
+        ("verify: [{contains: x, target: 'output.__dict__'}]", "verify[0].target"),
+        ("verify: [{contains: '${{ inputs.topic.__len__ }}'}]", "verify[0].contains"),
+    ],
+)
+def test_unsafe_attributes_are_refused_before_anything_runs(
+    registry: ToolRegistry, where: str, expected_field: str
+) -> None:
+    issues = problems(
+        f"""
+        name: x
+        inputs: {{topic: string}}
+        steps:
+          - {{id: a, uses: echo}}
+          - id: b
+            uses: echo
+            {where}
+        """,
+        registry,
+    )
+    assert len(issues) == 1, [str(i) for i in issues]
+    issue = issues[0]
+    assert "may not read" in issue.message and issue.hint
+    assert (issue.file, issue.line, issue.step, issue.field) == ("wf.yaml", 8, "b", expected_field)
+
+
+def test_an_unsafe_attribute_in_the_output_is_refused(registry: ToolRegistry) -> None:
+    issues = problems(
+        """
+        name: x
+        steps: [{id: a, uses: echo}]
+        output: {v: "${{ steps.a.output.__class__.__mro__ }}"}
+        """,
+        registry,
+    )
+    assert [(i.line, i.step, i.field) for i in issues] == [(4, None, "output.v")]
+    assert "'__class__'" in issues[0].message and "'__mro__'" in issues[0].message

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagwright.executors.verify import run_check
-from dagwright.planner.schema import Check
+from dagwright.executors.engine import decisions
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.verify import run_check, run_checks
+from dagwright.executors.local import LocalExecutor
+from dagwright.executors.store import MemoryTraceStore
+from dagwright.planner.schema import Check, Workflow
+from dagwright.tools import ToolRegistry
 
 CTX: dict[str, Any] = {"inputs": {"min": 2, "word": "beta"}, "steps": {}}
 
@@ -58,3 +63,59 @@ def test_schema() -> None:
         "'title' is a required property" in missing["message"]
         and "(and 1 more)" in missing["message"]
     )
+
+
+def test_labels_are_rendered_like_the_values() -> None:
+    failed = check({"contains": "${{ inputs.word }}"}, "alpha")
+    assert failed["check"] == "check 1 (contains: beta)"
+    assert failed["message"] == "check 1 (contains: beta) failed: 'beta' not found in the output"
+    named = check({"regex": "^${{ inputs.word }}$", "name": "is ${{ inputs.word }}"}, "alpha")
+    assert named["message"] == "is beta failed: no match for /^beta$/"
+
+
+def test_a_label_that_cannot_render_stays_as_written() -> None:
+    failed = check({"contains": "${{ inputs.nope }}"}, "alpha")
+    assert failed["check"] == "check 1 (contains: ${{ inputs.nope }})"
+    assert "no field 'nope'" in failed["message"]
+
+
+def test_run_checks_renders_every_label() -> None:
+    checks = [Check.model_validate({"not_contains": "${{ inputs.word }}"}), Check(regex="^a")]
+    results = run_checks(checks, "beta", CTX)
+    assert [r["check"] for r in results] == ["check 1 (not_contains: beta)", "check 2 (regex: ^a)"]
+    assert (
+        results[0]["message"] == "check 1 (not_contains: beta) failed: 'beta' found in the output"
+    )
+
+
+def test_the_recorded_failure_names_the_rendered_value(registry: ToolRegistry) -> None:
+    """What the next attempt is told (llm.generate: "Your previous answer was rejected: …")."""
+    workflow = Workflow.model_validate(
+        {
+            "name": "labels",
+            "inputs": {"topic": {"type": "string", "default": "graphs"}},
+            "steps": [
+                {
+                    "id": "say",
+                    "uses": "echo",
+                    "with": {"text": "nothing relevant"},
+                    "verify": [{"contains": "${{ inputs.topic }}"}],
+                    "retry": {"max_attempts": 2, "backoff": 0},
+                }
+            ],
+        }
+    )
+    store = MemoryTraceStore()
+    result = LocalExecutor(store, registry).run(workflow)
+    assert result.status == "failed"
+    errors = [
+        e.data["error"]["message"]
+        for e in store.events(result.run_id)
+        if e.type == ev.ATTEMPT_FINISHED and e.data.get("error")
+    ]
+    assert len(errors) == 2
+    for message in errors:
+        assert "check 1 (contains: graphs) failed: 'graphs' not found" in message
+        assert "${{" not in message
+    told = decisions.previous_failure(result.state, "say", 2)
+    assert told is not None and "contains: graphs" in told and "${{" not in told

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dagwright.errors import StepError
@@ -15,9 +14,15 @@ from dagwright.tools.registry import ToolContext, tool
 
 def json_schema_answer(schema: dict[str, Any]) -> type[BaseModel]:
     """A response model whose JSON schema is ``{"value": schema}`` and whose validation is
-    jsonschema's: any JSON Schema a workflow gives becomes structured output."""
+    jsonschema's: any JSON Schema a workflow gives becomes structured output (its regexes
+    matched by RE2, in linear time: ``planner.regex``)."""
+    from dagwright.planner.regex import schema_problems, schema_validator
+
+    problems = schema_problems(schema)
+    if problems:
+        raise StepError("schema: " + "; ".join(map(str, problems)), retryable=False)
     wrapped = {"type": "object", "properties": {"value": schema}, "required": ["value"]}
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    validator = schema_validator(schema)
 
     class Answer(BaseModel):
         model_config = ConfigDict(title="Answer")
@@ -113,6 +118,7 @@ def _ask(
                              response=hit, cache_hit=True, purpose=purpose))  # fmt: skip
             return hit["value"]
     provider = connect(model, ModelSettings.from_settings(settings, max_tokens=max_tokens))
+    value: dict[str, Any] | str
     try:
         if answer_model is not None:
             parsed = provider.structured(

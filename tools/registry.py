@@ -13,11 +13,12 @@ import importlib.util
 import inspect
 import re
 import sys
+import threading
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from pydantic_core import to_jsonable_python
@@ -103,7 +104,7 @@ def _build_tool(
             "define the types it uses at module level"
         ) from None
     fields: dict[str, Any] = {}
-    extra = "forbid"
+    extra: Literal["forbid", "allow"] = "forbid"
     context_param = None
     for pname, param in inspect.signature(fn).parameters.items():
         annotation = hints.get(pname, Any)
@@ -121,7 +122,7 @@ def _build_tool(
         else:
             fields[pname] = (annotation, default)
     model_name = "".join(part.title() for part in re.split(r"[._]", name)) + "Args"
-    args_model = create_model(  # type: ignore[call-overload]
+    args_model = create_model(
         model_name, __config__=ConfigDict(extra=extra, populate_by_name=True), **fields
     )
     output_adapter = None
@@ -145,10 +146,35 @@ def _build_tool(
 
 
 class ToolRegistry:
-    """Name → tool. ``copy()`` gives an isolated registry (tests, one workflow's user tools)."""
+    """Name → tool. ``copy()`` gives an isolated registry (tests, one workflow's user tools).
 
-    def __init__(self, tools: dict[str, Tool] | None = None) -> None:
+    ``builtins``: modules whose ``@tool`` functions register here on first use (the default
+    registry's built-ins load when a tool is first looked up, not when the package is
+    imported: validation and the pure engine never load them)."""
+
+    def __init__(
+        self, tools: dict[str, Tool] | None = None, *, builtins: tuple[str, ...] = ()
+    ) -> None:
         self._tools: dict[str, Tool] = dict(tools or {})
+        self._pending = builtins
+        self._loading = False
+
+    def _load_builtins(self) -> None:
+        """Import the built-in modules once; other threads wait until they are registered
+        (a threads-pool worker's first tasks look tools up at once)."""
+        if not self._pending:
+            return
+        with _builtins_lock:
+            if not self._pending or self._loading:  # done meanwhile, or our own import's call
+                return
+            self._loading = True
+            loading, _collect_stack[:] = list(_collect_stack), []  # built-ins are everyone's
+            try:
+                for module in self._pending:
+                    importlib.import_module(module)
+            finally:
+                _collect_stack[:] = loading
+                self._pending, self._loading = (), False
 
     def register(
         self,
@@ -158,6 +184,7 @@ class ToolRegistry:
         description: str | None = None,
         replay: str = "serve",
     ) -> Tool:
+        self._load_builtins()
         t = _build_tool(fn, name or fn.__name__, description, replay)
         existing = self._tools.get(t.name)
         if existing is not None and existing.fn is not fn:
@@ -182,34 +209,60 @@ class ToolRegistry:
         return decorate
 
     def get(self, name: str) -> Tool:
+        self._load_builtins()
         try:
             return self._tools[name]
         except KeyError:
             raise ToolNotFound(f"no tool named {name!r} is registered") from None
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._tools
 
     def __iter__(self) -> Iterator[Tool]:
+        self._load_builtins()
         return iter(sorted(self._tools.values(), key=lambda t: t.name))
 
     def names(self) -> list[str]:
+        self._load_builtins()
         return sorted(self._tools)
 
     def copy(self) -> ToolRegistry:
+        self._load_builtins()
         return ToolRegistry(self._tools)
 
-    def load_module(self, module: str, search_dir: Path | None = None) -> None:
+    def load_module(
+        self, module: str, search_dir: Path | None = None, *, importable: bool = True
+    ) -> None:
         """Import a module of user tools; its ``@tool`` functions register into this registry.
 
-        ``module`` is a dotted module name importable from ``sys.path``, or the name of a
-        ``.py`` file in ``search_dir`` (the workflow file's folder).
+        ``module`` is a dotted module name (``a.b``, never a path): the ``.py`` file (or package)
+        of that name inside ``search_dir`` (the workflow file's folder), whose real path must stay
+        inside it (symlinks are resolved); else, when ``importable``, the module of that name
+        importable from ``sys.path``. Raises DagwrightError, importing nothing, when the name is
+        not a module name, the file leaves the folder, or the module is not allowed.
         """
-        candidate = search_dir / f"{module.replace('.', '/')}.py" if search_dir else None
+        if not MODULE_NAME.match(module):
+            raise DagwrightError(
+                f"{module!r} is not a module name: write a dotted name such as 'my_tools' "
+                "(a .py file in the workflow's folder), never a path"
+            )
+        self._load_builtins()
+        candidate = local_module_file(module, search_dir) if search_dir is not None else None
+        if candidate is None and not importable:
+            where = f" in {search_dir}" if search_dir is not None else ""
+            raise DagwrightError(
+                f"no {module.replace('.', '/')}.py{where}, and {module!r} is not a module the "
+                "settings allow to import by name (DAGWRIGHT_TOOLS)"
+            )
         with _collecting_into(self):
-            if candidate is not None and candidate.is_file():
+            if candidate is not None:
                 spec = importlib.util.spec_from_file_location(
-                    f"dagwright_user_tools.{module}", candidate
+                    f"dagwright_user_tools.{module}",
+                    candidate,
+                    submodule_search_locations=[str(candidate.parent)]
+                    if candidate.name == "__init__.py"
+                    else None,
                 )
                 assert spec is not None and spec.loader is not None
                 mod = importlib.util.module_from_spec(spec)
@@ -217,13 +270,41 @@ class ToolRegistry:
                 spec.loader.exec_module(mod)
             else:
                 imported = importlib.import_module(module)
-                # already imported elsewhere: its decorators ran into the default registry
-                for t in list(default_registry):
-                    if getattr(t.fn, "__module__", None) == imported.__name__:
-                        self._tools.setdefault(t.name, t)
+                # imported before: its decorators ran then, into the registry loading it
+                for t in _module_tools.get(imported.__name__, {}).values():
+                    self._tools.setdefault(t.name, t)
 
 
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+"""What a workflow's ``tools:`` entry may be: a dotted module name, never a path."""
+
+
+def local_module_file(module: str, folder: Path) -> Path | None:
+    """The file of dotted ``module`` inside ``folder`` (``a/b.py``, or a package's
+    ``a/b/__init__.py``), or None when there is none. Raises DagwrightError when it exists but
+    its real path (symlinks resolved) is not strictly inside ``folder``'s."""
+    root = folder.resolve()
+    base = folder.joinpath(*module.split("."))
+    for candidate in (base.with_name(base.name + ".py"), base / "__init__.py"):
+        if not candidate.exists() and not candidate.is_symlink():
+            continue
+        real = candidate.resolve()
+        if real == root or not real.is_relative_to(root):
+            raise DagwrightError(
+                f"{candidate} leaves the workflow's folder (it resolves to {real}); "
+                "a workflow loads tool modules from its own folder only"
+            )
+        if real.is_file():
+            return real
+    return None
+
+
+_builtins_lock = threading.RLock()
 _collect_stack: list[ToolRegistry] = []
+"""The registries loading a module of user tools right now (``load_module``)."""
+_module_tools: dict[str, dict[str, Tool]] = {}
+"""Every ``@tool`` function seen, by module: a module imported once gives its tools to every
+registry that loads it later."""
 
 
 class _collecting_into:
@@ -239,7 +320,10 @@ class _collecting_into:
         _collect_stack.pop()
 
 
-default_registry = ToolRegistry()
+BUILTIN_TOOL_MODULES = ("dagwright.tools.builtin", "dagwright.tools.llm")
+default_registry = ToolRegistry(builtins=BUILTIN_TOOL_MODULES)
+"""Every registered tool: the built-ins (echo, sleep, flaky, llm.generate; loaded on first
+use) and every ``@tool`` function imported since."""
 
 
 def tool(
@@ -250,8 +334,10 @@ def tool(
         @tool("text.word_count")
         def word_count(text: str, top: int = 5) -> dict[str, int]: ...
 
-    The function registers into the default registry, and into the registry that is loading
-    its module, if any (a workflow's ``tools:`` list).
+    The function registers into the registry that is loading its module (a workflow's
+    ``tools:``, ``DAGWRIGHT_TOOLS``: ``ToolRegistry.load_module``), or, when its module is
+    imported directly, into the default registry. One workflow's tools never appear in another
+    workflow's registry, nor in the default one.
 
     ``replay``: what ``dagwright replay`` does with it. ``"serve"`` (the default, safe for
     tools with side effects) serves the recorded outcome and checks the arguments;
@@ -259,9 +345,10 @@ def tool(
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        default_registry.register(fn, name=name, description=description, replay=replay)
-        for registry in _collect_stack:
-            registry.register(fn, name=name, description=description, replay=replay)
+        targets = _collect_stack[-1:] or [default_registry]
+        for registry in targets:
+            t = registry.register(fn, name=name, description=description, replay=replay)
+            _module_tools.setdefault(fn.__module__, {})[t.name] = t
         return fn
 
     return decorate

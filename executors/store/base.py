@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dagwright.errors import RunNotFound
-from dagwright.executors.events import Event
+from dagwright.executors.engine.events import Event
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dagwright.errors import StaleState, StoreError
-from dagwright.executors.events import RUN_FINISHED, Event
+from dagwright.executors.engine.events import RUN_FINISHED, Event
 from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id
 
 

@@ -14,92 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
-from sqlalchemy import (
-    Column,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    bindparam,
-    create_engine,
-    event,
-    func,
-    inspect,
-    select,
-)
+from sqlalchemy import bindparam, create_engine, event, func, select
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
 from dagwright.errors import StaleState, StoreError
-from dagwright.executors.events import RUN_FINISHED, STEP_FINISHED, Event
+from dagwright.executors.engine.events import RUN_FINISHED, STEP_FINISHED, Event
 from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id
-
-metadata = MetaData()
-
-runs_table = Table(
-    "dagwright_runs",
-    metadata,
-    Column("run_id", String(64), primary_key=True),
-    Column("workflow_name", String(200), nullable=False),
-    Column("created_at", Float, nullable=False, index=True),
-    Column("workflow", Text, nullable=False),
-    Column("inputs", Text, nullable=False),
-    Column("source", Text),
-    Column("executor", String(32), nullable=False),
-    # the next free `seq` of the run's events; appends take numbers from it in their own
-    # transaction, so concurrent writers never collide and commit order is seq order
-    Column("next_seq", Integer, nullable=False, server_default="1"),
-    # lineage: the run this one was resumed, forked or replayed from
-    Column("parent_run_id", String(64), index=True),
-    Column("mode", String(16)),
-    Column("from_steps", Text),
-)
-
-events_table = Table(
-    "dagwright_events",
-    metadata,
-    Column("run_id", String(64), ForeignKey("dagwright_runs.run_id"), primary_key=True),
-    Column("seq", Integer, primary_key=True, autoincrement=False),
-    Column("type", String(32), nullable=False),
-    Column("at", Float, nullable=False),
-    Column("step", String(128)),
-    Column("attempt", Integer),
-    # the `status` of a finish event, so runs can be listed and filtered by status in SQL
-    Column("status", String(16)),
-    Column("data", Text, nullable=False),
-)
-Index("ix_dagwright_events_type", events_table.c.type, events_table.c.run_id)
-
-# Compare-and-set for workers: a claim key (e.g. "dispatch:step:1") is taken by exactly one
-# append, whoever calls first; the events of a losing append are not written.
-claims_table = Table(
-    "dagwright_claims",
-    metadata,
-    Column("run_id", String(64), ForeignKey("dagwright_runs.run_id"), primary_key=True),
-    Column("key", String(300), primary_key=True),
-)
-
-# Model answers by request key (model id, messages, schema, parameters): the model-call cache
-# when no Redis cache is configured.
-cache_table = Table(
-    "dagwright_model_cache",
-    metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", Text, nullable=False),
-)
-
-# Liveness of running attempts (not part of the trace: a heartbeat is not a fact about the run).
-heartbeats_table = Table(
-    "dagwright_heartbeats",
-    metadata,
-    Column("run_id", String(64), primary_key=True),
-    Column("step", String(128), primary_key=True),
-    Column("attempt", Integer, primary_key=True, autoincrement=False),
-    Column("at", Float, nullable=False),
+from dagwright.executors.store.migrations import ensure_schema
+from dagwright.executors.store.tables import (
+    cache_table,
+    claims_table,
+    events_table,
+    heartbeats_table,
+    runs_table,
 )
 
 
@@ -122,6 +50,13 @@ def store_url(target: str) -> URL:
 
 class SqlTraceStore:
     def __init__(self, target: str, *, create: bool = True) -> None:
+        """Open the store at ``target`` (``store_url``), bringing its schema to this version
+        (``executors.store.migrations``: a store made by an earlier dagwright is upgraded in
+        place).
+
+        ``create=False`` (commands that only read): an existing store only. A SQLite file that
+        does not exist, or a database without dagwright's tables, raises StoreError
+        (``no trace store at …``), and no directory, file or table is created."""
         self.url = store_url(target)
         self._lock = threading.Lock()
         self._writer: Any = None  # SQLAlchemy's pooled DBAPI connection, held
@@ -140,37 +75,24 @@ class SqlTraceStore:
             "",
             ":memory:",
         ):
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.engine = self._engine()
+            path = Path(self.url.database)
             if create:
-                metadata.create_all(self.engine)
-                self._upgrade()
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.is_file():
+                raise StoreError(
+                    f"no trace store at {path}: there is no such file "
+                    "(a store is made by the first run recorded there)"
+                )
+        self.engine = self._engine()
+        try:
+            ensure_schema(self.engine, self.location(), create=create)
         except SQLAlchemyError as exc:
-            raise StoreError(
-                f"cannot open the trace store {self.location()}: {exc.orig or exc}"
-            ) from None
-
-    def _upgrade(self) -> None:
-        """Bring a trace store made by an earlier dagwright up to this schema (additive only)."""
-        columns = {c["name"] for c in inspect(self.engine).get_columns("dagwright_runs")}
-        if "next_seq" not in columns:
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql(
-                    "ALTER TABLE dagwright_runs ADD COLUMN next_seq INTEGER NOT NULL DEFAULT 1"
-                )
-                conn.exec_driver_sql(
-                    "UPDATE dagwright_runs SET next_seq = 1 + COALESCE((SELECT MAX(seq) FROM "
-                    "dagwright_events e WHERE e.run_id = dagwright_runs.run_id), 0)"
-                )
-        lineage = {"parent_run_id": "VARCHAR(64)", "mode": "VARCHAR(16)", "from_steps": "TEXT"}
-        missing = [name for name in lineage if name not in columns]
-        if missing:
-            with self.engine.begin() as conn:
-                for name in missing:
-                    conn.exec_driver_sql(
-                        f"ALTER TABLE dagwright_runs ADD COLUMN {name} {lineage[name]}"
-                    )
+            self.engine.dispose()
+            orig = getattr(exc, "orig", None) or exc  # the driver's error, when there is one
+            raise StoreError(f"cannot open the trace store {self.location()}: {orig}") from None
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def _engine(self) -> Engine:
         if self.url.get_backend_name() != "sqlite":
@@ -225,7 +147,7 @@ class SqlTraceStore:
     ) -> list[Event] | None:
         if not events and not claims:
             return []
-        dbapi = self.engine.dialect.dbapi
+        dbapi = self.engine.dialect.loaded_dbapi
         with self._lock:
             try:
                 return self._append(run_id, events, claims, expect_seq)
@@ -257,9 +179,11 @@ class SqlTraceStore:
         cur = raw.cursor()
         try:
             if claims:  # first: a lost claim costs nothing else
-                rows = [(run_id, k) if self._claim_positional else {"run_id": run_id, "key": k}
-                        for k in claims]  # fmt: skip
-                cur.executemany(self._claim_sql, rows)
+                claim_rows = [
+                    (run_id, k) if self._claim_positional else {"run_id": run_id, "key": k}
+                    for k in claims
+                ]
+                cur.executemany(self._claim_sql, claim_rows)
             if expect_seq is None:
                 sql, params = self._take_seq_sql, self._take_seq_params(run_id, len(events))
             else:
@@ -413,7 +337,7 @@ class SqlTraceStore:
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         # the hot read path (workers read the new events of a run at every step): the held
         # DBAPI connection and a statement compiled once
-        dbapi = self.engine.dialect.dbapi
+        dbapi = self.engine.dialect.loaded_dbapi
         with self._lock:
             try:
                 raw = self._writer_connection()

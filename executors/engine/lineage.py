@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagwright.errors import PlanError, PlanIssue
-from dagwright.executors import engine
-from dagwright.executors.events import Event
+from dagwright.executors.engine import state as st
+from dagwright.executors.engine.events import Event
+from dagwright.executors.engine.outcome import SUCCEEDED
 from dagwright.planner.plan import Plan
 from dagwright.planner.references import ExpressionError, render
 from dagwright.planner.schema import Workflow
@@ -43,10 +44,10 @@ class Derivation:
     lineage: dict[str, Any] = field(default_factory=dict)
 
 
-def parent_state(workflow: dict[str, Any], run_id: str, events: list[Event]) -> engine.RunState:
+def parent_state(workflow: dict[str, Any], run_id: str, events: list[Event]) -> st.RunState:
     """A run's state folded from its trace (``.plan`` is the plan in force at its end)."""
     plan = Plan.from_workflow(Workflow.model_validate(workflow))
-    state = engine.fold(plan, run_id, events)
+    state = st.fold(plan, run_id, events)
     state.plan = state.plan or plan
     return state
 
@@ -64,7 +65,7 @@ def descendants(plan: Plan, seeds: Iterable[str]) -> set[str]:
     return found
 
 
-def reused_record(state: engine.RunState, sid: str) -> dict[str, Any]:
+def reused_record(state: st.RunState, sid: str) -> dict[str, Any]:
     """What a derived run keeps of a succeeded step: where it really ran, with what, and how."""
     step = state.steps[sid]
     if step.reused:  # reused already: point at the run that executed it
@@ -79,7 +80,7 @@ def reused_record(state: engine.RunState, sid: str) -> dict[str, Any]:
 
 
 def derive(
-    parent: engine.RunState,
+    parent: st.RunState,
     workflow: Workflow,
     inputs: dict[str, Any],
     *,
@@ -106,7 +107,7 @@ def derive(
                 )
             )
     succeeded = {
-        sid for sid, s in parent.steps.items() if s.status == engine.SUCCEEDED and sid in plan.steps
+        sid for sid, s in parent.steps.items() if s.status == SUCCEEDED and sid in plan.steps
     }
     seeds = set(from_steps) | (set(plan.steps) - succeeded)
     rerun = descendants(plan, seeds)
@@ -167,7 +168,7 @@ def derive(
     )
 
 
-def step_view(step: engine.StepState) -> dict[str, Any]:
+def step_view(step: st.StepState) -> dict[str, Any]:
     """A step as ``diff`` compares it: a reused step shows the inputs it ran with upstream."""
     last = step.attempts[-1] if step.attempts else None
     reused = step.reused or {}
@@ -181,7 +182,7 @@ def step_view(step: engine.StepState) -> dict[str, Any]:
     }
 
 
-def compare_runs(a: engine.RunState, b: engine.RunState) -> dict[str, Any]:
+def compare_runs(a: st.RunState, b: st.RunState) -> dict[str, Any]:
     """Per step: what differs between two runs (status, attempts, resolved inputs, output,
     error); and the runs' own inputs, status and output. Reused steps are compared by what
     they carry, and their attempt counts are not a difference."""

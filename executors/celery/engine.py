@@ -17,25 +17,37 @@ may run twice, but only one outcome per attempt enters the trace.
 from __future__ import annotations
 
 import copy
-import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dagwright.agents.cache import StoreCache
-from dagwright.errors import DagwrightError, PlanError, StaleState
-from dagwright.executors import decisions, engine
-from dagwright.executors import events as ev
-from dagwright.executors.events import Event
-from dagwright.executors.runner import Outcome, run_step
-from dagwright.executors.store.base import RunRecord, TraceStore, lineage_fields
+from dagwright.errors import DagwrightError, StaleState
+from dagwright.executors import engine
+from dagwright.executors.celery import recovery
+from dagwright.executors.engine import decisions
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.events import Event
+from dagwright.executors.engine.outcome import Outcome
+from dagwright.executors.lifecycle import (
+    NewRun,
+    Replanner,
+    Replanning,
+    new_id,
+    open_run,
+    run_registry,
+    settle_cache,
+    tool_context,
+)
+from dagwright.executors.runner import EVAL_TIMEOUT, Attempt, run_sync
+from dagwright.executors.store.base import RunRecord, TraceStore
+from dagwright.planner.inputs import resolve_inputs
+from dagwright.planner.limits import Limits
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
-from dagwright.planner.validate import registry_for_run, resolve_inputs, validate
-from dagwright.tools.registry import ToolContext, ToolRegistry
+from dagwright.tools.registry import ToolRegistry
 
 
 @dataclass(frozen=True)
@@ -60,12 +72,6 @@ class Timing:
         return 3 * self.heartbeat
 
 
-def new_id() -> str:
-    """A random 128-bit id. (``uuid4`` reads the OS' entropy source at every call, which costs
-    a quarter millisecond on some VMs; ``random`` is reseeded in each forked process.)"""
-    return f"{random.getrandbits(128):032x}"
-
-
 class Engine:
     """The distributed engine over one trace store, shared by every worker and client."""
 
@@ -79,14 +85,21 @@ class Engine:
         clock: Callable[[], float] = time.time,
         id_factory: Callable[[], str] = new_id,
         cache: Any = None,
-        replanner: Callable[..., Workflow] | None = None,
+        replanner: Replanner | None = None,
         on_finished: Callable[[str, str], None] | None = None,
+        limits: Limits | None = None,
+        eval_timeout: float = EVAL_TIMEOUT,
     ) -> None:
         """``on_finished(run_id, status)`` is called after this process recorded a run's end
-        (the Celery app uses it to wake clients waiting for the run)."""
+        (the Celery app uses it to wake clients waiting for the run).
+
+        ``eval_timeout`` (DAGWRIGHT_EVAL_TIMEOUT): seconds for resolving a step's arguments, and
+        for its checks, when the step has no ``timeout:`` (``runner.Attempt``)."""
         self.store = store
         self.replanner = replanner
         self.on_finished = on_finished
+        self.limits = limits or Limits()  # output_bytes: an attempt's largest output
+        self.eval_timeout = eval_timeout
         self.registry = registry
         self.tool_modules = tool_modules
         self.timing = timing or Timing()
@@ -98,7 +111,7 @@ class Engine:
         # worker runs many attempts at once, and decisions must not see a half-applied event
         self._states: dict[str, tuple[engine.RunState, list[int]]] = {}
         self.lock = threading.RLock()
-        self._beats = _HeartbeatPump(self)
+        self._beats = recovery.HeartbeatPump(self)
 
     # -- reading ---------------------------------------------------------------------------------
     def plan_of(self, run_id: str) -> tuple[Plan, ToolRegistry]:
@@ -113,10 +126,7 @@ class Engine:
 
     def _compile(self, record: RunRecord) -> tuple[Plan, ToolRegistry]:
         workflow = Workflow.model_validate(record.workflow)
-        try:
-            registry = registry_for_run(workflow, self.registry, self.tool_modules, record.source)
-        except PlanError as exc:
-            raise DagwrightError("; ".join(str(i) for i in exc.issues)) from None
+        registry = run_registry(workflow, self.registry, self.tool_modules, record.source)
         return Plan.from_workflow(workflow), registry
 
     def state(self, run_id: str) -> tuple[Plan, ToolRegistry, engine.RunState]:
@@ -127,27 +137,20 @@ class Engine:
         plan, registry = self.plan_of(run_id)
         with self.lock:
             state = self._fold_new(plan, run_id)
-            return state.plan or plan, registry, state
+            return state.current_plan, registry, state
 
     def _fold_new(self, plan: Plan, run_id: str) -> engine.RunState:
         states = self._states
         folded = states.get(run_id)
         if folded is None:
-            initial = engine.RunState.initial(plan, run_id)
-            initial.plan = plan
-            folded = states[run_id] = (initial, [0])
+            folded = states[run_id] = (engine.RunState.initial(plan, run_id), [0])
         state, seen = folded
         for event in self.store.events(run_id, after=seen[0]):
             if event.seq != seen[0] + 1:
                 break
             seen[0] = event.seq
-            if event.type == ev.PLAN_REVISED and state.status not in engine.FINAL:
-                revised = Plan.from_workflow(Workflow.model_validate(event.data["workflow"]))
-                state = engine.revise(state, revised, list(event.data.get("kept", [])))
-                state.plan = revised
-                states[run_id] = (state, seen)
-                continue
-            engine.apply(state.plan or plan, state, event)
+            state = engine.apply(state, event)
+        states[run_id] = (state, seen)
         if state.status in engine.FINAL or len(states) > 256:
             states.pop(run_id, None)
         return state
@@ -162,11 +165,10 @@ class Engine:
             if folded is None or stored[0].seq != folded[1][0] + 1:
                 return
             state, seen = folded
-            if any(e.type == ev.PLAN_REVISED for e in stored):
-                return  # rare: let the next read fold it
             for event in stored:
-                engine.apply(state.plan or self.plan_of(run_id)[0], state, event)
+                state = engine.apply(state, event)
             seen[0] = stored[-1].seq or seen[0]
+            self._states[run_id] = (state, seen)
             if state.status in engine.FINAL:
                 self._states.pop(run_id, None)
 
@@ -190,52 +192,38 @@ class Engine:
         """Record a new run (validated by the caller) and dispatch its first steps.
 
         ``reused``/``lineage``: a derived run (resume, fork) and the outputs it reuses."""
-        inputs = resolve_inputs(workflow, inputs)  # defaults filled, types checked
-        run_id = run_id or self.id_factory()
-        self.store.create_run(
-            RunRecord(
-                run_id=run_id,
-                workflow_name=workflow.name,
-                created_at=self.clock(),
-                workflow=workflow.to_data(),
-                inputs=inputs,
-                source=source,
-                executor="celery",
-                **lineage_fields(lineage),
-            )
+        new = NewRun(
+            workflow,
+            resolve_inputs(workflow, inputs),  # defaults filled, types checked
+            run_id or self.id_factory(),
+            source=source,
+            prelude=prelude or (),
+            reused=reused or {},
+            lineage=lineage,
         )
-        data: dict[str, Any] = {"inputs": inputs, "executor": "celery"}
-        if lineage:
-            data["lineage"] = lineage
-        started = Event(ev.RUN_STARTED, run_id, self.clock(), None, None, data)
-        calls = [Event(ev.MODEL_CALL, run_id, self.clock(), None, None, c) for c in prelude or []]
-        kept = decisions.reused_events(run_id, self.clock(), reused or {})
-        self.store.append(run_id, [started, *calls, *kept])
+        self.store.append(
+            new.run_id, open_run(self.store, new, executor="celery", clock=self.clock)
+        )
+        run_id = new.run_id
         return run_id, self.advance(run_id)
 
     # -- the one scheduling function -----------------------------------------------------------------
     def advance(self, run_id: str) -> list[Dispatch]:
         """Dispatch every ready step not dispatched yet, and end the run once nothing can move."""
         with self.lock:
-            plan, _, state = self.state(run_id)
+            plan, registry, state = self.state(run_id)
             if state.status in engine.FINAL:
                 return []
             ready = engine.ready_steps(plan, state)
             concluding = None
-            replan = None
+            replanning = None
             if not ready and engine.is_settled(state):
-                if self._may_replan(plan, state):
-                    replan = (
-                        plan.workflow,
-                        state.replan_for,
-                        state.revisions,
-                        decisions.succeeded_outputs(state),
-                    )
-                    replan_error = state.steps[state.replan_for or ""].error
-                else:
+                replanning = Replanning(self.replanner, registry)
+                if not replanning.wanted(state):
+                    replanning = None
                     concluding = decisions.conclude(plan, state, self.clock(), cancelled=False)
-        if replan is not None:
-            return self._revise(run_id, *replan, replan_error)
+        if replanning is not None:
+            return self._revise(run_id, replanning, state)
         dispatches = []
         for sid in ready:
             d = self._dispatch(plan, run_id, sid, attempt=1)
@@ -256,65 +244,31 @@ class Engine:
                 pass
         return True
 
-    def _may_replan(self, plan: Plan, state: engine.RunState) -> bool:
-        return (
-            self.replanner is not None
-            and state.replan_for is not None
-            and state.revisions < plan.workflow.max_replans
-        )
-
     def _revise(
-        self,
-        run_id: str,
-        workflow: Workflow,
-        failed: str | None,
-        revisions: int,
-        outputs: dict[str, Any],
-        error: dict[str, Any] | None,
+        self, run_id: str, replanning: Replanning, state: engine.RunState
     ) -> list[Dispatch]:
-        """Ask the replanner for a revised plan; exactly one worker records revision n."""
-        assert self.replanner is not None
-        # one replanner call per revision per minute across all workers (a worker lost while
-        # replanning is replaced by the next minute's sweep)
-        if (
-            self.store.append(
-                run_id, [], claims=[f"replan:{revisions + 1}:{int(self.clock() // 60)}"]
-            )
-            is None
-        ):
+        """Ask the replanner for a revised plan; exactly one outcome of revision n is recorded.
+
+        One worker asks (the ``replan:n:k`` claim); another may ask again only a minute after
+        the step failed for each earlier try (its worker may have been lost while replanning),
+        never at once. Whichever outcome comes first is recorded — the revision, or the run's
+        end when replanning failed — under the one ``revise:n`` claim; a late one is dropped."""
+        number = state.revisions + 1
+        failed = state.steps[state.replan_for or ""].finished_at or self.clock()
+        tries = int(max(0.0, self.clock() - failed) // 60)
+        if self.store.append(run_id, [], claims=[f"replan:{number}:{tries}"]) is None:
             return []
-        failure = {"step": failed, "error": error}
-        recorded: list[Event] = []
-
-        def record(call: Any) -> None:
-            recorded.append(Event(ev.MODEL_CALL, run_id, self.clock(), None, None, call.as_dict()))
-
-        try:
-            revised = self.replanner(workflow, outputs, failure, record)
-            problem = None
-        except Exception as exc:  # noqa: BLE001 - the run then fails with the step's own error
-            revised, problem = None, str(exc)
-        if revised is not None and validate(revised, self.registry):
-            revised, problem = None, "the revised plan is not valid"
-        if revised is None:
+        revision = replanning.revise(state, self.clock)
+        outcome_claim = f"revise:{number}"
+        if revision.problem is not None:  # no revision: the failure stands
             with self.lock:
-                plan, _, state = self.state(run_id)
-                state.replan_for = None  # no revision: the failure stands
-                events = decisions.conclude(plan, state, self.clock(), cancelled=False)
-            events[-1].data["error"] = {**(events[-1].data.get("error") or {}), "replan": problem}
-            self._conclude(run_id, recorded + events)
+                plan, _, now = self.state(run_id)
+                events = decisions.conclude(plan, now, self.clock(), cancelled=False,
+                                            replan_problem=revision.problem)  # fmt: skip
+            self._conclude(run_id, revision.events + events, ["conclude", outcome_claim])
             return []
-        kept = decisions.kept_steps(workflow, revised, outputs)
-        revision = Event(
-            ev.PLAN_REVISED,
-            run_id,
-            self.clock(),
-            None,
-            None,
-            {"revision": revisions + 1, "workflow": revised.to_data(), "kept": kept,
-             "failed_step": failed, "error": error},
-        )  # fmt: skip
-        self.store.append(run_id, [*recorded, revision], claims=[f"revise:{revisions + 1}"])
+        if self.store.append(run_id, revision.events, claims=[outcome_claim]) is None:
+            return []
         return self.advance(run_id)
 
     def _schedule(
@@ -360,39 +314,53 @@ class Engine:
             step = state.steps[d.step]
             if step.status in engine.FINAL or self._stale(state, d):
                 return self.advance(d.run_id)
-            args, failed = decisions.resolve_args(plan, state, d.step)
             context = engine.step_context(plan, state, d.step)
-            previous = decisions.previous_failure(state, d.step, d.attempt)
-        started = Event(
-            ev.ATTEMPT_STARTED,
-            d.run_id,
-            self.clock(),
-            d.step,
-            d.attempt,
-            {"attempt_id": d.attempt_id, "inputs": args},
-        )
-        self._absorb(d.run_id, self.store.append(d.run_id, [started]))
-        if failed is not None:
-            outcome = failed
-        else:
-
-            def emit(kind: str, data: dict[str, Any]) -> None:
-                self.store.append(
-                    d.run_id, [Event(kind, d.run_id, self.clock(), d.step, d.attempt, data)]
-                )
-
-            ctx = ToolContext(
-                run_id=d.run_id,
-                step_id=d.step,
-                attempt=d.attempt,
-                previous_failure=previous,
-                emit=emit,
-                cache=self.cache if plan.steps[d.step].cache else None,
+        attempt = Attempt(
+            plan.steps[d.step],
+            context,
+            number=d.attempt,
+            eval_timeout=self.eval_timeout,
+            max_output_bytes=self.limits.output_bytes,
+        )  # the attempt's time budget starts: resolving, the tool and the checks count
+        try:
+            args, failed = run_sync(attempt.resolve())  # not under the lock: it may be slow
+            started = Event(
+                ev.ATTEMPT_STARTED,
+                d.run_id,
+                self.clock(),
+                d.step,
+                d.attempt,
+                {"attempt_id": d.attempt_id, "inputs": args},
             )
-            tool = registry.get(plan.steps[d.step].uses)
-            with self._beats.beating(d):
-                outcome = run_step(tool, plan.steps[d.step], args, ctx, context)
+            self._absorb(d.run_id, self.store.append(d.run_id, [started]))
+            outcome = failed or self._call(d, plan, registry, state, attempt, args)
+        finally:
+            attempt.close()
         return self.record(plan, d, outcome)
+
+    def _call(
+        self,
+        d: Dispatch,
+        plan: Plan,
+        registry: ToolRegistry,
+        state: engine.RunState,
+        attempt: Attempt,
+        args: Any,
+    ) -> Outcome:
+        """Call the attempt's tool and verify, heartbeating meanwhile."""
+
+        def emit(kind: str, data: dict[str, Any]) -> None:
+            self.store.append(
+                d.run_id, [Event(kind, d.run_id, self.clock(), d.step, d.attempt, data)]
+            )
+
+        with self.lock:
+            ctx = tool_context(state, d.step, d.attempt, emit=emit, cache=self.cache)
+        tool = registry.get(plan.steps[d.step].uses)
+        with self._beats.beating(d):
+            outcome = run_sync(attempt.execute(tool, args, ctx))
+        settle_cache(ctx, outcome)
+        return outcome
 
     def _stale(self, state: engine.RunState, d: Dispatch) -> bool:
         """A message for an attempt that is over, superseded, or alive on another worker."""
@@ -410,12 +378,13 @@ class Engine:
     def record(self, plan: Plan, d: Dispatch, outcome: Outcome) -> list[Dispatch]:
         """Record an attempt's outcome once. In the same transaction: its retry, or the
         dispatch of the dependents it made ready (then no separate advance is needed)."""
-        next_id = self.id_factory() if outcome.status != "succeeded" else None
+        next_id = self.id_factory() if outcome.status != engine.SUCCEEDED else None
         events, delay = decisions.outcome_events(
             plan, d.run_id, d.step, d.attempt, d.attempt_id, outcome, self.clock(), next_id
         )
         finish = f"finish:{d.step}:{d.attempt}"
         if delay is not None:
+            assert next_id is not None  # a retry is decided only for an attempt that failed
             claims = [finish, f"dispatch:{d.step}:{d.attempt + 1}"]
             if self.store.append(d.run_id, events, claims=claims) is None:
                 return []  # another delivery of this attempt recorded its outcome first
@@ -427,7 +396,7 @@ class Engine:
         outcome_events = list(events)
         ready: list[str] = []
         expect: int | None = None
-        if outcome.status == "succeeded":
+        if outcome.status == engine.SUCCEEDED:
             # Decide on the cached state, and append only if nobody wrote since (compare-and-set
             # on the next seq); when someone did, read the trace and decide again.
             with self.lock:
@@ -470,46 +439,7 @@ class Engine:
     # -- recovery and cancellation -------------------------------------------------------------------
     def sweep(self, *, limit: int = 200) -> list[Dispatch]:
         """Send again what a stalled run is waiting for; end runs that can end."""
-        out: list[Dispatch] = []
-        for summary in self.store.list_runs(status="running", limit=limit):
-            try:
-                out += self._sweep_run(summary.record.run_id)
-            except DagwrightError:
-                continue
-        return out
-
-    def _sweep_run(self, run_id: str) -> list[Dispatch]:
-        out = self.advance(run_id)
-        with self.lock:
-            return out + self._resend(run_id)
-
-    def _resend(self, run_id: str) -> list[Dispatch]:
-        out: list[Dispatch] = []
-        plan, _, state = self.state(run_id)
-        if state.status in engine.FINAL:
-            return out
-        now = self.clock()
-        beats = self.store.heartbeats(run_id)
-        schedules = _latest_schedules(self.store.events(run_id))
-        for sid, step in state.steps.items():
-            if step.status not in (engine.SCHEDULED, engine.RUNNING) or sid not in schedules:
-                continue
-            at, not_before, attempt = schedules[sid]
-            if step.status == engine.SCHEDULED:
-                if now - max(at, not_before) > self.timing.redispatch_after:
-                    reason = f"not started {now - at:.0f}s after it was dispatched"
-                    d = self._dispatch(plan, run_id, sid, attempt=attempt, reason=reason)
-                    out += [d] if d else []
-                continue
-            last = step.attempts[-1]
-            beat = max(beats.get((sid, last.number), 0.0), last.started_at or 0.0)
-            if attempt == last.number:
-                beat = max(beat, at)
-            if now - beat > self.timing.lost_after:
-                reason = f"no heartbeat for {now - beat:.0f}s: its worker was lost"
-                d = self._dispatch(plan, run_id, sid, attempt=last.number, reason=reason)
-                out += [d] if d else []
-        return out
+        return recovery.sweep(self, limit=limit)
 
     def cancel(self, run_id: str) -> list[str]:
         """End a run as cancelled; returns the attempt ids that may still be running (to revoke)."""
@@ -537,58 +467,11 @@ class Engine:
                 running.append(step.attempts[-1].attempt_id or "")
         after = copy.deepcopy(state)  # the cached state only follows stored events
         for e in events:
-            engine.apply(plan, after, e)
+            after = engine.apply(after, e)
         events += decisions.conclude(plan, after, now, cancelled=True)
         if not self._conclude(run_id, events, claims):
             return None
         return [a for a in running if a]
-
-
-class _HeartbeatPump:
-    """One thread per process beats for every attempt running in it (a thread per attempt
-    would cost more than a short step)."""
-
-    def __init__(self, owner: Engine) -> None:
-        self.owner = owner
-        self.running: dict[int, Dispatch] = {}
-        self.lock = threading.Lock()
-        self.thread: threading.Thread | None = None
-
-    @contextmanager
-    def beating(self, d: Dispatch) -> Iterator[None]:
-        key = id(d)
-        with self.lock:
-            self.running[key] = d  # attempt_started is the first beat
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(
-                    target=self._pump, name="dagwright-heartbeat", daemon=True
-                )
-                self.thread.start()
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.running.pop(key, None)
-
-    def _pump(self) -> None:
-        while True:
-            time.sleep(self.owner.timing.heartbeat)
-            with self.lock:
-                running = list(self.running.values())
-            for d in running:
-                try:
-                    self.owner.store.heartbeat(d.run_id, d.step, d.attempt, self.owner.clock())
-                except DagwrightError:
-                    pass  # the sweeper may resend the attempt; its finish claim keeps one outcome
-
-
-def _latest_schedules(events: list[Event]) -> dict[str, tuple[float, float, int]]:
-    """For each step: when it was last dispatched, not before when, and which attempt."""
-    latest: dict[str, tuple[float, float, int]] = {}
-    for e in events:
-        if e.type == ev.STEP_SCHEDULED and e.step:
-            latest[e.step] = (e.at, float(e.data.get("not_before") or e.at), e.attempt or 1)
-    return latest
 
 
 __all__ = ["Dispatch", "Engine", "Timing"]

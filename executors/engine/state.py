@@ -9,19 +9,27 @@ feed the results back as events.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagwright.executors import events as ev
-from dagwright.executors.events import Event
+from dagwright.executors.engine import events as ev
+from dagwright.executors.engine.events import Event
+from dagwright.executors.engine.outcome import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    FINAL,
+    PENDING,
+    RETRYING,
+    RUNNING,
+    SCHEDULED,
+    SKIPPED,
+    SUCCEEDED,
+)
 from dagwright.planner.plan import Plan
 from dagwright.planner.references import render
-
-# step statuses
-PENDING, SCHEDULED, RUNNING, RETRYING = "pending", "scheduled", "running", "retrying"
-SUCCEEDED, FAILED, SKIPPED, CANCELLED = "succeeded", "failed", "skipped", "cancelled"
-FINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
-ACTIVE = frozenset({SCHEDULED, RUNNING, RETRYING})
+from dagwright.planner.schema import Workflow
 
 
 @dataclass
@@ -72,6 +80,7 @@ class RunState:
     """A step that failed with ``on_failure: replan``: the plan is to be revised."""
     revisions: int = 0
     plan: Plan | None = None
+    """The plan in force: the run's plan, or its latest revision (``plan_revised``)."""
 
     @classmethod
     def initial(cls, plan: Plan, run_id: str) -> RunState:
@@ -82,24 +91,36 @@ class RunState:
             steps={sid: StepState(sid) for sid in plan.order},
             waiting=waiting,
             ready=ready,
+            plan=plan,
         )
+
+    @property
+    def current_plan(self) -> Plan:
+        assert self.plan is not None, "a RunState is made by RunState.initial(plan, …)"
+        return self.plan
 
     def active(self) -> list[str]:
         return [sid for sid, s in self.steps.items() if s.status in ACTIVE]
 
 
-_NOT_FOLDED = frozenset({ev.MODEL_CALL, ev.PLAN_REVISED, ev.REPLAY_DIVERGED})
+_NOT_FOLDED = frozenset({ev.MODEL_CALL, ev.REPLAY_DIVERGED})
 
 
-def apply(plan: Plan, state: RunState, event: Event) -> RunState:
-    """Fold one event into the state (in place, and returned for chaining).
+def apply(state: RunState, event: Event) -> RunState:
+    """The reducer: fold one event into the state and return the state that follows.
 
+    Most events update ``state`` in place and return it; ``plan_revised`` returns a new state
+    under the revised plan (``state.plan``): callers always go on with the returned state.
     Events after ``run_finished`` (a worker's late report on a cancelled run) stay in the trace
-    but do not change the run's state."""
+    but do not change the run's state; model calls and replay divergences are kept for
+    inspection and replay only."""
     kind = event.type
     if state.status in FINAL or kind in _NOT_FOLDED:
-        # model calls are kept for inspection and replay; a revised plan is applied by `revise`
         return state
+    plan = state.current_plan
+    if kind == ev.PLAN_REVISED:
+        revised = Plan.from_workflow(Workflow.model_validate(event.data["workflow"]))
+        return revise(state, revised, list(event.data.get("kept", [])))
     if kind == ev.RUN_STARTED:
         state.status = RUNNING
         state.inputs = event.data.get("inputs", {})
@@ -113,7 +134,9 @@ def apply(plan: Plan, state: RunState, event: Event) -> RunState:
         state.ready.clear()
         return state
     assert event.step is not None, f"{kind} event without a step"
-    step = state.steps[event.step]
+    step = state.steps.get(event.step)
+    if step is None:  # a late report on a step that a revised plan dropped
+        return state
     if kind == ev.STEP_SCHEDULED:
         state.ready.pop(step.id, None)
         last = step.attempts[-1] if step.attempts else None
@@ -206,18 +229,12 @@ def revise(state: RunState, plan: Plan, kept: list[str]) -> RunState:
     return new
 
 
-def fold(plan: Plan, run_id: str, events: list[Event]) -> RunState:
-    """The run's state after ``events`` (``state.plan`` is the plan in force at the end)."""
+def fold(plan: Plan, run_id: str, events: Iterable[Event]) -> RunState:
+    """The run's state after ``events``, from its first plan (``state.plan`` is the plan in
+    force at the end)."""
     state = RunState.initial(plan, run_id)
     for event in events:
-        if event.type == ev.PLAN_REVISED and state.status not in FINAL:
-            from dagwright.planner.schema import Workflow
-
-            plan = Plan.from_workflow(Workflow.model_validate(event.data["workflow"]))
-            state = revise(state, plan, list(event.data.get("kept", [])))
-            continue
-        apply(plan, state, event)
-    state.plan = plan
+        state = apply(state, event)
     return state
 
 

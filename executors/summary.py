@@ -1,4 +1,6 @@
-"""What a run looks like to people and to scripts: summaries built from the trace."""
+"""What a run looks like to people and to scripts: the summary of a run (its steps, attempts,
+timings, errors, output, lineage), built from its record and its folded state. The CLI's
+``show --json`` and ``run --json`` print it; the API serves the same document."""
 
 from __future__ import annotations
 
@@ -6,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dagwright.executors import engine
-from dagwright.executors.events import Event
-from dagwright.executors.lineage import parent_state
+from dagwright.executors.engine.events import Event
+from dagwright.executors.engine.lineage import parent_state
 from dagwright.executors.store.base import RunRecord
 from dagwright.planner.plan import Plan
 
@@ -20,9 +22,9 @@ def iso(at: float | None) -> str | None:
 
 
 def state_of(record: RunRecord, events: list[Event]) -> tuple[Plan, engine.RunState]:
+    """The plan in force at the end of the run, and the run's state folded from ``events``."""
     state = parent_state(record.workflow, record.run_id, events)
-    assert state.plan is not None
-    return state.plan, state
+    return state.current_plan, state
 
 
 def duration(start: float | None, end: float | None) -> float | None:

@@ -1,15 +1,18 @@
-"""Verify checks on a step's output: ``expr``, ``contains``, ``not_contains``, ``regex``, ``schema``."""
+"""Verify checks on a step's output: ``expr``, ``contains``, ``not_contains``, ``regex``, ``schema``.
+
+Regexes (``regex``, a schema's ``pattern``/``patternProperties``) run on RE2, in linear time
+(``planner.regex``); expressions in the bounded sandbox (``planner.references``). Time is the
+runner's business: it runs the checks under the attempt's budget.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
-import jsonschema
-
-from dagwright.planner.references import ExpressionError, expression, render
+from dagwright.planner.references import ExpressionError, expression, render, stringify
+from dagwright.planner.regex import RegexError, compile_regex, schema_problems, schema_validator
 from dagwright.planner.schema import Check
 
 
@@ -37,9 +40,10 @@ def run_check(
     """Evaluate one check; the result names the check and, when it fails, why.
 
     ``context`` is what the step's references can read (``inputs``, ``steps``): ``expr`` and
-    ``target`` see it with ``output`` added; the values of the other kinds are rendered with it.
+    ``target`` see it with ``output`` added; the values of the other kinds are rendered with it,
+    and so is the check's label (what the next attempt is told when the check fails).
     """
-    label = check.label(index)
+    label = _label(check, index, context)
     scope = {**context, "output": output}
     try:
         target = expression(check.target).evaluate(scope) if check.target else output
@@ -50,6 +54,16 @@ def run_check(
     if not passed:
         result["message"] = f"{label} failed: {why}"
     return result
+
+
+def _label(check: Check, index: int, context: dict[str, Any]) -> str:
+    """The check's label with its ``${{ … }}`` rendered like its value; as written when it
+    cannot be (the check's own message says why)."""
+    label = check.label(index)
+    try:
+        return stringify(render(label, context))
+    except ExpressionError:
+        return label
 
 
 def _evaluate(
@@ -72,11 +86,22 @@ def _evaluate(
         needle = render(check.not_contains, context)
         return not _contains(target, needle), f"{needle!r} found in the output"
     if kind == "regex":
-        pattern = render(check.regex, context)
-        return bool(re.search(pattern, _text(target))), f"no match for /{pattern}/"
+        pattern = stringify(render(check.regex, context))
+        try:
+            matched = compile_regex(pattern).search(_text(target)) is not None
+        except RegexError as exc:  # a pattern rendered from references: known only now
+            return False, f"{exc} ({exc.hint})" if exc.hint else str(exc)
+        return matched, f"no match for /{pattern}/"
     schema = render(check.json_schema, context)
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = sorted(validator.iter_errors(target), key=lambda e: list(e.absolute_path))
+    problems = schema_problems(schema)
+    if problems:
+        return False, "; ".join(f"{p} ({p.hint})" if p.hint else str(p) for p in problems)
+    try:
+        errors = sorted(
+            schema_validator(schema).iter_errors(target), key=lambda e: list(e.absolute_path)
+        )
+    except RegexError as exc:  # in a part schema_problems does not read ($ref'd, say)
+        return False, str(exc)
     if not errors:
         return True, ""
     first = errors[0]

@@ -1,0 +1,164 @@
+"""``dagwright plan``, and the planner's part in ``run``: planning from a task
+(``run --task``), the replanner for ``on_failure: replan``, few-shot examples, model settings
+and the model cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from dagwright.cli.common import EXIT_FAILED, EXIT_INVALID, _die, _parse_inputs, _settings, err
+from dagwright.errors import PlanError, PlanIssue
+
+if TYPE_CHECKING:
+    from dagwright.planner.schema import Workflow
+    from dagwright.settings import Settings
+    from dagwright.tools import ToolRegistry
+
+
+def plan_cmd(
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="What the workflow should do, in plain words.")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="PROVIDER:MODEL, e.g. openai:gpt-4o-mini.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the plan here as YAML.")
+    ] = None,
+    max_repairs: Annotated[
+        int,
+        typer.Option("--max-repairs", min=0, max=10, help="Re-asks after a plan fails validation."),
+    ] = 2,
+    calls: Annotated[
+        Path | None,
+        typer.Option(
+            "--calls", help="Write every model call (request, response, error, usage) as JSON."
+        ),
+    ] = None,
+) -> None:
+    """Ask a model for a plan; print it (or write it with -o) as a reviewable YAML workflow.
+
+    The model can only name registered tools (`dagwright tools`); the plan is validated like a
+    YAML workflow and its problems fed back for up to --max-repairs re-asks. Endpoint settings:
+    DAGWRIGHT_MODEL_BASE_URL, DAGWRIGHT_MODEL_API_KEY (or OPENAI_API_KEY), DAGWRIGHT_MODEL_SEED."""
+    from dagwright.agents.models import ModelCall, connect
+    from dagwright.planner.llm import PlanningFailed, plan
+    from dagwright.planner.loader import dump_workflow
+
+    settings = _settings()
+    registry = _registry_with(settings)
+    recorded: list[ModelCall] = []
+    try:
+        provider = connect(model, _model_settings(settings))
+        workflow = plan(
+            task,
+            registry,
+            provider,
+            max_repairs=max_repairs,
+            examples=_examples(registry, None),
+            record=recorded.append,
+        )
+    except PlanningFailed as exc:
+        _die(f"no valid plan: {exc}", EXIT_FAILED)
+    finally:
+        _write_calls(calls, recorded)
+    text = dump_workflow(workflow)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"plan written to {escape(str(output))} after {len(recorded)} model call(s); "
+                  f"review it, then: dagwright run {escape(str(output))}")  # fmt: skip
+    else:
+        sys.stdout.write(text)
+
+
+def _plan_for_run(
+    task: str, model: str | None, pairs: list[str] | None, db: str | None = None
+) -> tuple[Workflow, ToolRegistry, dict[str, Any], list[dict[str, Any]]]:
+    """`run --task`: plan, then resolve inputs like a workflow file's. A plan that stays
+    invalid is refused (PlanError, exit 2) with the model's last problems."""
+    from dagwright.agents.models import ModelCall, connect
+    from dagwright.planner.inputs import resolve_inputs
+    from dagwright.planner.llm import PlanningFailed, plan
+
+    settings = _settings()
+    model = model or settings.model
+    if not model:
+        _die("--task needs --model PROVIDER:MODEL (or DAGWRIGHT_MODEL)", EXIT_INVALID)
+    registry = _registry_with(settings)
+    recorded: list[ModelCall] = []
+    try:
+        provider = connect(model, _model_settings(settings))
+        examples = _examples(registry, db)
+        workflow = plan(task, registry, provider, examples=examples, record=recorded.append)
+    except PlanningFailed as exc:
+        raise PlanError([PlanIssue(f"the model gave no valid plan: {exc}", field="task")]) from None
+    err.print(f"planned {len(workflow.steps)} steps after {len(recorded)} model call(s)")
+    inputs = resolve_inputs(workflow, _parse_inputs(pairs), as_text=True)
+    return workflow, registry, inputs, [c.as_dict() for c in recorded]
+
+
+def _replanner(wf: Workflow, model: str, settings: Settings) -> Any:
+    """For steps with on_failure: replan — the planner's model (--model, else DAGWRIGHT_MODEL)."""
+    if not model or not any(s.on_failure == "replan" for s in wf.steps):
+        return None
+    from dagwright.executors.lifecycle import model_replanner
+
+    return model_replanner(model, _model_settings(settings))
+
+
+def _examples(registry: ToolRegistry, db: str | None) -> list[str]:
+    """Few-shot plans: the repository's examples, then recent successful runs of this store
+    (when it exists: planning never creates a trace store)."""
+    from dagwright.executors.store import open_store
+    from dagwright.planner.llm import example_plans, examples_from_runs
+
+    shown = example_plans(registry)
+    target = db or _settings().db
+    if "://" in target or Path(target).exists():
+        try:
+            store = open_store(target)
+            shown += examples_from_runs(store, registry)
+            store.close()
+        except Exception:  # noqa: BLE001 - examples are a help, not a requirement
+            pass
+    return shown
+
+
+def _registry_with(settings: Settings) -> ToolRegistry:
+    """The built-in tools and DAGWRIGHT_TOOLS' (what plans may use, what `tools` lists)."""
+    from dagwright.errors import PlanError
+    from dagwright.planner.tool_modules import load_tool_modules
+    from dagwright.tools import default_registry
+
+    registry, issues = load_tool_modules(default_registry, settings.tools)
+    if issues:
+        raise PlanError(issues)
+    return registry
+
+
+def _model_cache(settings: Settings) -> Any:
+    if not settings.model_cache:
+        return None  # the trace store's cache table
+    from dagwright.agents.cache import RedisCache
+
+    return RedisCache(settings.model_cache)
+
+
+def _model_settings(settings: Settings) -> Any:
+    from dagwright.agents.models import ModelSettings
+
+    return ModelSettings.from_settings(settings)
+
+
+def _write_calls(path: Path | None, recorded: list[Any]) -> None:
+    if path is not None:
+        path.write_text(json.dumps([c.as_dict() for c in recorded], indent=2, default=str))
+
+
+__all__ = ["plan_cmd"]

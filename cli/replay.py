@@ -1,0 +1,114 @@
+"""``dagwright replay``: re-execute a recorded run from its trace and report divergences."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from dagwright.cli.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    DbOption,
+    JsonOption,
+    _db_flag,
+    _die,
+    _exit,
+    _json,
+    _print_issues,
+    _settings,
+    _store,
+    out,
+)
+from dagwright.errors import PlanError
+
+
+def replay_cmd(
+    run_id: Annotated[str, typer.Argument(help="The recorded run: an id or a unique prefix.")],
+    rerun: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rerun",
+            help="Run this tool's steps again instead of serving their recorded outcome "
+            "(for deterministic tools you are debugging; repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    no_record: Annotated[
+        bool, typer.Option("--no-record", help="Keep the replay in memory, not in the store.")
+    ] = False,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Re-execute a recorded run from its trace, calling no model, and report divergences.
+
+    Every step must reproduce its recorded inputs, status and output. Tools with side effects
+    (the default for user tools) get their recorded outcome back; tools marked replay="rerun"
+    (echo, llm.generate, …) run again, their model calls served from the trace. The replay is
+    recorded as a run linked to RUN_ID. A cancelled run replays to the point where it was
+    cancelled and is cancelled there (its running steps are not executed). Exit 0: reproduced;
+    1: diverged (the first divergence is shown with a diff of recorded vs replayed)."""
+    from dagwright.executors.lifecycle import run_registry
+    from dagwright.executors.replay import replay_run
+    from dagwright.executors.store.memory import MemoryTraceStore
+    from dagwright.planner.schema import Workflow
+    from dagwright.tools import default_registry
+
+    settings = _settings()
+    store = _store(db, create=False)
+    record = store.get_run(run_id)
+    workflow = Workflow.model_validate(record.workflow)
+    try:
+        registry = run_registry(workflow, default_registry, settings.tools, record.source)
+    except PlanError as exc:
+        _print_issues(exc)
+        raise typer.Exit(EXIT_INVALID) from None
+    unknown = [t for t in rerun or [] if t not in registry]
+    if unknown:
+        _die(f"--rerun {', '.join(unknown)}: no such tool (see `dagwright tools`)", EXIT_INVALID)
+    report = replay_run(
+        store,
+        record.run_id,
+        registry,
+        rerun=rerun or (),
+        into=MemoryTraceStore() if no_record else None,
+    )
+    store.close()
+    if as_json:
+        _json(report.as_dict())
+    else:
+        _print_replay(report, db, recorded=not no_record)
+    _exit(EXIT_OK if not report.divergences else EXIT_FAILED)
+
+
+def _print_replay(report: Any, db: str | None, *, recorded: bool) -> None:
+    out.print(
+        f"replayed run [bold]{report.recorded_run_id}[/bold] in {report.seconds:.3f}s: "
+        f"{report.attempts_compared} attempt(s) compared, {report.model_calls_served} model "
+        "call(s) served from the trace, no provider called",
+        highlight=False,
+    )
+    if not report.divergences:
+        out.print(f"[green]✓ reproduced[/green]: the run {report.status} again, step for step")
+    if report.cancelled_at:
+        where = ", ".join(
+            f"step {w['step']!r} attempt {w['attempt']} "
+            + ("(running)" if w["running"] else "(waiting to start)")
+            for w in report.cancelled_at
+        )
+        out.print(f"cancelled at {escape(where)}, as the recording was", highlight=False)
+    else:
+        first = report.divergences[0]
+        out.print(f"[red]✗ diverged[/red]: {escape(first['message'])}")
+        if first.get("diff"):
+            out.print(escape(first["diff"]), highlight=False)
+        more = len(report.divergences) - 1
+        if more:
+            out.print(f"({more} more divergence{'s' if more != 1 else ''} after it)")
+    if recorded:
+        out.print(f"replay: dagwright show {report.run_id}{escape(_db_flag(db))}")
+
+
+__all__ = ["replay_cmd"]

@@ -1,0 +1,424 @@
+"""``dagwright run``, ``resume`` and ``fork``: execute a workflow (a file, a plan from a task, or
+a run derived from a recorded one) on the local executor or on Celery workers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.markup import escape
+
+from dagwright.cli.common import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    DbOption,
+    DetachOption,
+    ExecutorOption,
+    FromOption,
+    InputOption,
+    JsonOption,
+    MaxParallelOption,
+    _db_flag,
+    _die,
+    _exit,
+    _invalid,
+    _json,
+    _parse_inputs,
+    _prepare,
+    _redacted,
+    _settings,
+    _store,
+    err,
+    out,
+)
+from dagwright.cli.plan import _model_cache, _plan_for_run, _replanner
+from dagwright.errors import PlanError
+
+if TYPE_CHECKING:
+    from dagwright.cli.progress import Progress
+    from dagwright.executors.engine import RunState
+    from dagwright.executors.local import LocalExecutor
+    from dagwright.executors.store import TraceStore
+    from dagwright.planner.schema import Workflow
+    from dagwright.tools import ToolRegistry
+
+
+def run_cmd(
+    file: Annotated[
+        Path | None, typer.Argument(help="The workflow YAML file (or plan one with --task).")
+    ] = None,
+    inputs: InputOption = None,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+    max_parallel: MaxParallelOption = None,
+    executor_name: ExecutorOption = "local",
+    detach: DetachOption = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", "-t", help="Plan the workflow from this task with --model, then run it."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="PROVIDER:MODEL that plans (--task) and revises plans (on_failure: replan) "
+            "[env: DAGWRIGHT_MODEL].",
+        ),
+    ] = None,
+) -> None:
+    """Validate, then run a workflow and record its trace; show progress, then the result.
+
+    Exit code: 0 succeeded, 1 failed, 2 invalid workflow or inputs (nothing runs), 130 cancelled."""
+    _check_executor(executor_name, detach)
+    prelude: list[dict[str, Any]] = []
+    if (file is None) == (task is None):
+        _die("give a workflow FILE, or --task with --model (not both)", EXIT_INVALID)
+    try:
+        if task is not None:
+            wf, registry, run_inputs, prelude = _plan_for_run(task, model, inputs, db)
+        else:
+            assert file is not None
+            wf, registry, run_inputs = _prepare(file, inputs, inputs_required=True)
+    except PlanError as exc:
+        _invalid(exc, as_json, status="invalid")
+    source = str(file.resolve()) if file is not None else None
+    _execute(
+        wf,
+        registry,
+        run_inputs,
+        source=source,
+        executor_name=executor_name,
+        detach=detach,
+        as_json=as_json,
+        db=db,
+        max_parallel=max_parallel,
+        model=model,
+        prelude=prelude,
+    )
+
+
+def _execute(
+    wf: Workflow,
+    registry: ToolRegistry,
+    run_inputs: dict[str, Any],
+    *,
+    source: str | None,
+    executor_name: str,
+    detach: bool,
+    as_json: bool,
+    db: str | None,
+    max_parallel: int | None = None,
+    model: str | None = None,
+    prelude: list[dict[str, Any]] | None = None,
+    reused: dict[str, dict[str, Any]] | None = None,
+    lineage: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> NoReturn:
+    """Run a validated workflow on the chosen executor, print the result, exit with its code."""
+    from dagwright.cli.progress import Progress
+    from dagwright.executors.engine import outcome
+    from dagwright.executors.lifecycle import fold_run
+    from dagwright.executors.local import LocalExecutor
+    from dagwright.executors.summary import run_summary
+
+    store = _store(db)
+    progress = Progress(wf, enabled=not as_json, live=out.is_terminal, console=out)
+    derived = {"reused": reused, "lineage": lineage}
+    interrupted = False
+    state: RunState | None = None
+    if executor_name == "celery":
+        run_id, state = _run_on_celery(
+            store, registry, wf, run_inputs, source, progress, detach, prelude or [],
+            {**derived, "run_id": run_id},
+        )  # fmt: skip
+        if detach:
+            if as_json:
+                _json({"run_id": run_id, "status": outcome.RUNNING, "trace": store.location()})
+            else:
+                out.print(f"run [bold]{run_id}[/bold] submitted")
+                out.print(f"follow: dagwright show {run_id}{escape(_db_flag(db))}")
+            raise typer.Exit(EXIT_OK)
+        interrupted = state is None
+    else:
+        settings = _settings()
+        local = LocalExecutor(
+            store,
+            registry,
+            max_parallel=max_parallel or settings.max_parallel,
+            on_event=progress.on_event,
+            cache=_model_cache(settings),
+            replanner=_replanner(wf, model or settings.model or "", settings),
+            lease_every=settings.heartbeat,
+            limits=settings.limits(),
+            eval_timeout=settings.eval_timeout,
+        )
+        run_id = run_id or local.id_factory()
+        try:
+            with progress, _cancelled_by_signals(local):
+                result = local.run(
+                    wf, run_inputs, run_id=run_id, source=source, prelude=prelude, **derived
+                )
+            state = result.state
+        except KeyboardInterrupt:
+            interrupted = True
+    if state is None:  # interrupted: fold what was recorded
+        record, state = fold_run(store, run_id)
+    else:  # the executor's own final state: no second read and fold of the trace
+        record = store.get_run(run_id)
+    summary = _redacted(run_summary(record, state, store.location()))  # state: in memory
+    if as_json:
+        _json(summary)
+    else:
+        _print_result(summary, db)
+    code = {outcome.SUCCEEDED: EXIT_OK, outcome.CANCELLED: EXIT_CANCELLED}.get(
+        state.status, EXIT_FAILED
+    )
+    store.close()
+    _exit(EXIT_CANCELLED if interrupted else code)
+
+
+@contextmanager
+def _cancelled_by_signals(local: LocalExecutor) -> Iterator[None]:
+    """SIGTERM and SIGHUP (a supervisor stopping the process, a closed terminal) cancel a local
+    run as Ctrl-C does: running attempts are recorded as cancelled, the run ends cancelled."""
+    handled = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, lambda *_: local.cancel()) for s in handled}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run_on_celery(
+    store: TraceStore,
+    registry: ToolRegistry,
+    wf: Workflow,
+    inputs: dict[str, Any],
+    source: str | None,
+    progress: Progress,
+    detach: bool,
+    prelude: list[dict[str, Any]],
+    derived: dict[str, Any],
+) -> tuple[str, RunState | None]:
+    """Submit to the Celery workers and, unless detached, follow the trace until the run ends
+    (the run's final state; None when Ctrl-C cancelled it: recorded, running steps revoked)."""
+    from dagwright.executors.celery.app import create_app, runtime
+    from dagwright.executors.celery.engine import Engine
+    from dagwright.executors.lifecycle import follow
+
+    settings = _settings()
+    visibility = settings.visibility_timeout
+    too_long = [s.id for s in wf.steps if s.timeout and s.timeout >= visibility]
+    if too_long:
+        _die(
+            f"step(s) {', '.join(too_long)} may run longer than Redis' visibility timeout "
+            f"({visibility:g}s), so their messages would be delivered twice: lower their "
+            "timeout or raise DAGWRIGHT_VISIBILITY_TIMEOUT (for workers and this client)",
+            EXIT_INVALID,
+        )
+    workers = runtime(create_app(settings))
+    dist = Engine(store, registry, tool_modules=settings.tools)
+    run_id, dispatches = dist.start(wf, inputs, source=source, prelude=prelude, **derived)
+    workers.send(dispatches)
+    if detach:
+        return run_id, None
+
+    def wait(seconds: float) -> None:  # woken at once when a worker records the run's end
+        workers.wait_finished(run_id, seconds)
+
+    try:
+        with progress:
+            return run_id, follow(store, run_id, on_event=progress.on_event, wait=wait)
+    except KeyboardInterrupt:
+        workers.cancel(run_id, dist)
+        return run_id, None
+
+
+def _print_result(summary: dict[str, Any], db: str | None) -> None:
+    from dagwright.executors.engine import outcome
+
+    status = summary["status"]
+    color = {outcome.SUCCEEDED: "green", outcome.FAILED: "red", outcome.CANCELLED: "yellow"}.get(
+        status, "white"
+    )
+    out.print(
+        f"\nrun [bold]{summary['run_id']}[/bold]  [{color}]{status}[/{color}]"
+        f"  in {summary['duration']}s",
+        highlight=False,
+    )
+    if summary["error"]:
+        err_info = summary["error"]
+        where = f"step {err_info['step']!r}: " if err_info.get("step") else ""
+        message = err_info.get("message", "")
+        if where and message.startswith(where.rstrip(": ")):
+            where = ""
+        out.print(f"[red]error:[/red] {escape(where + message)}")
+    if status == outcome.SUCCEEDED:
+        out.print("output:")
+        out.print_json(json.dumps(summary["output"], default=str))
+    out.print(f"trace: {escape(summary['trace'])}")
+    out.print(f"inspect: dagwright show {summary['run_id']}{escape(_db_flag(db))}")
+    flag = escape(_db_flag(db))
+    out.print(f"replay: dagwright replay {summary['run_id']}{flag}")
+    if status in (outcome.FAILED, outcome.CANCELLED):
+        out.print(
+            f"fix and go on: dagwright resume {summary['run_id']} --workflow FIXED.yaml{flag}"
+        )
+
+
+def _check_executor(executor_name: str, detach: bool) -> None:
+    if executor_name not in ("local", "celery"):
+        _die(f"--executor {executor_name!r}: use local or celery", EXIT_INVALID)
+    if detach and executor_name != "celery":
+        _die("--detach needs --executor celery (a local run lives in this process)", EXIT_INVALID)
+
+
+def _run_derived(
+    run_id: str,
+    *,
+    mode: str,
+    from_steps: list[str] | None,
+    workflow_file: Path | None = None,
+    inputs: list[str] | None = None,
+    sets: list[str] | None = None,
+    executor_name: str,
+    detach: bool,
+    as_json: bool,
+    db: str | None,
+    max_parallel: int | None,
+) -> NoReturn:
+    from dagwright.cli.lineage import derived_run, describe
+    from dagwright.tools import default_registry
+
+    _check_executor(executor_name, detach)
+    store = _store(db)
+    try:
+        record, derivation, registry, source, child = derived_run(
+            store,
+            run_id,
+            mode=mode,
+            registry=default_registry,
+            tool_modules=_settings().tools,
+            from_steps=list(from_steps or []),
+            workflow_file=workflow_file,
+            inputs=_parse_inputs(inputs),
+            sets=list(sets or []),
+            heartbeat=_settings().heartbeat,
+        )
+    except PlanError as exc:
+        _invalid(exc, as_json, status="invalid")
+    finally:
+        store.close()
+    if not as_json:
+        err.print(f"{mode} of run {record.run_id}: {escape(describe(derivation))}")
+    _execute(
+        derivation.workflow,
+        registry,
+        derivation.inputs,
+        source=source,
+        executor_name=executor_name,
+        detach=detach,
+        as_json=as_json,
+        db=db,
+        max_parallel=max_parallel,
+        reused=derivation.reused,
+        lineage=derivation.lineage,
+        run_id=child,
+    )
+
+
+def resume_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to resume: an id or a unique prefix.")],
+    from_steps: FromOption = None,
+    workflow_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--workflow",
+            "-w",
+            help="Resume under this edited workflow (e.g. with the failed step fixed).",
+            show_default=False,
+        ),
+    ] = None,
+    inputs: InputOption = None,
+    executor_name: ExecutorOption = "local",
+    detach: DetachOption = False,
+    max_parallel: MaxParallelOption = None,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Continue a failed run in a new, linked run, reusing the steps that succeeded.
+
+    Succeeded steps are reused (their recorded outputs; not executed again); the failed ones
+    and everything downstream of them run again. With --from, those steps and everything
+    downstream run again too. With --workflow, the new run follows the edited file; a reused
+    step whose definition changed is refused (name it in --from). --input overrides the
+    parent's inputs. Exit codes as for `run`."""
+    _run_derived(
+        run_id,
+        mode="resume",
+        from_steps=from_steps,
+        workflow_file=workflow_file,
+        inputs=inputs,
+        executor_name=executor_name,
+        detach=detach,
+        as_json=as_json,
+        db=db,
+        max_parallel=max_parallel,
+    )
+
+
+def fork_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to fork: an id or a unique prefix.")],
+    from_steps: FromOption = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="A change: steps.<id>.with.<arg>=VALUE (any step field, e.g. "
+            "steps.<id>.timeout=5) or inputs.<name>=VALUE. VALUE is JSON, else text. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    executor_name: ExecutorOption = "local",
+    detach: DetachOption = False,
+    max_parallel: MaxParallelOption = None,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Try a change from a step on, in a new run that reuses everything upstream of it.
+
+    Everything upstream of the --from steps is reused; they and everything downstream run
+    again, under the plan edited by --set. Without --from, the steps changed by --set are the
+    ones to run from. Exit codes as for `run`."""
+    if not sets and not from_steps:
+        _die("fork needs --from STEP and/or --set steps.<id>.with.<arg>=VALUE", EXIT_INVALID)
+    _run_derived(
+        run_id,
+        mode="fork",
+        from_steps=from_steps,
+        sets=sets,
+        executor_name=executor_name,
+        detach=detach,
+        as_json=as_json,
+        db=db,
+        max_parallel=max_parallel,
+    )
+
+
+__all__ = ["fork_cmd", "resume_cmd", "run_cmd"]

@@ -1,0 +1,320 @@
+"""Looking at recorded runs: ``dagwright show``, ``trace``, ``runs`` and ``diff``."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Annotated, Any
+
+import typer
+from rich.console import RenderableType
+from rich.markup import escape
+from rich.table import Table
+
+from dagwright.cli.common import (
+    EXIT_INVALID,
+    DbOption,
+    JsonOption,
+    _db_flag,
+    _die,
+    _json,
+    _secs,
+    _settings,
+    _status_text,
+    _store,
+    out,
+)
+
+
+def show_cmd(
+    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Show a run: its steps, attempts, timings, errors and output."""
+    from dagwright.executors.engine import outcome
+    from dagwright.executors.lifecycle import seen_status
+    from dagwright.executors.summary import run_summary, state_of
+
+    store = _store(db, create=False)
+    record = store.get_run(run_id)
+    _, state = state_of(record, store.events(record.run_id))
+    summary = run_summary(record, state, store.location(), detail=True)
+    summary["status"] = seen_status(
+        store, record, summary["status"], time.time(), _settings().heartbeat
+    )
+    if as_json:
+        _json(summary)
+        return
+    out.print(
+        f"run [bold]{record.run_id}[/bold]  workflow [bold]{escape(record.workflow_name)}[/bold]  ",
+        _status_text(summary["status"]),
+        f"  {_secs(summary['duration'])}",
+    )
+    if record.source:
+        out.print(f"source: {escape(record.source)}   started: {summary['started_at']}")
+    if record.inputs:
+        out.print(f"inputs: {escape(json.dumps(record.inputs, ensure_ascii=False))}")
+    if record.parent_run_id:
+        froms = ", ".join(record.from_steps)
+        out.print(
+            f"lineage: {record.mode} of run [bold]{record.parent_run_id}[/bold]"
+            + (f", from step(s) {escape(froms)}" if froms else "")
+        )
+    table = Table(box=None, header_style="bold")
+    for col in ("step", "status", "attempts", "started", "duration", "error / note"):
+        table.add_column(col)
+    for sid, step in summary["steps"].items():
+        table.add_row(
+            sid,
+            _status_text(step["status"]),
+            str(step["attempts"]),
+            step["started_at"] or "",
+            _secs(step["duration"]),
+            escape(
+                step.get("error")
+                or step.get("reason")
+                or (f"reused from run {step['reused_from']}" if step.get("reused_from") else "")
+            ),
+        )
+    out.print(table)
+    _print_revisions_and_calls(store.events(record.run_id))
+    for sid, step in summary["steps"].items():
+        for attempt in step["attempt_details"]:
+            if attempt["status"] != outcome.SUCCEEDED:
+                _print_failed_attempt(sid, attempt)
+    if state.error:
+        out.print(f"\n[red]error:[/red] {escape(state.error.get('message', ''))}")
+    if state.status == outcome.SUCCEEDED:
+        out.print("\noutput:")
+        out.print_json(json.dumps(state.output, default=str))
+    out.print(f"\ntrace: dagwright trace {record.run_id}{escape(_db_flag(db))}")
+
+
+def _print_revisions_and_calls(events: list[Any]) -> None:
+    from dagwright.executors.engine import events as ev
+
+    for e in events:
+        if e.type == ev.PLAN_REVISED:
+            steps = [s["id"] for s in e.data["workflow"]["steps"]]
+            out.print(
+                f"\n[bold]plan revision {e.data.get('revision')}[/bold] after step "
+                f"{e.data.get('failed_step')!r} failed: "
+                f"{escape((e.data.get('error') or {}).get('message', ''))}\n"
+                f"  kept (not run again): {', '.join(e.data.get('kept') or []) or 'none'}; "
+                f"steps now: {', '.join(steps)}"
+            )
+    diverged = [e for e in events if e.type == ev.REPLAY_DIVERGED]
+    if diverged:
+        first = diverged[0].data
+        out.print(
+            f"\n[red]replay diverged[/red] ({len(diverged)} divergence"
+            f"{'s' if len(diverged) != 1 else ''}); first: {escape(first.get('message', ''))}"
+        )
+        if first.get("diff"):
+            out.print(escape(first["diff"]), highlight=False)
+    calls = [e for e in events if e.type == ev.MODEL_CALL]
+    if calls:
+        hits = sum(bool(e.data.get("cache_hit")) for e in calls)
+        failed = sum(bool(e.data.get("error")) for e in calls)
+        out.print(f"\nmodel calls: {len(calls)} ({hits} from the cache, {failed} with an error)")
+
+
+def _print_failed_attempt(sid: str, a: dict[str, Any]) -> None:
+    error = a["error"] or {}
+    out.print(
+        f"\n[bold]{sid}[/bold] attempt {a['attempt']} [red]{a['status']}[/red]"
+        f" after {_secs(a['duration'])}: {escape(error.get('message', ''))}"
+    )
+    for check in a["checks"]:
+        if not check["passed"]:
+            out.print(f"  ✗ {escape(check['message'])}")
+    if error.get("traceback"):
+        tail = error["traceback"].splitlines()[-6:]
+        out.print("[dim]" + escape("\n".join("  " + line for line in tail)) + "[/dim]")
+    if a["retry_in"] is not None:
+        out.print(f"  [dim]retried after {a['retry_in']:g}s[/dim]")
+
+
+def trace_cmd(
+    run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Print a run's trace: every event, in order."""
+    from dagwright.executors.summary import iso
+
+    store = _store(db, create=False)
+    record = store.get_run(run_id)
+    events = store.events(record.run_id)
+    if as_json:
+        _json([e.as_dict() | {"at": iso(e.at)} for e in events])
+        return
+    t0 = events[0].at if events else 0.0
+    for e in events:
+        out.print(escape("  ".join(_trace_line(e, t0))), soft_wrap=True)
+
+
+def _trace_line(e: Any, t0: float) -> list[str]:
+    """The words of one event's line in ``dagwright trace``."""
+    from dagwright.executors.engine import events as ev
+
+    data = e.data
+    bits = [f"{e.seq:>4}", f"+{e.at - t0:8.3f}s", f"{e.type:<17}"]
+    if e.step:
+        bits.append(f"{e.step}" + (f"#{e.attempt}" if e.attempt else ""))
+    if "status" in data:
+        bits.append(str(data["status"]))
+    if data.get("reused"):
+        bits.append(f"reused from run {data['reused'].get('run_id')}")
+    if e.type == ev.RUN_STARTED and data.get("lineage"):
+        lin = data["lineage"]
+        bits.append(f"{lin.get('mode')} of run {lin.get('parent')}")
+    if data.get("error"):
+        bits.append(str(data["error"].get("message", "")))
+    if data.get("retry_in") is not None:
+        bits.append(f"retry in {data['retry_in']:g}s")
+    if e.type == ev.ATTEMPT_STARTED:
+        bits.append(f"inputs={json.dumps(data.get('inputs'), ensure_ascii=False)[:120]}")
+    if e.type == ev.MODEL_CALL:
+        bits += [str(data.get("purpose") or ""), str(data.get("model_id") or data.get("model"))]
+        bits += ["cache hit"] if data.get("cache_hit") else []
+        bits += [f"error: {str(data['error'])[:120]}"] if data.get("error") else []
+    if e.type == ev.REPLAY_DIVERGED:
+        bits.append(str(data.get("message", "")))
+    if e.type == ev.PLAN_REVISED:
+        bits.append(
+            f"revision {data.get('revision')}, kept: {', '.join(data.get('kept') or []) or 'none'}"
+        )
+    return bits
+
+
+def runs_cmd(
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only runs with this status: running, succeeded, failed, cancelled, abandoned "
+            "(a local run whose process is gone).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="How many, newest first.")
+    ] = 20,
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """List recent runs."""
+    from dagwright.executors.engine import outcome
+    from dagwright.executors.engine.outcome import RUN_STATUSES
+    from dagwright.executors.lifecycle import seen_status
+    from dagwright.executors.summary import duration, iso
+
+    if status is not None and status not in RUN_STATUSES:
+        words = f"{', '.join(RUN_STATUSES[:-1])} or {RUN_STATUSES[-1]}"
+        _die(f"--status {status!r}: use {words}", EXIT_INVALID)
+    store = _store(db, create=False)
+    now, heartbeat = time.time(), _settings().heartbeat
+    wanted = outcome.RUNNING if status == outcome.ABANDONED else status
+    runs = [
+        replace(r, status=seen_status(store, r.record, r.status, now, heartbeat))
+        for r in store.list_runs(status=wanted, limit=limit)
+    ]
+    runs = [r for r in runs if status is None or r.status == status]
+    if as_json:
+        _json(
+            [
+                {
+                    "run_id": r.record.run_id,
+                    "workflow": r.record.workflow_name,
+                    "status": r.status,
+                    "created_at": iso(r.record.created_at),
+                    "finished_at": iso(r.finished_at),
+                    "source": r.record.source,
+                    "lineage": r.record.lineage(),
+                }
+                for r in runs
+            ]
+        )
+        return
+    if not runs:
+        out.print(
+            f"no runs{f' with status {status}' if status else ''} in {escape(store.location())}"
+        )
+        return
+    table = Table(box=None, header_style="bold")
+    derived = any(r.record.parent_run_id for r in runs)
+    for col in ("run id", "workflow", "status", "started", "duration"):
+        table.add_column(col)
+    if derived:
+        table.add_column("lineage")
+    for r in runs:
+        row: list[RenderableType | None] = [
+            r.record.run_id,
+            escape(r.record.workflow_name),
+            _status_text(r.status),
+            iso(r.record.created_at),
+            _secs(duration(r.record.created_at, r.finished_at)),
+        ]
+        if derived:
+            parent = r.record.parent_run_id
+            row.append(f"{r.record.mode} of {parent[:12]}" if parent else "")
+        table.add_row(*row)
+    out.print(table)
+
+
+def diff_cmd(
+    run_a: Annotated[str, typer.Argument(help="A run id (or unique prefix).")],
+    run_b: Annotated[str, typer.Argument(help="Another run id (or unique prefix).")],
+    as_json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Compare two runs step by step: what differs in status, attempts, inputs and outputs.
+
+    Useful on a run and its resume, fork or replay. A reused step is compared by the inputs and
+    output it carries."""
+    from dagwright.executors.engine.lineage import compare_runs
+    from dagwright.executors.summary import state_of
+
+    store = _store(db, create=False)
+    states = []
+    for rid in (run_a, run_b):
+        record = store.get_run(rid)
+        states.append(state_of(record, store.events(record.run_id))[1])
+    store.close()
+    result = compare_runs(states[0], states[1])
+    if as_json:
+        _json(result)
+        return
+    out.print(f"--- run {result['a']}\n+++ run {result['b']}", highlight=False)
+    for name, values in result["run"].items():
+        out.print(f"[bold]run {name}[/bold]")
+        _print_values_diff(values["a"], values["b"])
+    for sid, step in result["steps"].items():
+        out.print(f"[bold]step {escape(sid)}[/bold]: differs in {', '.join(step['differs'])}")
+        a, b = step["a"] or {}, step["b"] or {}
+        for name in step["differs"]:
+            if name == "presence":
+                out.print(f"  only in run {result['a'] if step['a'] else result['b']}")
+            else:
+                out.print(f"  {name}:")
+                _print_values_diff(a.get(name), b.get(name), indent="    ")
+    same = result["identical"]
+    out.print(
+        f"{len(same)} step(s) identical" + (f": {escape(', '.join(same))}" if same else ""),
+        highlight=False,
+    )
+
+
+def _print_values_diff(a: Any, b: Any, indent: str = "  ") -> None:
+    from dagwright.executors.replay import diff_text
+
+    lines = [x for x in diff_text(a, b).splitlines()[2:] if not x.startswith("@@")]
+    for line in lines:
+        style = "red" if line.startswith("-") else "green" if line.startswith("+") else ""
+        text = escape(indent + line)
+        out.print(f"[{style}]{text}[/{style}]" if style else text, highlight=False)
+
+
+__all__ = ["diff_cmd", "runs_cmd", "show_cmd", "trace_cmd"]

@@ -1,0 +1,74 @@
+"""A trace store that never keeps a known secret: ``RedactingStore(inner, redactor)`` redacts
+every recorded event's data, every run record and every cached answer before the inner store
+sees them (``open_store(target, secrets=...)`` wraps the store it opens when there are any)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from dagwright.executors.engine.events import Event
+from dagwright.executors.store.base import RunRecord, RunSummary, TraceStore
+from dagwright.redact import Redactor
+
+
+class RedactingStore:
+    """``TraceStore`` by delegation; what is written is redacted, so what is read back (the
+    trace, ``show``, ``run --json``, the API) is too."""
+
+    def __init__(self, inner: TraceStore, redactor: Redactor) -> None:
+        self.inner = inner
+        self.redactor = redactor
+
+    def _event(self, e: Event) -> Event:
+        data = self.redactor.value(e.data)
+        return e if data is e.data else dataclasses.replace(e, data=data)
+
+    def create_run(self, run: RunRecord) -> None:
+        r = self.redactor
+        workflow, inputs = r.value(run.workflow), r.value(run.inputs)
+        if workflow is not run.workflow or inputs is not run.inputs:
+            run = dataclasses.replace(run, workflow=workflow, inputs=inputs)
+        self.inner.create_run(run)
+
+    def append(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        *,
+        claims: Sequence[str] = (),
+        expect_seq: int | None = None,
+    ) -> list[Event] | None:
+        redacted = [self._event(e) for e in events]
+        return self.inner.append(run_id, redacted, claims=claims, expect_seq=expect_seq)
+
+    def heartbeat(self, run_id: str, step: str, attempt: int, at: float) -> None:
+        self.inner.heartbeat(run_id, step, attempt, at)
+
+    def heartbeats(self, run_id: str) -> dict[tuple[str, int], float]:
+        return self.inner.heartbeats(run_id)
+
+    def cache_get(self, key: str) -> Any:
+        return self.inner.cache_get(key)
+
+    def cache_put(self, key: str, value: Any) -> None:
+        self.inner.cache_put(key, self.redactor.value(value))
+
+    def events(self, run_id: str, after: int = 0) -> list[Event]:
+        return self.inner.events(run_id, after)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return self.inner.get_run(run_id)
+
+    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:
+        return self.inner.list_runs(status=status, limit=limit)
+
+    def location(self) -> str:
+        return self.inner.location()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+__all__ = ["RedactingStore"]

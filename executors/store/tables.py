@@ -1,0 +1,92 @@
+"""The trace store's tables, at the latest version of the schema (SQLAlchemy Core).
+
+A store made by an earlier dagwright is brought to these definitions by the migrations
+(``executors.store.migrations``); a change here needs a migration there.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+runs_table = Table(
+    "dagwright_runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("workflow_name", String(200), nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("workflow", Text, nullable=False),
+    Column("inputs", Text, nullable=False),
+    Column("source", Text),
+    Column("executor", String(32), nullable=False),
+    # the next free `seq` of the run's events; appends take numbers from it in their own
+    # transaction, so concurrent writers never collide and commit order is seq order
+    Column("next_seq", Integer, nullable=False, server_default="1"),
+    # lineage: the run this one was resumed, forked or replayed from
+    Column("parent_run_id", String(64), index=True),
+    Column("mode", String(16)),
+    Column("from_steps", Text),
+)
+
+events_table = Table(
+    "dagwright_events",
+    metadata,
+    Column("run_id", String(64), ForeignKey("dagwright_runs.run_id"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("type", String(32), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("step", String(128)),
+    Column("attempt", Integer),
+    # the `status` of a finish event, so runs can be listed and filtered by status in SQL
+    Column("status", String(16)),
+    Column("data", Text, nullable=False),
+)
+Index("ix_dagwright_events_type", events_table.c.type, events_table.c.run_id)
+
+# Compare-and-set for workers: a claim key (e.g. "dispatch:step:1") is taken by exactly one
+# append, whoever calls first; the events of a losing append are not written.
+claims_table = Table(
+    "dagwright_claims",
+    metadata,
+    Column("run_id", String(64), ForeignKey("dagwright_runs.run_id"), primary_key=True),
+    Column("key", String(300), primary_key=True),
+)
+
+# Model answers by request key (model id, messages, schema, parameters): the model-call cache
+# when no Redis cache is configured.
+cache_table = Table(
+    "dagwright_model_cache",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Liveness of running attempts (not part of the trace: a heartbeat is not a fact about the run).
+heartbeats_table = Table(
+    "dagwright_heartbeats",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("step", String(128), primary_key=True),
+    Column("attempt", Integer, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+)
+
+# The schema's version: one row per migration applied (``executors.store.migrations``).
+schema_table = Table(
+    "dagwright_schema",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(100), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+__all__ = [
+    "cache_table",
+    "claims_table",
+    "events_table",
+    "heartbeats_table",
+    "metadata",
+    "runs_table",
+    "schema_table",
+]

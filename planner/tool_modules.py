@@ -1,0 +1,108 @@
+"""The tools a workflow runs with: the base registry, the settings' tool modules
+(``DAGWRIGHT_TOOLS``) and the workflow's own ``tools:`` (a ``.py`` file or package inside its
+folder, or a module of ``DAGWRIGHT_TOOLS``), each loaded into a registry of the workflow's own.
+Nothing else is ever imported: a path, a file whose real path leaves the folder, or an
+importable module the settings do not list is a located issue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from dagwright.errors import DagwrightError, PlanError, PlanIssue
+from dagwright.planner.schema import Workflow
+from dagwright.planner.source import Source
+from dagwright.tools.registry import ToolRegistry
+
+
+def load_tool_modules(
+    registry: ToolRegistry, modules: Sequence[str]
+) -> tuple[ToolRegistry, list[PlanIssue]]:
+    """``registry`` with the settings' tool ``modules`` loaded (into a copy, when there are
+    any), and a located issue for each module that cannot load."""
+    if not modules:
+        return registry, []
+    loaded = registry.copy()
+    issues: list[PlanIssue] = []
+    for module in modules:
+        try:
+            loaded.load_module(module)
+        except (ImportError, DagwrightError, SyntaxError) as exc:
+            issues.append(
+                PlanIssue(
+                    f"cannot load tool module {module!r} from settings: "
+                    f"{type(exc).__name__}: {exc}",
+                    field="DAGWRIGHT_TOOLS",
+                    hint="check DAGWRIGHT_TOOLS",
+                )
+            )
+    return loaded, issues
+
+
+def registry_for(
+    workflow: Workflow,
+    registry: ToolRegistry,
+    base_dir: Path | None,
+    source: Source,
+    allowed: Sequence[str] = (),
+) -> tuple[ToolRegistry, list[PlanIssue]]:
+    """The registry a workflow runs with: ``registry`` plus the modules its ``tools:`` names.
+
+    Each entry is a dotted module name: a ``.py`` file (or package) inside ``base_dir``, the
+    workflow's folder (its real path too), or one of the ``allowed`` modules (the settings'
+    ``DAGWRIGHT_TOOLS``). A workflow without a folder (``base_dir`` None: given as text) may
+    use registered tools only. Anything else is a located issue, and nothing is imported."""
+    if not workflow.tools:
+        return registry, []
+    loaded = registry.copy()
+    issues = []
+    for i, module in enumerate(workflow.tools):
+        if base_dir is None:
+            issues.append(
+                source.issue(
+                    f"tool module {module!r}: a workflow given without a file may use "
+                    "registered tools only",
+                    ("tools", i),
+                    field="tools",
+                    hint="remove `tools:`; ask the operator to add the module to DAGWRIGHT_TOOLS",
+                )
+            )
+            continue
+        try:
+            loaded.load_module(module, base_dir, importable=module in allowed)
+        except (ImportError, DagwrightError, SyntaxError) as exc:
+            issues.append(
+                source.issue(
+                    f"cannot load tool module {module!r}: {_reason(exc)}",
+                    ("tools", i),
+                    field="tools",
+                    hint="name a .py file in the workflow's folder (my_tools for my_tools.py), "
+                    "or a module listed in DAGWRIGHT_TOOLS",
+                )
+            )
+    return loaded, issues
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, DagwrightError) else f"{type(exc).__name__}: {exc}"
+
+
+def registry_for_run(
+    workflow: Workflow,
+    registry: ToolRegistry,
+    modules: Sequence[str] = (),
+    source: str | None = None,
+) -> ToolRegistry:
+    """The registry a recorded run executes with: ``registry``, the settings' tool ``modules``
+    and the workflow's ``tools:`` (found in the folder of ``source``, the workflow's file, under
+    ``registry_for``'s rules: a run whose ``tools:`` breaks them is refused, not loaded). Raises
+    PlanError when a module cannot load."""
+    registry, issues = load_tool_modules(registry, modules)
+    base_dir = Path(source).resolve().parent if source else None
+    registry, more = registry_for(workflow, registry, base_dir, Source(source), modules)
+    if issues or more:
+        raise PlanError(issues + more)
+    return registry
+
+
+__all__ = ["load_tool_modules", "registry_for", "registry_for_run"]

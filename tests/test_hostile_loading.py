@@ -1,0 +1,172 @@
+"""Code is loaded only from where the user put it: a workflow's `tools:` names a module in the
+workflow's own folder (its real path inside it) or one the settings allow (`DAGWRIGHT_TOOLS`).
+Anything else is a located problem, and nothing is imported: each hostile module here writes a
+marker file when imported, and the tests assert that the file does not exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from clitools import REPO, as_json, cli
+
+from dagwright.errors import PlanError
+from dagwright.executors.lifecycle import run_registry
+from dagwright.planner.loader import loads_workflow
+from dagwright.planner.prepare import prepare
+from dagwright.planner.schema import Workflow
+from dagwright.planner.tool_modules import registry_for
+from dagwright.tools import ToolRegistry
+
+TOOL = (
+    "from dagwright import tool\n\n\n@tool(\"own.word\")\ndef word() -> str:\n    return 'mine'\n"
+)
+
+
+def evil(path: Path, marker: Path) -> Path:
+    """A module that leaves ``marker`` behind when it is imported."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+    return path
+
+
+def workflow(folder: Path, entry: str) -> Path:
+    """A workflow whose `tools:` (line 2) names ``entry``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "wf.yaml"
+    path.write_text(f"name: hostile\ntools: [{entry!r}]\nsteps:\n  - {{id: s, uses: echo}}\n")
+    return path
+
+
+def refused_everywhere(wf: Path, marker: Path, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """`validate` and `run` both refuse with exit 2, a location, and nothing imported or run."""
+    messages = []
+    for command in (("validate", str(wf)), ("run", str(wf))):
+        proc = cli(*command, cwd=cwd, env=env)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"{wf}:2" in proc.stderr and "tools" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not marker.exists(), f"{command[0]} imported the module"
+        messages.append(proc.stderr)
+    data = as_json(cli("validate", str(wf), "--json", cwd=cwd, env=env))
+    assert data["valid"] is False
+    (issue,) = data["errors"]
+    assert (issue["file"], issue["line"], issue["field"]) == (str(wf), 2, "tools")
+    assert issue["hint"]
+    assert not marker.exists()
+    assert not (cwd / ".dagwright").exists(), "a refused workflow records nothing"
+    return messages[0]
+
+
+def test_an_absolute_path_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    target = evil(tmp_path / "elsewhere" / "evil.py", marker)
+    wf = workflow(tmp_path / "work", str(target.with_suffix("")))
+    message = refused_everywhere(wf, marker, tmp_path)
+    assert "not a module name" in message
+
+
+@pytest.mark.parametrize("entry", ["../elsewhere/evil", "../../elsewhere/evil", "..elsewhere.evil"])
+def test_a_path_out_of_the_folder_is_refused(tmp_path: Path, entry: str) -> None:
+    marker = tmp_path / "marker"
+    evil(tmp_path / "elsewhere" / "evil.py", marker)
+    evil(tmp_path / "work" / "elsewhere" / "evil.py", marker)  # where `..elsewhere` might land
+    wf = workflow(tmp_path / "work" / "sub", entry)
+    assert "not a module name" in refused_everywhere(wf, marker, tmp_path)
+
+
+def test_a_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    outside = evil(tmp_path / "elsewhere" / "evil.py", marker)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "evil.py").symlink_to(outside)
+    (folder / "pkg").symlink_to(outside.parent, target_is_directory=True)
+    for entry in ("evil", "pkg.evil"):
+        wf = workflow(folder, entry)
+        assert "leaves the workflow's folder" in refused_everywhere(wf, marker, tmp_path)
+
+
+def test_an_importable_module_the_settings_do_not_allow_is_refused(tmp_path: Path) -> None:
+    """On PYTHONPATH (importable), but not in DAGWRIGHT_TOOLS: not imported."""
+    marker = tmp_path / "marker"
+    site = tmp_path / "site"
+    evil(site / "evilpkg" / "__init__.py", marker)
+    evil(site / "evilpkg" / "payload.py", marker)
+    wf = workflow(tmp_path / "work", "evilpkg.payload")
+    env = {"PYTHONPATH": str(site)}
+    message = refused_everywhere(wf, marker, tmp_path, env)
+    assert "DAGWRIGHT_TOOLS" in message
+
+
+def test_a_module_the_settings_allow_and_the_folder_s_own_modules_load(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "goodpkg").mkdir(parents=True)
+    (site / "goodpkg" / "__init__.py").write_text("")
+    (site / "goodpkg" / "tools.py").write_text(TOOL.replace("own.word", "good.word"))
+    folder = tmp_path / "work"
+    (folder / "mine").mkdir(parents=True)
+    (folder / "mine" / "__init__.py").write_text("")
+    (folder / "mine" / "more.py").write_text(TOOL)
+    wf = folder / "wf.yaml"
+    wf.write_text(
+        "name: fine\ntools: [goodpkg.tools, mine.more]\n"
+        "steps:\n  - {id: a, uses: good.word}\n  - {id: b, uses: own.word}\n"
+    )
+    env = {"PYTHONPATH": str(site), "DAGWRIGHT_TOOLS": "goodpkg.tools"}
+    proc = cli("run", str(wf), "--json", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert as_json(proc)["output"] == {"a": "mine", "b": "mine"}
+
+
+def test_the_repository_s_examples_still_validate(tmp_path: Path) -> None:
+    proc = cli("validate", str(REPO / "workflows/examples/quickstart.yaml"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_an_inline_workflow_may_not_name_tool_modules(
+    tmp_path: Path, registry: ToolRegistry
+) -> None:
+    """A workflow given as text (the API) has no folder: registered tools only."""
+    marker = tmp_path / "marker"
+    evil(tmp_path / "evil.py", marker)
+    text = (
+        f"name: inline\ntools: [evil, {str(tmp_path / 'evil')!r}]\nsteps: [{{id: s, uses: echo}}]\n"
+    )
+    loaded = loads_workflow(text, file="<api>")
+    assert loaded.base_dir is None
+    _, issues = registry_for(loaded.workflow, registry, loaded.base_dir, loaded.source)
+    assert [(i.file, i.line, i.field) for i in issues] == [("<api>", 2, "tools")] * 2
+    assert "registered tools only" in issues[0].message
+    # a file prepared as if it were inline (the API's flag): refused too, though evil.py is there
+    wf = workflow(tmp_path, "evil")
+    with pytest.raises(PlanError) as info:
+        prepare(wf, registry, allow_tool_modules=False)
+    assert [(i.line, i.field) for i in info.value.issues] == [(2, "tools")]
+    assert not marker.exists()
+
+
+def test_a_recorded_run_that_breaks_the_rules_is_refused_on_workers(
+    tmp_path: Path, registry: ToolRegistry
+) -> None:
+    """Workers load a run's tools through `run_registry`: the same rules, a clear error."""
+    marker = tmp_path / "marker"
+    outside = evil(tmp_path / "elsewhere" / "evil.py", marker)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "linked.py").symlink_to(outside)
+    source = str(folder / "wf.yaml")
+    for entry, why in [
+        (str(outside.with_suffix("")), "not a module name"),
+        ("linked", "leaves the workflow's folder"),
+        ("os.path", "DAGWRIGHT_TOOLS"),
+    ]:
+        wf = Workflow.model_validate(
+            {"name": "x", "tools": [entry], "steps": [{"id": "s", "uses": "echo"}]}
+        )
+        with pytest.raises(PlanError) as info:
+            run_registry(wf, registry, (), source)
+        assert why in str(info.value)
+        with pytest.raises(PlanError, match="registered tools only"):
+            run_registry(wf, registry, (), None)  # a run without a file (inline)
+    assert not marker.exists()
