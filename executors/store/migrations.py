@@ -21,12 +21,14 @@ Rules for a migration:
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from dagwright.errors import StoreError
 from dagwright.executors.store.tables import metadata, schema_table
@@ -106,13 +108,43 @@ def _blank_sqlite(conn: Connection) -> bool:
     return conn.dialect.name == "sqlite" and not inspect(conn).get_table_names()
 
 
+LOCKED_RETRY_S = 30.0
+"""How long opening an SQLite store retries while the file is locked by others opening it."""
+
+
+def _sqlite_locked(exc: OperationalError) -> bool:
+    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+
+
 def ensure_schema(engine: Engine, location: str, *, create: bool = True) -> None:
     """Bring the store's schema to the latest version: create a new store's tables, or upgrade
     a store made by an earlier dagwright in place.
 
     ``create=False``: only an existing store — a database without dagwright's tables raises
     StoreError (``no trace store at …``) and gets none (an SQLite file with no table at all,
-    the start of a store, is made one)."""
+    the start of a store, is made one).
+
+    SQLite answers "database is locked" without waiting in a few moments of a new file's life
+    (turning it to WAL while another process reads it, a read upgraded to a write), which a
+    worker pool opening a fresh store together meets under load. Each step here is idempotent
+    under the lock, so such an answer is retried, with jittered backoff, for up to
+    ``LOCKED_RETRY_S``."""
+    deadline = time.monotonic() + LOCKED_RETRY_S
+    pause = 0.01
+    while True:
+        try:
+            _ensure_schema(engine, location, create=create)
+            return
+        except OperationalError as exc:
+            if engine.dialect.name != "sqlite" or not _sqlite_locked(exc):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause * (0.5 + random.random()))
+        pause = min(pause * 2, 0.5)
+
+
+def _ensure_schema(engine: Engine, location: str, *, create: bool) -> None:
     latest = MIGRATIONS[-1].version
     with engine.connect() as conn:
         found = _version(conn)
