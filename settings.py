@@ -97,7 +97,29 @@ class Settings(BaseSettings):
     model_seed: int = 0
     """DAGWRIGHT_MODEL_SEED: the seed sent with every model request, where supported."""
 
-    @field_validator("tools", mode="before")
+    workflows: str = "workflows"
+    """DAGWRIGHT_WORKFLOWS: the folder of known workflows (YAML files, each known by its
+    ``name``) that the API and the Celery ``dagwright.submit`` task run by name."""
+    api_tokens: tuple[str, ...] = ()
+    """DAGWRIGHT_API_TOKENS: bearer tokens the API accepts (comma-separated). With none, the
+    API takes requests without a token, and ``serve`` binds to a loopback address only."""
+    api_max_body: PositiveInt = 2 << 20
+    """DAGWRIGHT_API_MAX_BODY: the largest request body the API reads (2 MiB); larger: 413."""
+    api_rate: PositiveSeconds = 50.0
+    """DAGWRIGHT_API_RATE: submissions per second allowed per token (or per client address
+    without tokens), sustained; more: 429 with ``Retry-After``."""
+    api_burst: PositiveInt = 100
+    """DAGWRIGHT_API_BURST: submissions a token may make at once above the sustained rate."""
+    api_runs: PositiveInt = 4
+    """DAGWRIGHT_API_RUNS: step attempts the API server runs at once in its own process (the
+    embedded default, when no broker is configured for it: ``serve --executor local``)."""
+    api_url: str = ""
+    """DAGWRIGHT_API_URL: the API that ``submit``, ``status`` and ``follow`` talk to."""
+    api_token: str = ""
+    """DAGWRIGHT_API_TOKEN: the bearer token ``submit``, ``status``, ``follow`` and
+    ``dagwright.client`` send."""
+
+    @field_validator("tools", "api_tokens", mode="before")
     @classmethod
     def split_tools(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -150,7 +172,8 @@ class Settings(BaseSettings):
     def secrets(self) -> tuple[str, ...]:
         """The values that must never be recorded or printed: the API keys, and the passwords
         in the URLs (trace store, broker, model cache, model endpoint)."""
-        keys = [self.model_api_key, self.openai_api_key, self.anthropic_api_key]
+        keys = [self.model_api_key, self.openai_api_key, self.anthropic_api_key, self.api_token]
+        keys += self.api_tokens
         for url in (self.db, self.broker, self.model_cache, self.model_base_url):
             try:
                 password = urlsplit(url).password if "@" in url else None
