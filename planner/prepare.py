@@ -6,7 +6,7 @@ cycles) on the parts of the file that did parse.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 from dagwright.errors import PlanError, PlanIssue
 from dagwright.planner.inputs import resolve_inputs
 from dagwright.planner.limits import Limits
-from dagwright.planner.loader import load_workflow
+from dagwright.planner.loader import LoadedWorkflow, load_workflow, loads_workflow
 from dagwright.planner.schema import Workflow
 from dagwright.planner.source import Source
 from dagwright.planner.tool_modules import load_tool_modules, registry_for
@@ -62,8 +62,54 @@ def prepare(
     ``limits`` bound the file, its steps and nesting, and the inputs (default ``Limits()``)."""
     path = Path(path)
     base_dir = path.resolve().parent if allow_tool_modules else None
+    return _prepared(
+        lambda: load_workflow(path, limits),
+        base_dir,
+        registry,
+        tool_modules=tool_modules,
+        inputs=inputs,
+        inputs_required=inputs_required,
+        inputs_as_text=inputs_as_text,
+        limits=limits,
+    )
+
+
+def prepare_text(
+    text: str,
+    registry: ToolRegistry,
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
+    name: str = "<workflow_yaml>",
+) -> Prepared:
+    """``prepare`` for a workflow given as YAML text (an API body): registered tools only (its
+    ``tools:`` may name no module), inputs as JSON values. ``name`` stands for the file in the
+    problems reported."""
+    return _prepared(
+        lambda: loads_workflow(text, file=name, limits=limits),
+        None,
+        registry,
+        tool_modules=(),
+        inputs=inputs,
+        inputs_required=True,
+        inputs_as_text=False,
+        limits=limits,
+    )
+
+
+def _prepared(
+    load: Callable[[], LoadedWorkflow],
+    base_dir: Path | None,
+    registry: ToolRegistry,
+    *,
+    tool_modules: Sequence[str],
+    inputs: Mapping[str, Any] | None,
+    inputs_required: bool,
+    inputs_as_text: bool,
+    limits: Limits | None,
+) -> Prepared:
     try:
-        loaded = load_workflow(path, limits)
+        loaded = load()
     except PlanError as exc:
         if isinstance(exc.partial, Workflow) and isinstance(exc.source, Source):
             _, more = _semantic_issues(exc.partial, exc.source, base_dir, registry, tool_modules)
@@ -103,4 +149,4 @@ def _inputs_over_limits(
     return issues
 
 
-__all__ = ["Prepared", "prepare"]
+__all__ = ["Prepared", "prepare", "prepare_text"]
