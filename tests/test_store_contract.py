@@ -98,6 +98,38 @@ def test_list_runs_newest_first_with_status_from_the_trace(store: TraceStore) ->
     assert len(store.list_runs(limit=1)) == 1
 
 
+def test_list_runs_filters_and_pages_with_a_cursor(store: TraceStore) -> None:
+    """Filters on workflow and creation time; pages follow (created_at, run_id), so runs
+    created at the same instant are neither skipped nor repeated across pages."""
+    name = uuid.uuid4().hex  # the store may be shared with other tests: filter on our name
+    ids = [_run(store, at=100.0 + (i // 2), name=name) for i in range(7)]  # pairs share a time
+    other = _run(store, at=101.0, name="other-" + name)
+    pages, after = [], None
+    while True:
+        page = store.list_runs(workflow=name, limit=3, after=after)
+        pages.append([r.record.run_id for r in page])
+        if len(page) < 3:
+            break
+        after = (page[-1].record.created_at, page[-1].record.run_id)
+    seen = [rid for page in pages for rid in page]
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen)) == 7
+    assert other not in seen
+    expected = sorted(ids, key=lambda rid: (store.get_run(rid).created_at, rid), reverse=True)
+    assert seen == expected
+    window = store.list_runs(workflow=name, created_after=100.0, created_before=102.0)
+    assert sorted(r.record.run_id for r in window) == sorted(ids[2:4])
+
+
+def test_an_idempotency_key_is_held_by_the_first_submission(store: TraceStore) -> None:
+    key = "key-" + uuid.uuid4().hex
+    first = store.claim_submission(key, "fp-a", "run-1", 5.0)
+    again = store.claim_submission(key, "fp-b", "run-2", 6.0)
+    assert (first.run_id, first.fingerprint) == ("run-1", "fp-a")
+    assert (again.run_id, again.fingerprint, again.created_at) == ("run-1", "fp-a", 5.0)
+    other = store.claim_submission(key + "-other", "fp-c", "run-3", 7.0)
+    assert other.run_id == "run-3"
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_concurrent_appenders_never_share_a_seq(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

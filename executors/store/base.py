@@ -55,6 +55,37 @@ class RunSummary:
     finished_at: float | None = None
 
 
+@dataclass(frozen=True)
+class Submission:
+    """The submission that holds an idempotency key."""
+
+    key: str
+    fingerprint: str
+    """A hash of the request, so a retry with another body can be refused."""
+    run_id: str
+    created_at: float
+
+
+def listed(
+    summary: RunSummary,
+    *,
+    status: str | None,
+    workflow: str | None,
+    created_after: float | None,
+    created_before: float | None,
+    after: tuple[float, str] | None,
+) -> bool:
+    """Whether a run passes ``list_runs``' filters (for stores that filter in Python)."""
+    r = summary.record
+    return (
+        (status is None or summary.status == status)
+        and (workflow is None or r.workflow_name == workflow)
+        and (created_after is None or r.created_at > created_after)
+        and (created_before is None or r.created_at < created_before)
+        and (after is None or (r.created_at, r.run_id) < after)
+    )
+
+
 def match_run_id(run_id: str, known: Sequence[str]) -> str:
     """Resolve a full run id or a unique prefix of one (like git's short hashes)."""
     if run_id in known:
@@ -110,8 +141,24 @@ class TraceStore(Protocol):
     def get_run(self, run_id: str) -> RunRecord:
         """The run with this id, or with this unique id prefix; raises RunNotFound."""
 
-    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:
-        """Newest first; ``status`` filters on the run's status from its trace."""
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        workflow: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        after: tuple[float, str] | None = None,
+    ) -> list[RunSummary]:
+        """Newest first (by ``created_at``, then ``run_id``); ``status`` filters on the run's
+        status from its trace, ``workflow`` on its name, ``created_after``/``created_before``
+        on when it was created (exclusive). ``after``: the ``(created_at, run_id)`` of the last
+        run of the previous page (cursor pagination)."""
+
+    def claim_submission(self, key: str, fingerprint: str, run_id: str, at: float) -> Submission:
+        """Take an idempotency key for ``run_id`` unless it is taken; returns the submission
+        that holds the key (this one, or the earlier one with its run id and fingerprint)."""
 
     def location(self) -> str:
         """Where the trace lives, for people: a file path or a URL without its password."""
@@ -119,4 +166,12 @@ class TraceStore(Protocol):
     def close(self) -> None: ...
 
 
-__all__ = ["RunRecord", "RunSummary", "TraceStore", "lineage_fields", "match_run_id"]
+__all__ = [
+    "RunRecord",
+    "RunSummary",
+    "Submission",
+    "TraceStore",
+    "lineage_fields",
+    "listed",
+    "match_run_id",
+]

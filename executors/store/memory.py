@@ -8,7 +8,13 @@ from typing import Any
 
 from dagwright.errors import StaleState, StoreError
 from dagwright.executors.engine.events import RUN_FINISHED, Event
-from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id
+from dagwright.executors.store.base import (
+    RunRecord,
+    RunSummary,
+    Submission,
+    listed,
+    match_run_id,
+)
 
 
 class MemoryTraceStore:
@@ -18,6 +24,7 @@ class MemoryTraceStore:
         self._claims: dict[str, set[str]] = {}
         self._cache: dict[str, Any] = {}
         self._beats: dict[str, dict[tuple[str, int], float]] = {}
+        self._submissions: dict[str, Submission] = {}
         self._lock = threading.Lock()
 
     def create_run(self, run: RunRecord) -> None:
@@ -73,17 +80,39 @@ class MemoryTraceStore:
         with self._lock:
             return self._runs[match_run_id(run_id, list(self._runs))]
 
-    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        workflow: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        after: tuple[float, str] | None = None,
+    ) -> list[RunSummary]:
         with self._lock:
             summaries = []
-            for run in sorted(self._runs.values(), key=lambda r: r.created_at, reverse=True):
+            runs = sorted(self._runs.values(), key=lambda r: (r.created_at, r.run_id), reverse=True)
+            for run in runs:
                 finished = next(
                     (e for e in self._events[run.run_id] if e.type == RUN_FINISHED), None
                 )
                 run_status = str(finished.data["status"]) if finished else "running"
-                if status is None or run_status == status:
-                    summaries.append(RunSummary(run, run_status, finished.at if finished else None))
+                summary = RunSummary(run, run_status, finished.at if finished else None)
+                if listed(
+                    summary,
+                    status=status,
+                    workflow=workflow,
+                    created_after=created_after,
+                    created_before=created_before,
+                    after=after,
+                ):
+                    summaries.append(summary)
             return summaries[:limit]
+
+    def claim_submission(self, key: str, fingerprint: str, run_id: str, at: float) -> Submission:
+        with self._lock:
+            return self._submissions.setdefault(key, Submission(key, fingerprint, run_id, at))
 
     def location(self) -> str:
         return "memory"

@@ -82,6 +82,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables", _tables),
     Migration(2, "runs.next_seq", _next_seq),
     Migration(3, "run lineage", _lineage),
+    Migration(4, "submissions", _tables),  # dagwright_submissions: created if missing
 )
 """In order of version; append only (a version, once released, never changes)."""
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dagwright.executors.engine.events import Event
-from dagwright.executors.store.base import RunRecord, RunSummary, TraceStore
+from dagwright.executors.store.base import RunRecord, RunSummary, Submission, TraceStore
 from dagwright.redact import Redactor
 
 
@@ -61,8 +61,11 @@ class RedactingStore:
     def get_run(self, run_id: str) -> RunRecord:
         return self.inner.get_run(run_id)
 
-    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:
-        return self.inner.list_runs(status=status, limit=limit)
+    def list_runs(self, **filters: Any) -> list[RunSummary]:
+        return self.inner.list_runs(**filters)
+
+    def claim_submission(self, key: str, fingerprint: str, run_id: str, at: float) -> Submission:
+        return self.inner.claim_submission(key, fingerprint, run_id, at)
 
     def location(self) -> str:
         return self.inner.location()

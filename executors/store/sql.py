@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
-from sqlalchemy import bindparam, create_engine, event, func, select
+from sqlalchemy import and_, bindparam, create_engine, event, func, or_, select
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
 from dagwright.errors import StaleState, StoreError
 from dagwright.executors.engine.events import RUN_FINISHED, STEP_FINISHED, Event
-from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id
+from dagwright.executors.store.base import RunRecord, RunSummary, Submission, match_run_id
 from dagwright.executors.store.migrations import ensure_schema
 from dagwright.executors.store.tables import (
     cache_table,
@@ -28,6 +28,7 @@ from dagwright.executors.store.tables import (
     events_table,
     heartbeats_table,
     runs_table,
+    submissions_table,
 )
 
 
@@ -409,20 +410,53 @@ class SqlTraceStore:
             from_steps=json.loads(row.from_steps) if row.from_steps else [],
         )
 
-    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunSummary]:
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        workflow: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        after: tuple[float, str] | None = None,
+    ) -> list[RunSummary]:
         r, e = runs_table, events_table
         run_status = func.coalesce(e.c.status, "running")
         query = (
             select(r, run_status.label("run_status"), e.c.at.label("finished_at"))
             .select_from(r.outerjoin(e, (e.c.run_id == r.c.run_id) & (e.c.type == RUN_FINISHED)))
-            .order_by(r.c.created_at.desc())
+            .order_by(r.c.created_at.desc(), r.c.run_id.desc())
             .limit(limit)
         )
         if status is not None:
             query = query.where(run_status == status)
+        if workflow is not None:
+            query = query.where(r.c.workflow_name == workflow)
+        if created_after is not None:
+            query = query.where(r.c.created_at > created_after)
+        if created_before is not None:
+            query = query.where(r.c.created_at < created_before)
+        if after is not None:
+            at, run_id = after
+            query = query.where(
+                or_(r.c.created_at < at, and_(r.c.created_at == at, r.c.run_id < run_id))
+            )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [RunSummary(self._record(row), row.run_status, row.finished_at) for row in rows]
+
+    def claim_submission(self, key: str, fingerprint: str, run_id: str, at: float) -> Submission:
+        s = submissions_table
+        row = {"key": key, "fingerprint": fingerprint, "run_id": run_id, "created_at": at}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(s.insert(), row)
+            return Submission(key, fingerprint, run_id, at)
+        except IntegrityError:
+            pass  # taken: by an earlier submission with this key
+        with self.engine.connect() as conn:
+            held = conn.execute(select(s).where(s.c.key == key)).one()
+        return Submission(held.key, held.fingerprint, held.run_id, held.created_at)
 
     def close(self) -> None:
         with self._lock:

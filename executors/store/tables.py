@@ -72,6 +72,17 @@ heartbeats_table = Table(
     Column("at", Float, nullable=False),
 )
 
+# Submissions by idempotency key (the API's ``Idempotency-Key``, the ``dagwright.submit`` task's
+# key): the first submission with a key names the run; a retry with the key gets the same run.
+submissions_table = Table(
+    "dagwright_submissions",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("run_id", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 # The schema's version: one row per migration applied (``executors.store.migrations``).
 schema_table = Table(
     "dagwright_schema",
@@ -89,4 +100,5 @@ __all__ = [
     "metadata",
     "runs_table",
     "schema_table",
+    "submissions_table",
 ]
