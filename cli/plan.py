@@ -13,9 +13,9 @@ import typer
 from rich.markup import escape
 
 from dagwright.cli.common import EXIT_FAILED, EXIT_INVALID, _die, _parse_inputs, _settings, err
-from dagwright.errors import PlanError, PlanIssue
 
 if TYPE_CHECKING:
+    from dagwright.executors.store import TraceStore
     from dagwright.planner.schema import Workflow
     from dagwright.settings import Settings
     from dagwright.tools import ToolRegistry
@@ -82,78 +82,75 @@ def _plan_for_run(
 ) -> tuple[Workflow, ToolRegistry, dict[str, Any], list[dict[str, Any]]]:
     """`run --task`: plan, then resolve inputs like a workflow file's. A plan that stays
     invalid is refused (PlanError, exit 2) with the model's last problems."""
-    from dagwright.agents.models import ModelCall, connect
+    from dagwright.executors.wiring import plan_task
     from dagwright.planner.inputs import resolve_inputs
-    from dagwright.planner.llm import PlanningFailed, plan
 
     settings = _settings()
     model = model or settings.model
     if not model:
         _die("--task needs --model PROVIDER:MODEL (or DAGWRIGHT_MODEL)", EXIT_INVALID)
     registry = _registry_with(settings)
-    recorded: list[ModelCall] = []
+    store = _examples_store(db)
     try:
-        provider = connect(model, _model_settings(settings))
-        examples = _examples(registry, db)
-        workflow = plan(task, registry, provider, examples=examples, record=recorded.append)
-    except PlanningFailed as exc:
-        raise PlanError([PlanIssue(f"the model gave no valid plan: {exc}", field="task")]) from None
-    err.print(f"planned {len(workflow.steps)} steps after {len(recorded)} model call(s)")
-    inputs = resolve_inputs(workflow, _parse_inputs(pairs), as_text=True)
-    return workflow, registry, inputs, [c.as_dict() for c in recorded]
+        planned = plan_task(task, model, registry, settings, store)
+    finally:
+        if store is not None:
+            store.close()
+    err.print(
+        f"planned {len(planned.workflow.steps)} steps after {len(planned.prelude)} model call(s)"
+    )
+    inputs = resolve_inputs(planned.workflow, _parse_inputs(pairs), as_text=True)
+    return planned.workflow, registry, inputs, planned.prelude
 
 
 def _replanner(wf: Workflow, model: str, settings: Settings) -> Any:
     """For steps with on_failure: replan — the planner's model (--model, else DAGWRIGHT_MODEL)."""
-    if not model or not any(s.on_failure == "replan" for s in wf.steps):
-        return None
-    from dagwright.executors.lifecycle import model_replanner
+    from dagwright.executors.wiring import replanner
 
-    return model_replanner(model, _model_settings(settings))
+    return replanner(wf, model, settings)
 
 
-def _examples(registry: ToolRegistry, db: str | None) -> list[str]:
-    """Few-shot plans: the repository's examples, then recent successful runs of this store
-    (when it exists: planning never creates a trace store)."""
+def _examples_store(db: str | None) -> TraceStore | None:
+    """The trace store few-shot examples come from, when it exists (planning never creates
+    one)."""
     from dagwright.executors.store import open_store
-    from dagwright.planner.llm import example_plans, examples_from_runs
 
-    shown = example_plans(registry)
     target = db or _settings().db
     if "://" in target or Path(target).exists():
         try:
-            store = open_store(target)
-            shown += examples_from_runs(store, registry)
-            store.close()
+            return open_store(target)
         except Exception:  # noqa: BLE001 - examples are a help, not a requirement
-            pass
-    return shown
+            return None
+    return None
+
+
+def _examples(registry: ToolRegistry, db: str | None) -> list[str]:
+    from dagwright.executors.wiring import examples
+
+    store = _examples_store(db)
+    try:
+        return examples(registry, store)
+    finally:
+        if store is not None:
+            store.close()
 
 
 def _registry_with(settings: Settings) -> ToolRegistry:
-    """The built-in tools and DAGWRIGHT_TOOLS' (what plans may use, what `tools` lists)."""
-    from dagwright.errors import PlanError
-    from dagwright.planner.tool_modules import load_tool_modules
-    from dagwright.tools import default_registry
+    from dagwright.executors.wiring import registry_with
 
-    registry, issues = load_tool_modules(default_registry, settings.tools)
-    if issues:
-        raise PlanError(issues)
-    return registry
+    return registry_with(settings)
 
 
 def _model_cache(settings: Settings) -> Any:
-    if not settings.model_cache:
-        return None  # the trace store's cache table
-    from dagwright.agents.cache import RedisCache
+    from dagwright.executors.wiring import model_cache
 
-    return RedisCache(settings.model_cache)
+    return model_cache(settings)
 
 
 def _model_settings(settings: Settings) -> Any:
-    from dagwright.agents.models import ModelSettings
+    from dagwright.executors.wiring import model_settings
 
-    return ModelSettings.from_settings(settings)
+    return model_settings(settings)
 
 
 def _write_calls(path: Path | None, recorded: list[Any]) -> None:
