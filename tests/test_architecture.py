@@ -96,7 +96,7 @@ def test_each_step_of_a_run_s_life_exists_once() -> None:
     ]
     assert _calls("registry_for_run(") == ["executors/lifecycle.py", "planner/tool_modules.py"]
     assert _calls("load_tool_modules(") == [
-        "cli/plan.py",
+        "executors/wiring.py",  # DAGWRIGHT_TOOLS for every driver
         "planner/prepare.py",
         "planner/tool_modules.py",
     ]
