@@ -89,8 +89,13 @@ class Engine:
         on_finished: Callable[[str, str], None] | None = None,
         limits: Limits | None = None,
         eval_timeout: float = EVAL_TIMEOUT,
+        executor: str = "celery",
     ) -> None:
-        """``on_finished(run_id, status)`` is called after this process recorded a run's end
+        """``executor``: the name recorded with the runs this engine starts; its sweep takes
+        only runs of that name (``celery``: Celery workers; ``api``: the API server's own
+        threads), never a local executor's runs in the same store.
+
+        ``on_finished(run_id, status)`` is called after this process recorded a run's end
         (the Celery app uses it to wake clients waiting for the run).
 
         ``eval_timeout`` (DAGWRIGHT_EVAL_TIMEOUT): seconds for resolving a step's arguments, and
@@ -103,6 +108,7 @@ class Engine:
         self.registry = registry
         self.tool_modules = tool_modules
         self.timing = timing or Timing()
+        self.executor = executor
         self.clock = clock
         self.id_factory = id_factory
         self.cache = cache if cache is not None else StoreCache(store)
@@ -202,7 +208,7 @@ class Engine:
             lineage=lineage,
         )
         self.store.append(
-            new.run_id, open_run(self.store, new, executor="celery", clock=self.clock)
+            new.run_id, open_run(self.store, new, executor=self.executor, clock=self.clock)
         )
         run_id = new.run_id
         return run_id, self.advance(run_id)
@@ -437,9 +443,10 @@ class Engine:
         return dispatches + self.advance(d.run_id)
 
     # -- recovery and cancellation -------------------------------------------------------------------
-    def sweep(self, *, limit: int = 200) -> list[Dispatch]:
-        """Send again what a stalled run is waiting for; end runs that can end."""
-        return recovery.sweep(self, limit=limit)
+    def sweep(self, *, limit: int = 200, restarted: bool = False) -> list[Dispatch]:
+        """Send again what a stalled run is waiting for; end runs that can end
+        (``recovery.sweep``)."""
+        return recovery.sweep(self, limit=limit, restarted=restarted)
 
     def cancel(self, run_id: str) -> list[str]:
         """End a run as cancelled; returns the attempt ids that may still be running (to revoke)."""

@@ -18,24 +18,30 @@ if TYPE_CHECKING:
     from dagwright.executors.celery.engine import Dispatch, Engine
 
 
-def sweep(eng: Engine, *, limit: int = 200) -> list[Dispatch]:
-    """Send again what a stalled run is waiting for; end runs that can end."""
+def sweep(eng: Engine, *, limit: int = 200, restarted: bool = False) -> list[Dispatch]:
+    """Send again what a stalled run of this engine's executor is waiting for; end runs that
+    can end. ``restarted``: this process is the only one running the executor's attempts and
+    has just started (the API server's own threads), so every dispatch not started yet was lost
+    with the previous process and is sent again at once; running attempts are sent again when
+    their heartbeats lapse (``Timing.lost_after``), as on Celery."""
     out: list[Dispatch] = []
     for summary in eng.store.list_runs(status=engine.RUNNING, limit=limit):
+        if summary.record.executor != eng.executor:
+            continue  # a local run (it holds its own lease), or another driver's
         try:
-            out += _sweep_run(eng, summary.record.run_id)
+            out += _sweep_run(eng, summary.record.run_id, restarted)
         except DagwrightError:
             continue
     return out
 
 
-def _sweep_run(eng: Engine, run_id: str) -> list[Dispatch]:
+def _sweep_run(eng: Engine, run_id: str, restarted: bool = False) -> list[Dispatch]:
     out = eng.advance(run_id)
     with eng.lock:
-        return out + _resend(eng, run_id)
+        return out + _resend(eng, run_id, restarted)
 
 
-def _resend(eng: Engine, run_id: str) -> list[Dispatch]:
+def _resend(eng: Engine, run_id: str, restarted: bool = False) -> list[Dispatch]:
     out: list[Dispatch] = []
     plan, _, state = eng.state(run_id)
     if state.status in engine.FINAL:
@@ -47,6 +53,11 @@ def _resend(eng: Engine, run_id: str) -> list[Dispatch]:
         if step.status not in (engine.SCHEDULED, engine.RUNNING) or sid not in schedules:
             continue
         at, not_before, attempt = schedules[sid]
+        if restarted and step.status == engine.SCHEDULED:
+            reason = "its dispatch was lost when the server stopped"
+            d = eng._dispatch(plan, run_id, sid, attempt=attempt, reason=reason)
+            out += [d] if d else []
+            continue  # a running attempt is sent again once its heartbeats lapse (below)
         if step.status == engine.SCHEDULED:
             if now - max(at, not_before) > eng.timing.redispatch_after:
                 reason = f"not started {now - at:.0f}s after it was dispatched"
