@@ -122,10 +122,12 @@ def test_list_runs_filters_and_pages_with_a_cursor(store: TraceStore) -> None:
 
 def test_an_idempotency_key_is_held_by_the_first_submission(store: TraceStore) -> None:
     key = "key-" + uuid.uuid4().hex
+    assert store.submission(key) is None
     first = store.claim_submission(key, "fp-a", "run-1", 5.0)
     again = store.claim_submission(key, "fp-b", "run-2", 6.0)
     assert (first.run_id, first.fingerprint) == ("run-1", "fp-a")
     assert (again.run_id, again.fingerprint, again.created_at) == ("run-1", "fp-a", 5.0)
+    assert store.submission(key) == first
     other = store.claim_submission(key + "-other", "fp-c", "run-3", 7.0)
     assert other.run_id == "run-3"
 

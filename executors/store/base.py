@@ -160,6 +160,9 @@ class TraceStore(Protocol):
         """Take an idempotency key for ``run_id`` unless it is taken; returns the submission
         that holds the key (this one, or the earlier one with its run id and fingerprint)."""
 
+    def submission(self, key: str) -> Submission | None:
+        """The submission that holds an idempotency key, if any."""
+
     def location(self) -> str:
         """Where the trace lives, for people: a file path or a URL without its password."""
 

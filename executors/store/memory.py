@@ -114,6 +114,10 @@ class MemoryTraceStore:
         with self._lock:
             return self._submissions.setdefault(key, Submission(key, fingerprint, run_id, at))
 
+    def submission(self, key: str) -> Submission | None:
+        with self._lock:
+            return self._submissions.get(key)
+
     def location(self) -> str:
         return "memory"
 

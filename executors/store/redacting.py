@@ -67,6 +67,9 @@ class RedactingStore:
     def claim_submission(self, key: str, fingerprint: str, run_id: str, at: float) -> Submission:
         return self.inner.claim_submission(key, fingerprint, run_id, at)
 
+    def submission(self, key: str) -> Submission | None:
+        return self.inner.submission(key)
+
     def location(self) -> str:
         return self.inner.location()
 

@@ -454,9 +454,19 @@ class SqlTraceStore:
             return Submission(key, fingerprint, run_id, at)
         except IntegrityError:
             pass  # taken: by an earlier submission with this key
+        held = self.submission(key)
+        assert held is not None  # submissions are never deleted
+        return held
+
+    def submission(self, key: str) -> Submission | None:
+        s = submissions_table
         with self.engine.connect() as conn:
-            held = conn.execute(select(s).where(s.c.key == key)).one()
-        return Submission(held.key, held.fingerprint, held.run_id, held.created_at)
+            row = conn.execute(select(s).where(s.c.key == key)).one_or_none()
+        return (
+            None
+            if row is None
+            else Submission(row.key, row.fingerprint, row.run_id, row.created_at)
+        )
 
     def close(self) -> None:
         with self._lock:
