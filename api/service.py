@@ -1,0 +1,448 @@
+"""The API's driver of runs: what each endpoint does, on the one run lifecycle.
+
+Runs start through the engine (``executors.celery.engine.Engine``): recorded, their first steps
+dispatched, then sent either to Celery workers (a broker configured: ``executor="celery"``) or to
+the server's own threads (``executors.inprocess``, the embedded default). Reading a run folds its
+trace like every other consumer (``lifecycle.fold_run``, ``summary.run_summary``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from dagwright.api.problems import Problem
+from dagwright.api.schemas import ForkRun, ResumeRun, SubmitRun
+from dagwright.errors import PlanError, PlanIssue, RunNotFound
+from dagwright.executors import engine as core
+from dagwright.executors.celery.engine import Dispatch, Engine, Timing
+from dagwright.executors.lifecycle import fold_run, seen_status
+from dagwright.executors.store import TraceStore, open_store
+from dagwright.executors.summary import iso, run_summary
+from dagwright.executors.wiring import model_cache, plan_task, registry_with, replanner
+from dagwright.planner.catalog import Catalog
+from dagwright.planner.prepare import prepare, prepare_text
+from dagwright.planner.schema import Workflow
+from dagwright.redact import Redactor
+from dagwright.settings import Settings
+from dagwright.tools.registry import ToolRegistry
+
+
+class Runtime(Protocol):
+    """Where dispatched attempts go: Celery workers or the server's own threads."""
+
+    def send(self, dispatches: list[Dispatch]) -> None: ...
+
+    def cancel(self, run_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Accepted:
+    run_id: str
+    status: str
+    replayed: bool = False
+
+
+@dataclass
+class Ready:
+    """A validated run to start."""
+
+    workflow: Workflow
+    inputs: dict[str, Any]
+    source: str | None = None
+    prelude: list[dict[str, Any]] | None = None
+    reused: dict[str, dict[str, Any]] | None = None
+    lineage: dict[str, Any] | None = None
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    """A request's identity for its idempotency key: the JSON body, keys sorted."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RunService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: TraceStore,
+        engine: Engine,
+        runtime: Runtime,
+        *,
+        executor: str,
+        registry: ToolRegistry,
+    ) -> None:
+        self.settings, self.store, self.engine, self.runtime = settings, store, engine, runtime
+        self.executor = executor
+        self.registry = registry
+        self.catalog = Catalog(settings.workflows, settings.limits())
+        self.redactor = Redactor(settings.secrets())
+        self.limits = settings.limits()
+
+    # -- submitting ----------------------------------------------------------------------------
+    def submit(self, body: SubmitRun, key: str | None) -> Accepted:
+        """Validate, record and enqueue a run (422: nothing recorded). With an idempotency
+        key: the run the key already names (409 for another body with the key)."""
+        fp = fingerprint(body.model_dump(mode="json"))
+        if key is not None:
+            held = self._held(key, fp)
+            if held is not None:
+                return held
+        ready = self._ready(body)
+        run_id = self.engine.id_factory()
+        if key is not None:  # the first to claim holds the key; a racing twin gets its run
+            held_by = self.store.claim_submission(key, fp, run_id, time.time())
+            if held_by.run_id != run_id:
+                again = self._held(key, fp)
+                if again is not None:
+                    return again
+                run_id = held_by.run_id  # an earlier try claimed it and stopped: complete it
+        return self._start(ready, run_id)
+
+    def _held(self, key: str, fp: str) -> Accepted | None:
+        """The run an idempotency key names already (None: the key is free, or its first
+        submission stopped before recording the run, which this one then completes)."""
+        held = self.store.submission(key)
+        if held is None:
+            return None
+        if held.fingerprint != fp:
+            raise Problem(
+                409,
+                "Idempotency key reused",
+                f"the key names run {held.run_id}, submitted with another body",
+            )
+        try:
+            record = self.store.get_run(held.run_id)
+        except RunNotFound:
+            return None
+        return Accepted(record.run_id, self._status(record.run_id), replayed=True)
+
+    def _ready(self, body: SubmitRun) -> Ready:
+        if body.workflow is not None:
+            entry = self.catalog.find(body.workflow)
+            if entry is None:
+                known = ", ".join(self.catalog.names()) or "none"
+                raise Problem(
+                    404, "Unknown workflow", f"no workflow {body.workflow!r} (known: {known})"
+                )
+            p = prepare(
+                entry.path,
+                self.registry,
+                tool_modules=self.settings.tools,
+                inputs=body.inputs,
+                limits=self.limits,
+            )
+            return Ready(p.workflow, p.inputs, source=str(entry.path))
+        if body.workflow_yaml is not None:
+            p = prepare_text(
+                body.workflow_yaml, self.registry, inputs=body.inputs, limits=self.limits
+            )
+            return Ready(p.workflow, p.inputs)
+        assert body.task is not None
+        model = body.model or self.settings.model
+        if not model:
+            issue = PlanIssue(
+                "a task needs a model (or DAGWRIGHT_MODEL on the server)", field="model"
+            )
+            raise PlanError([issue])
+        planned = plan_task(body.task, model, self.registry, self.settings, self.store)
+        from dagwright.planner.inputs import resolve_inputs
+
+        inputs = resolve_inputs(planned.workflow, body.inputs)
+        return Ready(planned.workflow, inputs, prelude=planned.prelude)
+
+    def _start(self, ready: Ready, run_id: str) -> Accepted:
+        self.engine.replanner = replanner(ready.workflow, "", self.settings)
+        run_id, dispatches = self.engine.start(
+            ready.workflow,
+            ready.inputs,
+            run_id=run_id,
+            source=ready.source,
+            prelude=ready.prelude,
+            reused=ready.reused,
+            lineage=ready.lineage,
+        )
+        try:
+            self.runtime.send(dispatches)
+        except Exception as exc:  # noqa: BLE001 - the broker is away: end the run, say so
+            self.engine.cancel(run_id)
+            raise Problem(
+                503,
+                "Queue unavailable",
+                f"the run could not be enqueued ({type(exc).__name__}: {exc}); it was recorded "
+                f"as cancelled ({run_id}), submit again when the broker is back",
+                headers={"Retry-After": "5"},
+            ) from None
+        return Accepted(run_id, self._status(run_id))
+
+    # -- derived runs --------------------------------------------------------------------------
+    def resume(self, run_id: str, body: ResumeRun) -> Accepted:
+        return self._derived(run_id, "resume", body.from_steps, body.inputs, body)
+
+    def fork(self, run_id: str, body: ForkRun) -> Accepted:
+        return self._derived(run_id, "fork", body.from_steps, {}, None, sets=body.sets)
+
+    def _derived(
+        self,
+        run_id: str,
+        mode: str,
+        from_steps: list[str],
+        inputs: dict[str, Any],
+        body: ResumeRun | None,
+        sets: list[str] | None = None,
+    ) -> Accepted:
+        from dagwright.cli.lineage import derived_run  # TODO(issue 11): a lifecycle home
+
+        with tempfile.TemporaryDirectory(prefix="dagwright-api-") as tmp:
+            workflow_file = self._workflow_file(body, Path(tmp))
+            record, derivation, _registry, source, child = derived_run(
+                self.store,
+                run_id,
+                mode=mode,
+                registry=self.registry,
+                tool_modules=self.settings.tools,
+                from_steps=list(from_steps),
+                workflow_file=workflow_file,
+                inputs={k: v if isinstance(v, str) else json.dumps(v) for k, v in inputs.items()},
+                sets=sets,
+                heartbeat=self.settings.heartbeat,
+            )
+        if body is not None and body.workflow_yaml is not None:
+            source = None  # the text lived in a temporary file
+        ready = Ready(
+            derivation.workflow,
+            derivation.inputs,
+            source=source,
+            reused=derivation.reused,
+            lineage=derivation.lineage,
+        )
+        return self._start(ready, child)
+
+    def _workflow_file(self, body: ResumeRun | None, tmp: Path) -> Path | None:
+        if body is None:
+            return None
+        if body.workflow is not None:
+            entry = self.catalog.find(body.workflow)
+            if entry is None:
+                raise Problem(404, "Unknown workflow", f"no workflow {body.workflow!r}")
+            return entry.path
+        if body.workflow_yaml is not None:
+            prepare_text(body.workflow_yaml, self.registry, limits=self.limits, inputs=None)
+            path = tmp / "workflow.yaml"
+            path.write_text(body.workflow_yaml, encoding="utf-8")
+            return path
+        return None
+
+    # -- reading -------------------------------------------------------------------------------
+    def _status(self, run_id: str) -> str:
+        record, state = fold_run(self.store, run_id)
+        return seen_status(self.store, record, state.status, time.time(), self.settings.heartbeat)
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        record, state = fold_run(self.store, run_id)
+        summary = run_summary(record, state, self.store.location(), detail=True)
+        summary["status"] = seen_status(
+            self.store, record, summary["status"], time.time(), self.settings.heartbeat
+        )
+        summary["executor"] = record.executor
+        return self.redactor.value(summary)  # type: ignore[no-any-return]
+
+    def list(
+        self,
+        *,
+        status: str | None,
+        workflow: str | None,
+        created_after: float | None,
+        created_before: float | None,
+        limit: int,
+        cursor: str | None,
+    ) -> dict[str, Any]:
+        after = _decode_cursor(cursor) if cursor else None
+        runs = self.store.list_runs(
+            status=status,
+            workflow=workflow,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            after=after,
+        )
+        items = [
+            {
+                "run_id": r.record.run_id,
+                "workflow": r.record.workflow_name,
+                "status": r.status,
+                "created_at": iso(r.record.created_at),
+                "finished_at": iso(r.finished_at),
+                "executor": r.record.executor,
+                "lineage": r.record.lineage(),
+            }
+            for r in runs
+        ]
+        last = runs[-1].record if len(runs) == limit else None
+        return {
+            "runs": items,
+            "next_cursor": _encode_cursor(last.created_at, last.run_id) if last else None,
+        }
+
+    def events(self, run_id: str, after: int, limit: int) -> dict[str, Any]:
+        record = self.store.get_run(run_id)
+        events = self.store.events(record.run_id, after=after)[:limit]
+        finished = any(e.type == "run_finished" for e in events)
+        last_seq = events[-1].seq if events else after
+        return {
+            "run_id": record.run_id,
+            "events": [self.redactor.value(e.as_dict()) for e in events],
+            "last_seq": last_seq,
+            "finished": finished or self._status(record.run_id) in core.FINAL,
+        }
+
+    def cancel(self, run_id: str) -> Accepted:
+        record = self.store.get_run(run_id)
+        if record.executor not in (self.executor, "celery", "api"):
+            raise Problem(
+                409,
+                "Run is not the server's",
+                f"run {record.run_id} runs in a local process ({record.executor}): "
+                "cancel it there (Ctrl-C, or SIGTERM to that process)",
+            )
+        if record.executor == self.executor:
+            self.runtime.cancel(record.run_id)
+        else:
+            self.engine.cancel(record.run_id)
+        return Accepted(record.run_id, self._status(record.run_id))
+
+    def replay(self, run_id: str) -> dict[str, Any]:
+        from dagwright.executors.lifecycle import run_registry
+        from dagwright.executors.replay import replay_run
+
+        record = self.store.get_run(run_id)
+        workflow = Workflow.model_validate(record.workflow)
+        registry = run_registry(workflow, self.registry, self.settings.tools, record.source)
+        report = replay_run(self.store, record.run_id, registry)
+        return self.redactor.value(report.as_dict())  # type: ignore[no-any-return]
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        from dagwright.executors.engine.lineage import compare_runs
+
+        states = [fold_run(self.store, rid)[1] for rid in (a, b)]
+        return self.redactor.value(compare_runs(states[0], states[1]))  # type: ignore[no-any-return]
+
+    def workflows(self) -> dict[str, Any]:
+        listing = self.catalog.listing()
+        return {
+            "workflows": [
+                e.as_dict(self.catalog.folder) for _, e in sorted(listing.entries.items())
+            ],
+            "problems": listing.problems,
+        }
+
+    def tools(self) -> dict[str, Any]:
+        """As ``dagwright tools --json``."""
+        return {
+            "tools": [
+                {
+                    "name": t.name,
+                    "description": t.description,
+                    "arguments": t.args_schema(),
+                    "output": t.output_schema,
+                }
+                for t in sorted(self.registry, key=lambda t: t.name)
+            ]
+        }
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        try:
+            self.store.list_runs(limit=1)
+            checks["store"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks["store"] = f"unreachable: {exc}"
+        ping = getattr(self.runtime, "ping", None)
+        if ping is None:
+            checks["broker"] = "none (runs on the server's threads)"
+        else:
+            try:
+                ping()
+                checks["broker"] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                checks["broker"] = f"unreachable: {exc}"
+        good = all(v == "ok" or v.startswith("none") for v in checks.values())
+        return good, checks
+
+    def close(self) -> None:
+        stop = getattr(self.runtime, "stop", None)
+        if stop is not None:
+            stop()
+        self.store.close()
+
+
+def _encode_cursor(at: float, run_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([at, run_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        at, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(at), str(run_id)
+    except (ValueError, TypeError) as exc:
+        raise Problem(422, "Invalid cursor", f"cursor: {exc}") from None
+
+
+def open_service(settings: Settings, *, executor: str = "local") -> RunService:
+    """The service over the settings' trace store: ``executor="local"`` runs attempts on the
+    server's own threads (``api_runs`` at once); ``"celery"`` sends them to the broker's
+    workers."""
+    store = open_store(settings.db, secrets=settings.secrets())
+    registry = registry_with(settings)
+    timing = Timing(heartbeat=settings.heartbeat, redispatch_after=settings.redispatch_after)
+    common: dict[str, Any] = {
+        "tool_modules": settings.tools,
+        "timing": timing,
+        "cache": model_cache(settings),
+        "limits": settings.limits(),
+        "eval_timeout": settings.eval_timeout,
+    }
+    runtime: Any
+    if executor == "celery":
+        from dagwright.executors.celery.app import create_app
+        from dagwright.executors.celery.app import runtime as celery_runtime
+
+        eng = Engine(store, registry, executor="celery", **common)
+        runtime = _CeleryRuntime(celery_runtime(create_app(settings)), eng)
+        name = "celery"
+    else:
+        from dagwright.executors.inprocess import InProcessRuntime
+
+        eng = Engine(store, registry, executor="api", **common)
+        runtime = InProcessRuntime(
+            eng, workers=settings.api_runs, sweep_every=settings.sweep_interval
+        )
+        runtime.start()
+        name = "api"
+    return RunService(settings, store, eng, runtime, executor=name, registry=registry)
+
+
+class _CeleryRuntime:
+    """The Celery runtime in the shape the service drives."""
+
+    def __init__(self, workers: Any, eng: Engine) -> None:
+        self.workers, self.eng = workers, eng
+
+    def send(self, dispatches: list[Dispatch]) -> None:
+        self.workers.send(dispatches)
+
+    def cancel(self, run_id: str) -> None:
+        self.workers.cancel(run_id, self.eng)
+
+    def ping(self) -> None:
+        with self.workers.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=0, timeout=2)
+
+
+__all__ = ["Accepted", "RunService", "fingerprint", "open_service"]
