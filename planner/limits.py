@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 MiB = 1 << 20
 
@@ -102,4 +102,47 @@ def _data_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-__all__ = ["SETTINGS", "Limits"]
+EXPRESSION_BRACKETS = 32
+"""Brackets open at once in a ``${{ }}`` expression (fixed): Jinja's parser recurses about a dozen
+Python frames per bracket, so far fewer than Python's recursion limit."""
+EXPRESSION_DEPTH = 100
+"""Levels of a parsed expression (operations, filters, calls, attribute reads; fixed): well within
+what Python compiles and what a walk of the expression can recurse."""
+
+_EXPRESSION_STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
+_ANY_BRACKET = re.compile(r"[\[\](){}]")
+_Node = TypeVar("_Node")
+
+
+def brackets_deeper_than(source: str, limit: int) -> bool:
+    """Whether an expression opens more than ``limit`` brackets at once (string literals, in
+    single or double quotes, left out)."""
+    if source.count("(") + source.count("[") + source.count("{") <= limit:
+        return False
+    depth = 0
+    for bracket in _ANY_BRACKET.finditer(_EXPRESSION_STRING.sub("", source)):
+        depth += 1 if bracket.group() in "([{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def tree_deeper_than(root: _Node, limit: int, children: Callable[[_Node], Iterable[_Node]]) -> bool:
+    """Whether a tree is more than ``limit`` levels deep, walked without recursion."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children(node))
+    return False
+
+
+__all__ = [
+    "EXPRESSION_BRACKETS",
+    "EXPRESSION_DEPTH",
+    "SETTINGS",
+    "Limits",
+    "brackets_deeper_than",
+    "tree_deeper_than",
+]

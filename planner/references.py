@@ -12,6 +12,9 @@
   validation refuses it before anything runs.
 - The data an expression reads is shared (a step's output is read by every step after it): the
   sandbox is Jinja2's immutable one, so ``output.items.append(…)`` is refused.
+- An expression nests at most 32 brackets and 100 operations deep
+  (``((((…))))``, ``1 + 1 + … + 1``): deeper ones are refused when parsed, as are those that
+  exhaust the parser's recursion or memory, so no walk of a parsed expression can overflow.
 - Operations that could make a huge value in one step (``2 ** 3000000000``, ``"a" * 10**9``,
   ``x.ljust(10**9)``, ``| join`` of a long list with a long separator…) are refused before they
   run (``sandbox_limits``); the rest is bounded in time by the attempt's budget.
@@ -34,6 +37,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dagwright.errors import DagwrightError
+from dagwright.planner import limits as bounds
 from dagwright.planner import sandbox_limits as limits
 
 OPEN, CLOSE = "${{", "}}"
@@ -185,16 +189,26 @@ class Expression:
             return
         self._simple = None
         try:
+            if bounds.brackets_deeper_than(self.source, bounds.EXPRESSION_BRACKETS):
+                raise _TooDeep
             parser = Parser(_env, self.source, state="variable")
             ast = parser.parse_expression()
             if not parser.stream.eos:
                 raise TemplateSyntaxError("unexpected text after the expression", 1)
+            if bounds.tree_deeper_than(ast, bounds.EXPRESSION_DEPTH, nodes.Node.iter_child_nodes):
+                raise _TooDeep
+            self.refs = tuple(_refs_in(ast))
         except TemplateSyntaxError as exc:
             raise ExpressionError(
-                f"cannot parse expression {self.source!r}: {exc.message}"
+                f"cannot parse expression {_short(self.source)!r}: {exc.message}"
+            ) from None
+        except (_TooDeep, RecursionError, MemoryError):
+            raise ExpressionError(
+                f"expression {_short(self.source)!r} is nested too deeply (at most "
+                f"{bounds.EXPRESSION_BRACKETS} brackets and {bounds.EXPRESSION_DEPTH} operations "
+                "deep): split it, or compute parts of it in earlier steps"
             ) from None
         self._ast = ast
-        self.refs = tuple(_refs_in(ast))
 
     @property
     def is_path(self) -> bool:
@@ -220,9 +234,9 @@ class Expression:
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         if self._simple is not None:
             return lookup(context, self._simple)
-        if self._compiled is None:
-            self._compiled = _compile(self.source)
         try:
+            if self._compiled is None:
+                self._compiled = _compile(self.source)
             return self._compiled(**context)
         except UndefinedError as exc:
             raise ExpressionError(f"${{{{ {self.source} }}}}: {exc.message}") from None
@@ -234,6 +248,14 @@ class Expression:
             raise ExpressionError(
                 f"${{{{ {self.source} }}}} failed: {type(exc).__name__}: {exc}"
             ) from None
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _short(source: str, keep: int = 60) -> str:
+    return source if len(source) <= keep else source[:keep] + "…"
 
 
 @lru_cache(maxsize=4096)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clitools import cli
 
 from dagwright.errors import PlanError
 from dagwright.executors.engine import events as ev
@@ -533,3 +534,75 @@ def test_llm_generate_schemas_match_with_re2_too() -> None:
         json_schema_answer({"type": "string", "pattern": "(?=x)"})
     assert caught.value.retryable is False
     assert "at pattern: regex '(?=x)' uses syntax RE2 does not support" in str(caught.value)
+
+
+# -- expressions: nested too deeply -----------------------------------------------------------------
+
+DEEP_PARENS = "(" * 5000 + "1" + ")" * 5000
+DEEP_SHAPES = [
+    DEEP_PARENS,
+    "[" * 5000 + "]" * 5000,
+    "not " * 5000 + "true",
+    "-" * 5000 + "1",
+    " + ".join(["1"] * 5000),
+    "inputs.x" + " | abs" * 500,
+    " ".join(f"{i} if inputs.x else" for i in range(300)) + " 0",
+    "(" * 33 + "1" + ")" * 33,
+]
+
+
+@pytest.mark.parametrize("source", DEEP_SHAPES, ids=lambda s: s[:12])
+def test_an_expression_nested_too_deeply_is_refused_when_parsed(source: str) -> None:
+    with pytest.raises(ExpressionError) as caught:
+        expression(source)
+    message = str(caught.value)
+    assert "is nested too deeply (at most 32 brackets and 100 operations deep)" in message
+    assert len(message) < 300  # the expression is shortened, not echoed whole
+
+
+@pytest.mark.parametrize(
+    ("source", "value"),
+    [
+        ("(" * 32 + "1" + ")" * 32, 1),
+        ("'" + "(" * 100 + "'", "(" * 100),  # brackets in strings are text
+        (" + ".join(["1"] * 90), 90),
+        ("[" * 20 + "1" + "]" * 20 + " | length", 1),
+        ("inputs.x" + " | abs" * 60, 3),
+        (" ".join(f"{i} if inputs.x > 5 else" for i in range(40)) + " 0", 0),
+    ],
+)
+def test_expressions_within_the_nesting_bounds_still_compile_and_run(
+    source: str, value: Any
+) -> None:
+    assert expression(source).evaluate({"inputs": {"x": -3 if "abs" in source else 3}}) == value
+
+
+DEEP_WORKFLOW = f"""\
+name: deep
+steps:
+  - id: a
+    uses: echo
+    with:
+      text: "${{{{ {DEEP_PARENS} }}}}"
+    verify:
+      - expr: "{DEEP_PARENS}"
+      - target: "{" + ".join(["output"] * 3000)}"
+        contains: x
+"""
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_deeply_nested_expression_is_a_located_problem_on_the_command_line(
+    tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "deep.yaml").write_text(DEEP_WORKFLOW)
+    args = [command, "deep.yaml"] + (["--db", str(tmp_path / "t.db")] if command == "run" else [])
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "✗ 3 problems" in out
+    for line, field in [(5, "with"), (8, "verify[0].expr"), (9, "verify[1].target")]:
+        assert f"deep.yaml:{line}, step 'a', field '{field}': expression '" in out
+    assert out.count("is nested too deeply") == 3
+    assert not (tmp_path / "t.db").exists()  # nothing ran, nothing was recorded
