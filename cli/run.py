@@ -216,25 +216,43 @@ def _run_on_celery(
     derived: dict[str, Any],
 ) -> tuple[str, RunState | None]:
     """Submit to the Celery workers and, unless detached, follow the trace until the run ends
-    (the run's final state; None when Ctrl-C cancelled it: recorded, running steps revoked)."""
+    (the run's final state; None when Ctrl-C cancelled it: recorded, running steps revoked).
+
+    Submission is atomic: a broker that cannot be reached is found before anything is recorded
+    (one line, exit 1); a send that fails after the run was recorded ends that run failed, so
+    that no sweeper executes it later (one line, exit 1). When no worker answers a ping, one
+    line says so; the run stays queued and starts when a worker does."""
     from dagwright.executors.celery.app import create_app, runtime
     from dagwright.executors.celery.engine import Engine
+    from dagwright.executors.celery.submit import (
+        NotEnqueued,
+        broker_problem,
+        enqueue,
+        shown_broker,
+        visibility_problem,
+        workers_answer,
+    )
     from dagwright.executors.lifecycle import follow
 
     settings = _settings()
-    visibility = settings.visibility_timeout
-    too_long = [s.id for s in wf.steps if s.timeout and s.timeout >= visibility]
-    if too_long:
-        _die(
-            f"step(s) {', '.join(too_long)} may run longer than Redis' visibility timeout "
-            f"({visibility:g}s), so their messages would be delivered twice: lower their "
-            "timeout or raise DAGWRIGHT_VISIBILITY_TIMEOUT (for workers and this client)",
-            EXIT_INVALID,
-        )
+    issue = visibility_problem(wf, settings)
+    if issue is not None:
+        _die(f"{issue.message}: {issue.hint}", EXIT_INVALID)
     workers = runtime(create_app(settings))
+    problem = broker_problem(workers.app)
+    if problem is not None:
+        _die(f"{problem}: nothing was submitted (start it, or set DAGWRIGHT_BROKER)", EXIT_FAILED)
     dist = Engine(store, registry, tool_modules=settings.tools)
-    run_id, dispatches = dist.start(wf, inputs, source=source, prelude=prelude, **derived)
-    workers.send(dispatches)
+    try:
+        run_id = enqueue(workers, dist, wf, inputs, source=source, prelude=prelude, **derived)
+    except NotEnqueued as exc:
+        _die(str(exc), EXIT_FAILED)
+    if workers_answer(workers.app) is False:
+        err.print(
+            f"[yellow]no worker answered[/yellow] on {escape(shown_broker(workers.app))}: run "
+            f"{run_id} is queued and starts when a worker starts (`dagwright worker`)",
+            highlight=False,
+        )
     if detach:
         return run_id, None
 

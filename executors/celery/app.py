@@ -2,6 +2,7 @@
 ``executors.celery.engine.Engine``.
 
 ``create_app(settings)`` returns a configured ``Celery`` app with the attempt task, the
+``dagwright.submit`` task (a known workflow by name, from any Celery client: ``submit``), the
 run-finished wake-ups and the sweeper; nothing is configured at import time. Workers get theirs
 from ``dagwright.worker`` (``dagwright worker``, or ``celery -A dagwright.worker worker``);
 clients (the CLI, the API, tests) build one with the same settings and use ``runtime(app)``
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
 
@@ -25,20 +26,29 @@ from dagwright.executors.celery.engine import Dispatch, Engine, Timing
 from dagwright.settings import Settings
 from dagwright.tools import ToolRegistry, default_registry
 
+if TYPE_CHECKING:
+    from dagwright.planner.catalog import Catalog
+
 log = logging.getLogger("dagwright.worker")
 
 ATTEMPT_TASK = "dagwright.attempt"
+SUBMIT_TASK = "dagwright.submit"
+SUBMIT_RESULT_EXPIRES = 86400
+"""Seconds a ``dagwright.submit`` answer stays readable in the result backend (a day)."""
 _MAX_WAIT = 60.0
 
 
 def create_app(settings: Settings, *, registry: ToolRegistry | None = None) -> Celery:
     """A Celery app for dagwright's workers and clients, configured from ``settings``."""
     app = Celery("dagwright", broker=settings.broker, set_as_current=False)
+    redis_broker = settings.broker.startswith(("redis://", "rediss://"))
     app.conf.update(
-        # Progress lives in the trace store, never in Celery results (no result backend, no
-        # chords: Celery's chords on a Redis result backend have open bugs #4207, #8211, #5229).
+        # Progress lives in the trace store, never in Celery results (no chords: Celery's chords
+        # on a Redis result backend have open bugs #4207, #8211, #5229). The one result kept is
+        # dagwright.submit's answer (the run id), in the broker's Redis, for clients to read.
         task_ignore_result=True,
-        result_backend=None,
+        result_backend=settings.broker if redis_broker else None,
+        result_expires=SUBMIT_RESULT_EXPIRES,
         # At-least-once execution: a message is acknowledged only after its task ran, and put
         # back when the worker process running it dies. The trace records each outcome once.
         task_acks_late=True,
@@ -67,8 +77,27 @@ def create_app(settings: Settings, *, registry: ToolRegistry | None = None) -> C
     ) -> None:
         rt.send(rt.engine().execute(Dispatch(run_id, step, attempt, attempt_id, 0.0, timeout)))
 
+    @app.task(name=SUBMIT_TASK, bind=True, ignore_result=False)
+    def submit(
+        task: Any, workflow: Any, inputs: Any = None, idempotency_key: Any = None
+    ) -> dict[str, Any]:
+        """Start a run of a known workflow (DAGWRIGHT_WORKFLOWS) by its name, for any Celery
+        client: ``{"run_id", "status": "running"}``, or ``{"status": "invalid", "errors"}``
+        with nothing recorded (``executors.celery.submit.submit_known``)."""
+        from dagwright.executors.celery.submit import submit_known
+
+        return submit_known(rt, workflow, inputs, idempotency_key, task_id=task.request.id)
+
     rt.connect_worker_signals()
     return app
+
+
+class SendFailed(DagwrightError):
+    """A dispatch the broker did not take, retries spent; ``reason``: the broker's error."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def runtime(app: Celery) -> Runtime:
@@ -90,6 +119,15 @@ class Runtime:
         self._engines: dict[int, Engine] = {}
         self._redis: dict[tuple[int, str], Any] = {}
         self._stop_sweeper = threading.Event()
+        self._catalog: Catalog | None = None
+
+    def catalog(self) -> Catalog:
+        """The known workflows (DAGWRIGHT_WORKFLOWS), re-read as their files change."""
+        if self._catalog is None:
+            from dagwright.planner.catalog import Catalog
+
+            self._catalog = Catalog(self.settings.workflows, self.settings.limits())
+        return self._catalog
 
     def engine(self) -> Engine:
         """This process's engine (one per process: database connections don't survive a
@@ -113,15 +151,19 @@ class Runtime:
             )
         return self._engines[pid]
 
-    def send(self, dispatches: Iterable[Dispatch]) -> None:
+    def send(
+        self, dispatches: Iterable[Dispatch], *, retry_policy: dict[str, Any] | None = None
+    ) -> None:
         """Send recorded dispatches to the workers. A broker that cannot be reached is retried
-        with backoff for about 30 s (``SEND_RETRY``, each retry logged); a send that still fails
-        raises DagwrightError, and the dispatch, recorded already, is left to the sweepers
-        (sent again after DAGWRIGHT_REDISPATCH_AFTER once the broker is back)."""
+        with backoff (``retry_policy``, default ``SEND_RETRY``, each retry logged); a send that
+        still fails raises DagwrightError, and the dispatch, recorded already, is left to the
+        sweepers (sent again after DAGWRIGHT_REDISPATCH_AFTER once the broker is back). A new
+        run is submitted with ``submit.enqueue``, which ends the run when its send fails."""
         from kombu.exceptions import OperationalError
 
         for d in dispatches:
-            options: dict[str, Any] = {"task_id": d.attempt_id}
+            # no result: an attempt's outcome is in the trace (and a client never waits on it)
+            options: dict[str, Any] = {"task_id": d.attempt_id, "ignore_result": True}
             if d.countdown:
                 options["countdown"] = d.countdown
             if d.timeout:
@@ -129,14 +171,19 @@ class Runtime:
             args = (d.run_id, d.step, d.attempt, d.attempt_id, d.timeout)
             try:
                 self.app.send_task(
-                    ATTEMPT_TASK, args, retry=True, retry_policy=dict(SEND_RETRY), **options
+                    ATTEMPT_TASK,
+                    args,
+                    retry=True,
+                    retry_policy=dict(retry_policy or SEND_RETRY),
+                    **options,
                 )
             except (OperationalError, OSError) as exc:
-                raise DagwrightError(
+                raise SendFailed(
+                    str(exc),
                     f"cannot send step {d.step!r} (attempt {d.attempt}) of run {d.run_id} to the "
-                    f"broker, retried for about 30 s: {exc}. The dispatch is recorded: the "
+                    f"broker, after retrying: {exc}. The dispatch is recorded: the "
                     "workers' sweepers send it again DAGWRIGHT_REDISPATCH_AFTER seconds after it "
-                    "was recorded, once the broker is back"
+                    "was recorded, once the broker is back",
                 ) from None
 
     def cancel(self, run_id: str, using: Engine | None = None) -> None:
@@ -256,4 +303,4 @@ def _replanner(settings: Settings) -> Any:
     return model_replanner(settings.model, ModelSettings.from_settings(settings))
 
 
-__all__ = ["ATTEMPT_TASK", "Runtime", "create_app", "runtime"]
+__all__ = ["ATTEMPT_TASK", "SUBMIT_TASK", "Runtime", "SendFailed", "create_app", "runtime"]
