@@ -102,7 +102,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
-        problem = Problem(exc.status_code, title, str(exc.detail), headers=exc.headers)
+        problem = Problem(
+            exc.status_code, title, str(exc.detail), headers=dict(exc.headers or {}) or None
+        )
         return response(problem, request)
 
     @app.exception_handler(DagwrightError)

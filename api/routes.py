@@ -17,7 +17,7 @@ from dagwright.api.stream import trace_events
 
 router = APIRouter()
 
-PROBLEM = {"content": {"application/problem+json": {}}}
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No or wrong token", **PROBLEM},
     404: {"description": "No such run or workflow", **PROBLEM},
