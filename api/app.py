@@ -10,8 +10,9 @@ from fastapi import FastAPI
 from dagwright import __version__
 from dagwright.api import problems
 from dagwright.api.routes import router
+from dagwright.api.runtimes import open_service
 from dagwright.api.security import BodyLimit, Guard
-from dagwright.api.service import RunService, open_service
+from dagwright.api.service import RunService
 from dagwright.settings import Settings
 
 

@@ -15,17 +15,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from dagwright.api.problems import Problem
 from dagwright.api.schemas import ForkRun, ResumeRun, SubmitRun
 from dagwright.errors import PlanError, PlanIssue, RunNotFound
 from dagwright.executors import engine as core
-from dagwright.executors.celery.engine import Dispatch, Engine, Timing
+from dagwright.executors.celery.engine import Engine
 from dagwright.executors.lifecycle import fold_run, seen_status
-from dagwright.executors.store import TraceStore, open_store
+from dagwright.executors.store import TraceStore
 from dagwright.executors.summary import iso, run_summary
-from dagwright.executors.wiring import model_cache, plan_task, registry_with, replanner
+from dagwright.executors.wiring import plan_task, replanner
 from dagwright.planner.catalog import Catalog
 from dagwright.planner.prepare import prepare, prepare_text
 from dagwright.planner.schema import Workflow
@@ -33,13 +33,8 @@ from dagwright.redact import Redactor
 from dagwright.settings import Settings
 from dagwright.tools.registry import ToolRegistry
 
-
-class Runtime(Protocol):
-    """Where dispatched attempts go: Celery workers or the server's own threads."""
-
-    def send(self, dispatches: list[Dispatch]) -> None: ...
-
-    def cancel(self, run_id: str) -> None: ...
+if TYPE_CHECKING:
+    from dagwright.api.runtimes import Runtime
 
 
 @dataclass(frozen=True)
@@ -394,55 +389,4 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         raise Problem(422, "Invalid cursor", f"cursor: {exc}") from None
 
 
-def open_service(settings: Settings, *, executor: str = "local") -> RunService:
-    """The service over the settings' trace store: ``executor="local"`` runs attempts on the
-    server's own threads (``api_runs`` at once); ``"celery"`` sends them to the broker's
-    workers."""
-    store = open_store(settings.db, secrets=settings.secrets())
-    registry = registry_with(settings)
-    timing = Timing(heartbeat=settings.heartbeat, redispatch_after=settings.redispatch_after)
-    common: dict[str, Any] = {
-        "tool_modules": settings.tools,
-        "timing": timing,
-        "cache": model_cache(settings),
-        "limits": settings.limits(),
-        "eval_timeout": settings.eval_timeout,
-    }
-    runtime: Any
-    if executor == "celery":
-        from dagwright.executors.celery.app import create_app
-        from dagwright.executors.celery.app import runtime as celery_runtime
-
-        eng = Engine(store, registry, executor="celery", **common)
-        runtime = _CeleryRuntime(celery_runtime(create_app(settings)), eng)
-        name = "celery"
-    else:
-        from dagwright.executors.inprocess import InProcessRuntime
-
-        eng = Engine(store, registry, executor="api", **common)
-        runtime = InProcessRuntime(
-            eng, workers=settings.api_runs, sweep_every=settings.sweep_interval
-        )
-        runtime.start()
-        name = "api"
-    return RunService(settings, store, eng, runtime, executor=name, registry=registry)
-
-
-class _CeleryRuntime:
-    """The Celery runtime in the shape the service drives."""
-
-    def __init__(self, workers: Any, eng: Engine) -> None:
-        self.workers, self.eng = workers, eng
-
-    def send(self, dispatches: list[Dispatch]) -> None:
-        self.workers.send(dispatches)
-
-    def cancel(self, run_id: str) -> None:
-        self.workers.cancel(run_id, self.eng)
-
-    def ping(self) -> None:
-        with self.workers.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=0, timeout=2)
-
-
-__all__ = ["Accepted", "RunService", "fingerprint", "open_service"]
+__all__ = ["Accepted", "Ready", "RunService", "fingerprint"]
