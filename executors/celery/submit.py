@@ -38,10 +38,11 @@ if TYPE_CHECKING:
 
     from dagwright.executors.celery.app import Runtime
     from dagwright.executors.celery.engine import Engine
+    from dagwright.planner.plan import Plan
     from dagwright.planner.schema import Workflow
     from dagwright.settings import Settings
 
-BROKER_CHECK_TIMEOUT = 3.0
+BROKER_CHECK_TIMEOUT = 3
 """Seconds to connect to the broker before saying it is unreachable."""
 PING_TIMEOUT = 1.0
 """Seconds to wait for any worker to answer a ping."""
@@ -68,7 +69,7 @@ def shown_broker(app: Celery) -> str:
     return str(maybe_sanitize_url(str(app.conf.broker_url)))
 
 
-def broker_problem(app: Celery, timeout: float = BROKER_CHECK_TIMEOUT) -> str | None:
+def broker_problem(app: Celery, timeout: int = BROKER_CHECK_TIMEOUT) -> str | None:
     """One line saying that the broker is unreachable (and why); None when it answers."""
     from kombu.exceptions import OperationalError
 
@@ -176,7 +177,7 @@ def end_unsent(engine: Engine, run_id: str, message: str) -> bool:
     return False
 
 
-def _first_plan(workflow: dict[str, Any]) -> Any:
+def _first_plan(workflow: dict[str, Any]) -> Plan:
     from dagwright.planner.plan import Plan
     from dagwright.planner.schema import Workflow
 
