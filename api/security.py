@@ -89,27 +89,31 @@ class BodyLimit:
                     await response(too_big)(scope, receive, send)
                     return
         seen = 0
-        started = False
+        started = over = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise _TooBig
             return message
 
         async def tracking(message: Message) -> None:
             nonlocal started
+            if over and not started:
+                return  # the app's answer to its failed read (FastAPI: 400): 413 instead
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited, tracking)
         except _TooBig:
-            if not started:
-                await response(too_big)(scope, receive, send)
+            pass
+        if over and not started:
+            await response(too_big)(scope, receive, send)
 
 
 class _TooBig(Exception):
