@@ -220,8 +220,9 @@ def _run_on_celery(
 
     Submission is atomic: a broker that cannot be reached is found before anything is recorded
     (one line, exit 1); a send that fails after the run was recorded ends that run failed, so
-    that no sweeper executes it later (one line, exit 1). When no worker answers a ping, one
-    line says so; the run stays queued and starts when a worker does."""
+    that no sweeper executes it later (one line, exit 1). When no worker answers a ping (and
+    none started a step meanwhile), one line says so; the run stays queued and starts when a
+    worker does."""
     from dagwright.executors.celery.app import create_app, runtime
     from dagwright.executors.celery.engine import Engine
     from dagwright.executors.celery.submit import (
@@ -247,7 +248,7 @@ def _run_on_celery(
         run_id = enqueue(workers, dist, wf, inputs, source=source, prelude=prelude, **derived)
     except NotEnqueued as exc:
         _die(str(exc), EXIT_FAILED)
-    if workers_answer(workers.app) is False:
+    if workers_answer(workers.app) is False and not _started(store, run_id):
         err.print(
             f"[yellow]no worker answered[/yellow] on {escape(shown_broker(workers.app))}: run "
             f"{run_id} is queued and starts when a worker starts (`dagwright worker`)",
@@ -265,6 +266,13 @@ def _run_on_celery(
     except KeyboardInterrupt:
         workers.cancel(run_id, dist)
         return run_id, None
+
+
+def _started(store: TraceStore, run_id: str) -> bool:
+    """Whether a worker started one of the run's attempts (it answers pings too slowly, busy)."""
+    from dagwright.executors.engine import events as ev
+
+    return any(e.type == ev.ATTEMPT_STARTED for e in store.events(run_id))
 
 
 def _print_result(summary: dict[str, Any], db: str | None) -> None:
