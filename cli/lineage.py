@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from dagwright.errors import DagwrightError, PlanError
+from dagwright.errors import DagwrightError, PlanError, PlanIssue
 from dagwright.executors import engine
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
@@ -22,8 +22,10 @@ from dagwright.executors.engine.lineage import (
 from dagwright.executors.lifecycle import abandoned, close_abandoned, new_id, run_registry
 from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.inputs import resolve_inputs
+from dagwright.planner.limits import Limits
 from dagwright.planner.loader import workflow_from_data
 from dagwright.planner.prepare import prepare
+from dagwright.planner.schema import Workflow
 from dagwright.planner.source import Source
 from dagwright.planner.validate import validate
 from dagwright.tools.registry import ToolRegistry
@@ -42,6 +44,7 @@ def derived_run(
     sets: list[str] | None = None,
     heartbeat: float = 5.0,
     now: float | None = None,
+    limits: Limits | None = None,
 ) -> tuple[RunRecord, Derivation, ToolRegistry, str | None, str]:
     """(parent record, derivation, registry, source path of the new run's workflow, the new
     run's id).
@@ -51,7 +54,14 @@ def derived_run(
     ``abandoned`` when it is resumed, naming the new run; it cannot be resumed a second time.
 
     Raises PlanError (bad edit, inconsistent reuse) or DagwrightError (no such run, a run that
-    is still executing, an abandoned run resumed already)."""
+    is still executing, an abandoned run resumed already).
+
+    ``limits`` bound the ``--workflow`` file and the inputs given now, as for ``run`` (default:
+    the DAGWRIGHT_MAX_* settings)."""
+    if limits is None:
+        from dagwright.settings import Settings
+
+        limits = Settings.from_env().limits()
     record = store.get_run(run_id)
     events = store.events(record.run_id)
     parent = parent_state(record.workflow, record.run_id, events)
@@ -61,11 +71,18 @@ def derived_run(
     given = dict(inputs or {})
     source_path = record.source
     if workflow_file is not None:
-        ready = prepare(workflow_file, registry, tool_modules=tool_modules, inputs_required=False)
+        ready = prepare(
+            workflow_file,
+            registry,
+            tool_modules=tool_modules,
+            inputs_required=False,
+            limits=limits,
+        )
         workflow, registry, source = ready.workflow, ready.registry, ready.source
         source_path = str(workflow_file.resolve())
     else:
         data = parent.current_plan.workflow.to_data()
+        _check_sets(sets or [], limits)
         if sets:
             data, set_inputs, edited = apply_sets(data, sets)
             given.update(set_inputs)
@@ -75,6 +92,7 @@ def derived_run(
         problems = validate(workflow, registry, source)
         if problems:
             raise PlanError(problems)
+    _check_inputs(given, workflow, limits, source)
     # the parent's inputs, still declared, then the ones given now (as command-line text)
     kept = {k: v for k, v in record.inputs.items() if k in workflow.inputs and k not in given}
     resolved = resolve_inputs(workflow, kept | given, as_text=True, source=source)
@@ -90,6 +108,37 @@ def derived_run(
     if closing and not close_abandoned(store, parent, now, resumed_by=child):
         raise DagwrightError(f"run {record.run_id} ended meanwhile: look at it, then try again")
     return record, derivation, registry, source_path, child
+
+
+def _check_inputs(
+    given: dict[str, str], workflow: Workflow, limits: Limits, source: Source
+) -> None:
+    """Inputs given now over the limits (too big, or JSON text nested too deep to parse)."""
+    problems = []
+    for name, value in given.items():
+        spec = workflow.inputs.get(name)
+        json_text = spec is not None and spec.type in ("object", "array")
+        problem = limits.input_problem(name, value, json_text=json_text)
+        if problem is not None:
+            message, hint = problem
+            problems.append(
+                source.issue(message, ("inputs", name), field=f"inputs.{name}", hint=hint)
+            )
+    if problems:
+        raise PlanError(problems)
+
+
+def _check_sets(sets: list[str], limits: Limits) -> None:
+    """``--set`` values over the input limits, found before they are parsed as JSON (text
+    nested thousands deep would overflow the parser)."""
+    problems = []
+    for item in sets:
+        path, _, raw = item.partition("=")
+        problem = limits.input_problem(path.strip(), raw, json_text=True, what="--set")
+        if problem is not None:
+            problems.append(PlanIssue(problem[0], field="set", hint=problem[1]))
+    if problems:
+        raise PlanError(problems)
 
 
 def _check_parent(

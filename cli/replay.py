@@ -74,6 +74,7 @@ def replay_cmd(
         registry,
         rerun=rerun or (),
         into=MemoryTraceStore() if no_record else None,
+        limits=settings.limits(),
     )
     store.close()
     if as_json:

@@ -32,6 +32,7 @@ from dagwright.executors.engine.events import Event
 from dagwright.executors.engine.lineage import REPLAY, parent_state, reused_record
 from dagwright.executors.engine.outcome import CANCELLED, FAILED, SKIPPED, TIMED_OUT, Outcome
 from dagwright.executors.store.base import RunRecord, TraceStore
+from dagwright.planner.limits import Limits
 from dagwright.planner.schema import Workflow
 from dagwright.tools.registry import Tool, ToolRegistry
 
@@ -330,9 +331,11 @@ def replay_run(
     rerun: Iterable[str] = (),
     into: TraceStore | None = None,
     max_parallel: int = 8,
+    limits: Limits | None = None,
 ) -> ReplayReport:
     """Replay a recorded run of ``store``; the replay is recorded in ``into`` (default: the
-    same store, as a run linked to the recorded one)."""
+    same store, as a run linked to the recorded one). ``limits``: the settings' limits
+    (``Settings.limits()``; default ``Limits()``), e.g. on the output of a tool run again."""
     from dagwright.executors.local import LocalExecutor
 
     record = store.get_run(run_id)
@@ -344,6 +347,7 @@ def replay_run(
         max_parallel=max(max_parallel, replayer.steps_that_may_wait() + 1),
         replanner=replayer.replanner if replayer.revisions else None,
         replayer=replayer,
+        limits=limits,
     )
     started = time.perf_counter()
     result = executor.run(

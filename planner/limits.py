@@ -42,12 +42,13 @@ class Limits:
         return f"raise {SETTINGS[limit]} (now {getattr(self, limit)})"
 
     def input_problem(
-        self, name: str, value: Any, *, json_text: bool = False
+        self, name: str, value: Any, *, json_text: bool = False, what: str = "input"
     ) -> tuple[str, str] | None:
         """(message, hint) when a run input is over the limits: bigger than ``input_bytes`` (a
         string as UTF-8, other data as JSON) or nested deeper than ``depth`` (data, or a string
         that will be parsed as JSON: ``json_text``); None when it is within them. Cheap and
-        recursion-free, so it runs before the input is converted or checked."""
+        recursion-free, so it runs before the input is converted or checked. ``what`` names
+        the kind of value in the message (a ``--set`` value is bounded as an input is)."""
         if isinstance(value, str):
             size = len(value.encode("utf-8", "surrogatepass"))
             deep = json_text and _text_deeper_than(value, self.depth)
@@ -56,12 +57,12 @@ class Limits:
             size = 0 if deep else len(json.dumps(value, ensure_ascii=False, default=str))
         if deep:
             return (
-                f"input {name!r} is nested deeper than {self.depth} levels",
+                f"{what} {name!r} is nested deeper than {self.depth} levels",
                 f"flatten it, or {self.raise_hint('depth')}",
             )
         if size > self.input_bytes:
             return (
-                f"input {name!r} is {size:,} bytes, more than the limit of {self.input_bytes:,}",
+                f"{what} {name!r} is {size:,} bytes, more than the limit of {self.input_bytes:,}",
                 "pass a path or a reference to the data instead, or "
                 + self.raise_hint("input_bytes"),
             )

@@ -170,3 +170,85 @@ def test_a_recorded_run_that_breaks_the_rules_is_refused_on_workers(
         with pytest.raises(PlanError, match="registered tools only"):
             run_registry(wf, registry, (), None)  # a run without a file (inline)
     assert not marker.exists()
+
+
+# -- resume, fork and replay apply the settings' limits ---------------------------------------------
+
+FAILING = """\
+name: limited
+inputs:
+  note: {type: string, default: ""}
+steps:
+  - id: a
+    uses: echo
+    with: {text: "${{ inputs.note }}"}
+  - id: b
+    uses: flaky
+    with: {fail_times: 1}
+    needs: [a]
+"""
+EDITED = FAILING.replace("fail_times: 1", "fail_times: 0") + (
+    "  - id: c\n    uses: echo\n    with: {x: 1}\n    needs: [b]\n"
+)
+
+
+def failed_run(tmp_path: Path) -> str:
+    (tmp_path / "wf.yaml").write_text(FAILING)
+    proc = cli("run", "wf.yaml", "--json", cwd=tmp_path)
+    data = as_json(proc)
+    assert proc.returncode == 1 and data["status"] == "failed", proc.stderr
+    return str(data["run_id"])
+
+
+def test_resume_loads_the_workflow_file_under_the_settings_limits(tmp_path: Path) -> None:
+    run_id = failed_run(tmp_path)
+    (tmp_path / "edited.yaml").write_text(EDITED)  # 3 steps
+    args = ["resume", run_id, "--workflow", "edited.yaml"]
+    proc = cli(*args, cwd=tmp_path, env={"DAGWRIGHT_MAX_STEPS": "2"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "edited.yaml:4, field 'steps': the workflow has 3 steps, more than the limit of 2" in (
+        " ".join(proc.stderr.split())
+    )
+    assert "raise DAGWRIGHT_MAX_STEPS (now 2)" in proc.stderr
+    proc = cli(*args, cwd=tmp_path, env={"DAGWRIGHT_MAX_WORKFLOW_BYTES": "100"})
+    assert proc.returncode == 2 and "is more than 100 bytes" in proc.stderr, proc.stderr
+    assert len(as_json(cli("runs", "--json", cwd=tmp_path))) == 1, "nothing was run"
+    done = cli(*args, "--json", cwd=tmp_path)  # within the default limits: it runs
+    assert done.returncode == 0 and as_json(done)["status"] == "succeeded", done.stderr
+
+
+@pytest.mark.parametrize(
+    ("verb", "given", "message"),
+    [
+        (["resume"], ["--input", "note=" + "x" * 11], "input 'note' is 11 bytes, more than"),
+        (["fork", "--from", "a"], ["--set", "inputs.note=" + "x" * 11], "--set 'inputs.note' is"),
+        (["fork"], ["--set", "steps.a.with.text=" + "[" * 5000], "is nested deeper than 64"),
+    ],
+)
+def test_values_given_to_resume_and_fork_are_bounded_by_the_settings(
+    tmp_path: Path, verb: list[str], given: list[str], message: str
+) -> None:
+    run_id = failed_run(tmp_path)
+    env = {"DAGWRIGHT_MAX_INPUT_BYTES": "10"}
+    proc = cli(verb[0], run_id, *verb[1:], *given, cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr
+    assert len(as_json(cli("runs", "--json", cwd=tmp_path))) == 1, "nothing was run"
+
+
+def test_replay_runs_tools_again_under_the_settings_output_limit(tmp_path: Path) -> None:
+    """`echo` runs again in a replay: its output is bounded by DAGWRIGHT_MAX_OUTPUT_BYTES."""
+    (tmp_path / "wf.yaml").write_text(
+        "name: big\nsteps:\n  - id: a\n    uses: echo\n    with: {text: " + "x" * 2000 + "}\n"
+    )
+    run_id = as_json(cli("run", "wf.yaml", "--json", cwd=tmp_path))["run_id"]
+    same = as_json(cli("replay", run_id, "--json", "--no-record", cwd=tmp_path))
+    assert same["reproduced"] is True
+    proc = cli("replay", run_id, "--json", "--no-record", cwd=tmp_path,
+               env={"DAGWRIGHT_MAX_OUTPUT_BYTES": "1000"})  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [first] = as_json(proc)["divergences"]
+    assert first["what"] == "status" and first["step"] == "a"
+    assert first["actual"]["error"]["type"] == "OutputTooLarge", first
