@@ -54,6 +54,7 @@ class Ready:
     prelude: list[dict[str, Any]] | None = None
     reused: dict[str, dict[str, Any]] | None = None
     lineage: dict[str, Any] | None = None
+    priority: int = 0
 
 
 def fingerprint(body: dict[str, Any]) -> str:
@@ -90,6 +91,7 @@ class RunService:
             if held is not None:
                 return held
         ready = self._ready(body)
+        ready.priority = body.priority
         run_id = self.engine.id_factory()
         if key is not None:  # the first to claim holds the key; a racing twin gets its run
             held_by = self.store.claim_submission(key, fp, run_id, time.time())
@@ -162,6 +164,7 @@ class RunService:
             prelude=ready.prelude,
             reused=ready.reused,
             lineage=ready.lineage,
+            priority=ready.priority,
         )
         try:
             self.runtime.send(dispatches)

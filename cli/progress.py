@@ -71,6 +71,11 @@ class Progress:
         data = event.data
         if event.type == ev.RUN_STARTED:
             return f"run [bold]{event.run_id}[/bold]: {escape(self.workflow.name)}, {len(state.steps)} steps"
+        if event.type == ev.RUN_QUEUED:
+            key, limit = escape(str(data.get("key"))), data.get("limit")
+            return f"  ⏸ queued: {limit} run(s) of key {key} may run at once; waiting for a slot"
+        if event.type == ev.RUN_ADMITTED:
+            return "  ▷ admitted: a slot is free"
         if event.type == ev.ATTEMPT_STARTED:
             return f"  ▶ {sid}" + (
                 f" (attempt {event.attempt})" if (event.attempt or 1) > 1 else ""

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from dagwright.agents.cache import StoreCache
 from dagwright.errors import PlanError
-from dagwright.executors import engine
+from dagwright.executors import admission, engine
 from dagwright.executors.engine import decisions
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
@@ -47,6 +47,9 @@ from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
 from dagwright.planner.validate import validate
 from dagwright.tools.registry import ToolRegistry, default_registry
+
+ADMISSION_POLL = 0.2
+"""Seconds between a queued local run's tries to be admitted (``concurrency:``)."""
 
 
 @dataclass
@@ -115,8 +118,12 @@ class LocalExecutor:
         prelude: list[dict[str, Any]] | None = None,
         reused: dict[str, dict[str, Any]] | None = None,
         lineage: dict[str, Any] | None = None,
+        priority: int = 0,
     ) -> RunResult:
         """Run to the end. Ctrl-C cancels the run (recorded) and raises KeyboardInterrupt.
+
+        A workflow with ``concurrency:`` waits (``queued``) until its key has a free slot
+        (``executors.admission``); ``priority`` orders it among the runs waiting there.
 
         ``prelude``: model calls that made the plan (``dagwright run --task``), recorded at the
         start of the run's trace as ``model_call`` events.
@@ -132,6 +139,7 @@ class LocalExecutor:
                 prelude=prelude,
                 reused=reused,
                 lineage=lineage,
+                priority=priority,
             )
         )
 
@@ -145,6 +153,7 @@ class LocalExecutor:
         prelude: list[dict[str, Any]] | None = None,
         reused: dict[str, dict[str, Any]] | None = None,
         lineage: dict[str, Any] | None = None,
+        priority: int = 0,
     ) -> RunResult:
         issues = validate(workflow, self.registry)
         if issues:
@@ -160,6 +169,7 @@ class LocalExecutor:
             lineage=lineage,
         )
         run = _Run(self, Plan.from_workflow(workflow), new)
+        run.priority = priority
         self._current = run
         try:
             with lease(self.store, new.run_id, every=self.lease_every, clock=self.clock):
@@ -193,6 +203,7 @@ class _Run:
         self.flush_scheduled = False
         self.arriving = 0  # steps dispatched in this turn whose task has not started yet
         self.store_error: BaseException | None = None
+        self.priority = 0  # among the runs waiting for the same concurrency key
         self.waiting_for_cancel = 0  # replay: attempts stopped where the recording was cancelled
         self.pool = ThreadPoolExecutor(
             max_workers=executor.max_parallel + 4, thread_name_prefix="dagwright-step"
@@ -286,6 +297,7 @@ class _Run:
         self.emit(*open_run(self.x.store, self.new, executor="local", clock=self.x.clock,
                             details=details))  # fmt: skip
         try:
+            await self.wait_for_a_slot()
             self.dispatch()
             while True:
                 waiters = [
@@ -312,6 +324,32 @@ class _Run:
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
         return self.finish()
+
+    async def wait_for_a_slot(self) -> None:
+        """A workflow with ``concurrency:``: queue the run, and wait until it is admitted (or
+        cancelled). Admission is tried here, and by every run of the key that ends."""
+        store, clock = self.x.store, self.x.clock
+        queued = admission.queue(store, self.run_id, self.new.workflow, self.new.inputs,
+                                 priority=self.priority, now=clock())  # fmt: skip
+        if not queued:
+            return
+        self.emit(*queued)
+        self.flush()
+        key, limit = queued[0].data["key"], queued[0].data["limit"]
+        loop = asyncio.get_running_loop()
+        while not self.cancel_requested.is_set():
+            await loop.run_in_executor(None, admission.admit, store, key, limit, clock)
+            if await loop.run_in_executor(None, admission.admitted, store, self.run_id):
+                # recorded by whoever admitted it: follow it in this process's state
+                admitted = self.event(ev.RUN_ADMITTED, key=key)
+                self.state = engine.apply(self.state, admitted)
+                if self.x.on_event is not None:
+                    self.x.on_event(admitted, self.state)
+                return
+            try:
+                await asyncio.wait_for(self.cancel_requested.wait(), ADMISSION_POLL)
+            except TimeoutError:
+                pass
 
     async def replan(self) -> bool:
         """A step failed with ``on_failure: replan``: ask the replanner for a revised plan and go
@@ -455,6 +493,7 @@ class _Run:
         self.flush()
         if self.store_error is not None:
             raise self.store_error
+        admission.release(self.x.store, self.state, self.x.clock)  # its slot, if it holds one
         state = self.state
         return RunResult(
             self.run_id, state.status, state.output, state.error, state, self.x.store.location()

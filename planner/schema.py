@@ -123,6 +123,15 @@ class Step(_Model):
         return [v] if isinstance(v, str) else v
 
 
+class Concurrency(_Model):
+    """At most ``limit`` runs of this workflow with the same ``key`` execute at once; the
+    others wait, queued, in order (higher ``priority`` first, then by submission)."""
+
+    key: Annotated[str, Field(min_length=1, max_length=500)]
+    """Text, with references to the run's inputs: ``"${{ inputs.customer }}"``."""
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 1
+
+
 class Workflow(_Model):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     description: str = ""
@@ -133,6 +142,8 @@ class Workflow(_Model):
     task: str = ""
     """The task in plain words this plan was made for (set by the planner; used to replan)."""
     max_replans: Annotated[int, Field(ge=0, le=10)] = 2
+    concurrency: Concurrency | None = None
+    """Bound the runs that execute at once per key (``Concurrency``)."""
     """How many times steps with ``on_failure: replan`` may have the plan revised in one run."""
 
     @field_validator("inputs", mode="before")

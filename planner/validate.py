@@ -72,8 +72,19 @@ class _Validator:
         for i, step in enumerate(self.wf.steps):
             self.check_step(i, step)
         self.check_value(self.wf.output, ("output",), step=None, field="output")
+        self.check_concurrency()
         self.check_cycles()
         return self.issues
+
+    def check_concurrency(self) -> None:
+        """The key is known when the run is submitted: it may read inputs only."""
+        if self.wf.concurrency is None:
+            return
+        at: Path_ = ("concurrency", "key")
+        for _, expr in expressions_in(self.wf.concurrency.key):
+            self.check_expression(
+                expr, at, step=None, field="concurrency.key", allowed_roots={"inputs"}
+            )
 
     def check_defaults(self) -> None:
         for name, spec in self.wf.inputs.items():

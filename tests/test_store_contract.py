@@ -322,3 +322,76 @@ def test_many_processes_may_open_a_fresh_postgres_store_at_once(pg_url: str) -> 
     assert errors == [] and len(opened) == 8
     for s in opened:
         s.close()
+
+
+def test_a_concurrency_key_admits_up_to_its_limit_in_order(store: TraceStore) -> None:
+    """Waiting runs are admitted into free slots, higher priority first, then in queue order;
+    a release frees a slot; another key is independent; a queued run lists as queued."""
+    key, other = "k-" + uuid.uuid4().hex, "o-" + uuid.uuid4().hex
+    runs = [_run(store) for _ in range(5)]
+    for i, rid in enumerate(runs):
+        store.queue_run(key, rid, 5 if i == 3 else 0, 10.0 + i)
+    store.queue_run(other, (lonely := _run(store)), 0, 10.0)
+    assert store.admit(key, 2, 20.0) == [runs[3], runs[0]]
+    assert store.admit(key, 2, 21.0) == []
+    assert store.slot(runs[3]) == (key, 20.0) and store.slot(runs[1]) == (key, None)
+    store.release(runs[0])
+    assert store.slot(runs[0]) is None
+    assert store.admit(key, 2, 22.0) == [runs[1]]
+    assert store.admit(other, 1, 22.0) == [lonely]
+    assert sorted(store.slot_keys()[key]) == sorted([(runs[1], 22.0), (runs[2], None),
+                                                     (runs[3], 20.0), (runs[4], None)])  # fmt: skip
+    waiting = runs[2]
+    store.append(waiting, [_event(waiting, ev.RUN_STARTED), _event(waiting, ev.RUN_QUEUED)])
+    admitted = runs[1]
+    store.append(admitted, [_event(admitted, ev.RUN_STARTED), _event(admitted, ev.RUN_QUEUED),
+                            _event(admitted, ev.RUN_ADMITTED)])  # fmt: skip
+    listed = {r.record.run_id: r.status for r in store.list_runs(limit=500)}
+    assert (listed[waiting], listed[admitted]) == ("queued", "running")
+    assert waiting in {r.record.run_id for r in store.list_runs(status="queued", limit=500)}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_concurrent_admitters_never_exceed_the_limit(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Eight threads on their own connections admit and release the same key's runs at once:
+    at no time do more runs hold a slot than the limit, and every run is admitted once."""
+    from dagwright.executors.store.sql import SqlTraceStore
+
+    target = str(tmp_path / "t.db") if kind == "sqlite" else request.getfixturevalue("pg_url")
+    stores = [SqlTraceStore(target) for _ in range(4)]
+    key = "k-" + uuid.uuid4().hex
+    runs = [uuid.uuid4().hex for _ in range(40)]
+    for i, rid in enumerate(runs):
+        stores[0].queue_run(key, rid, 0, float(i))
+    admitted: list[str] = []
+    holding: set[str] = set()
+    most = 0
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        nonlocal most
+        s = stores[n % 4]
+        for _ in range(200):
+            got = s.admit(key, 3, 1.0)
+            with lock:
+                admitted.extend(got)
+                holding.update(got)
+                most = max(most, len(holding))
+                done = sorted(holding)[:1] if holding else []
+                holding.difference_update(done)
+            for rid in done:
+                s.release(rid)
+            if len(admitted) == len(runs):
+                return
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert sorted(admitted) == sorted(runs), "every run admitted exactly once"
+    assert most <= 3

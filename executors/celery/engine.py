@@ -25,7 +25,7 @@ from typing import Any
 
 from dagwright.agents.cache import StoreCache
 from dagwright.errors import DagwrightError, StaleState
-from dagwright.executors import engine
+from dagwright.executors import admission, engine
 from dagwright.executors.celery import recovery
 from dagwright.executors.engine import decisions
 from dagwright.executors.engine import events as ev
@@ -118,6 +118,7 @@ class Engine:
         self._states: dict[str, tuple[engine.RunState, list[int]]] = {}
         self.lock = threading.RLock()
         self._beats = recovery.HeartbeatPump(self)
+        self._next_admitted: list[str] = []  # runs admitted by this process, to start
 
     # -- reading ---------------------------------------------------------------------------------
     def plan_of(self, run_id: str) -> tuple[Plan, ToolRegistry]:
@@ -194,10 +195,13 @@ class Engine:
         prelude: list[dict[str, Any]] | None = None,
         reused: dict[str, dict[str, Any]] | None = None,
         lineage: dict[str, Any] | None = None,
+        priority: int = 0,
     ) -> tuple[str, list[Dispatch]]:
-        """Record a new run (validated by the caller) and dispatch its first steps.
+        """Record a new run (validated by the caller) and dispatch its first steps — or, for a
+        workflow with ``concurrency:`` whose key has no free slot, queue it (``admission``).
 
-        ``reused``/``lineage``: a derived run (resume, fork) and the outputs it reuses."""
+        ``reused``/``lineage``: a derived run (resume, fork) and the outputs it reuses.
+        ``priority``: its place among the runs waiting for its key (higher first)."""
         new = NewRun(
             workflow,
             resolve_inputs(workflow, inputs),  # defaults filled, types checked
@@ -207,11 +211,18 @@ class Engine:
             reused=reused or {},
             lineage=lineage,
         )
-        self.store.append(
-            new.run_id, open_run(self.store, new, executor=self.executor, clock=self.clock)
+        opening = open_run(self.store, new, executor=self.executor, clock=self.clock)
+        queued = admission.queue(
+            self.store, new.run_id, workflow, new.inputs, priority=priority, now=self.clock()
         )
+        self.store.append(new.run_id, opening + queued)
         run_id = new.run_id
-        return run_id, self.advance(run_id)
+        if not queued:
+            return run_id, self.advance(run_id)
+        data = queued[0].data
+        for admitted in admission.admit(self.store, data["key"], data["limit"], self.clock):
+            self._next_admitted.append(admitted)
+        return run_id, self._drain_admitted()
 
     # -- the one scheduling function -----------------------------------------------------------------
     def advance(self, run_id: str) -> list[Dispatch]:
@@ -237,18 +248,42 @@ class Engine:
                 dispatches.append(d)
         if concluding is not None:
             self._conclude(run_id, concluding)
-        return dispatches
+        return dispatches + self._drain_admitted()
 
     def _conclude(self, run_id: str, events: list[Event], claims: list[str] | None = None) -> bool:
         """Append the events that end a run (once: the ``conclude`` claim), then tell."""
         if self.store.append(run_id, events, claims=claims or ["conclude"]) is None:
             return False
+        with self.lock:
+            _, _, state = self.state(run_id)
+        admitted = admission.release(self.store, state, self.clock)  # the run's slot, if any
+        with self.lock:
+            self._next_admitted += admitted
         if self.on_finished is not None:
             try:
                 self.on_finished(run_id, str(events[-1].data.get("status")))
             except Exception:  # noqa: BLE001 - a wake-up signal; the trace has the truth
                 pass
         return True
+
+    def _drain_admitted(self) -> list[Dispatch]:
+        """Start the runs this process admitted (their first steps' dispatches)."""
+        with self.lock:
+            admitted, self._next_admitted = self._next_admitted, []
+        out: list[Dispatch] = []
+        for run_id in admitted:
+            out += self.advance_own(run_id)
+        return out
+
+    def advance_own(self, run_id: str) -> list[Dispatch]:
+        """``advance`` for a run this engine's executor drives; nothing for another's (a local
+        run polls for its admission; another driver's sweep starts its runs)."""
+        try:
+            if self.store.get_run(run_id).executor != self.executor:
+                return []
+        except DagwrightError:
+            return []
+        return self.advance(run_id)
 
     def _revise(
         self, run_id: str, replanning: Replanning, state: engine.RunState

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from dagwright.errors import DagwrightError
-from dagwright.executors import engine
+from dagwright.executors import admission, engine
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
 
@@ -25,6 +25,8 @@ def sweep(eng: Engine, *, limit: int = 200, restarted: bool = False) -> list[Dis
     with the previous process and is sent again at once; running attempts are sent again when
     their heartbeats lapse (``Timing.lost_after``), as on Celery."""
     out: list[Dispatch] = []
+    for run_id in admission.reconcile(eng.store, lambda r: eng.state(r)[2].status, eng.clock):
+        out += eng.advance_own(run_id)
     for summary in eng.store.list_runs(status=engine.RUNNING, limit=limit):
         if summary.record.executor != eng.executor:
             continue  # a local run (it holds its own lease), or another driver's

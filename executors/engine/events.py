@@ -14,6 +14,10 @@ RUN_FINISHED = "run_finished"
 MODEL_CALL = "model_call"
 PLAN_REVISED = "plan_revised"
 REPLAY_DIVERGED = "replay_diverged"
+RUN_QUEUED = "run_queued"
+"""The run waits for a slot of its concurrency key (data: ``key``, ``limit``, ``priority``)."""
+RUN_ADMITTED = "run_admitted"
+"""The run holds a slot of its concurrency key: its steps may start."""
 
 EVENT_TYPES = (
     RUN_STARTED,
@@ -25,6 +29,8 @@ EVENT_TYPES = (
     MODEL_CALL,
     PLAN_REVISED,
     REPLAY_DIVERGED,
+    RUN_QUEUED,
+    RUN_ADMITTED,
 )
 
 

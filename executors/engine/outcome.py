@@ -18,11 +18,14 @@ ABANDONED = "abandoned"
 """A local run whose process stopped without finishing it (killed, machine lost): its lease
 expired. It is closed as such when it is resumed (once)."""
 
+QUEUED = "queued"
+"""A run waiting for a slot of its concurrency key (a workflow's ``concurrency:``)."""
+
 FINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED, ABANDONED})
 """A step or run in one of these states never changes again."""
 ACTIVE = frozenset({SCHEDULED, RUNNING, RETRYING})
 """A step in one of these states is in flight: dispatched, running, or waiting to retry."""
-RUN_STATUSES = (RUNNING, SUCCEEDED, FAILED, CANCELLED, ABANDONED)
+RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, ABANDONED)
 """What ``dagwright runs --status`` and the API filter on."""
 
 # error kinds a retry policy names in ``retry_on``
@@ -77,6 +80,7 @@ __all__ = [
     "FINAL",
     "Outcome",
     "PENDING",
+    "QUEUED",
     "RETRYING",
     "RUNNING",
     "RUN_STATUSES",

@@ -21,6 +21,7 @@ from dagwright.executors.engine.outcome import (
     FAILED,
     FINAL,
     PENDING,
+    QUEUED,
     RETRYING,
     RUNNING,
     SCHEDULED,
@@ -81,6 +82,8 @@ class RunState:
     revisions: int = 0
     plan: Plan | None = None
     """The plan in force: the run's plan, or its latest revision (``plan_revised``)."""
+    queue: dict[str, Any] | None = None
+    """The run's concurrency key, limit and priority (``run_queued``), if it has one."""
 
     @classmethod
     def initial(cls, plan: Plan, run_id: str) -> RunState:
@@ -104,6 +107,26 @@ class RunState:
 
 
 _NOT_FOLDED = frozenset({ev.MODEL_CALL, ev.REPLAY_DIVERGED})
+_RUN_EVENTS = frozenset({ev.RUN_STARTED, ev.RUN_QUEUED, ev.RUN_ADMITTED, ev.RUN_FINISHED})
+
+
+def _apply_run(state: RunState, event: Event) -> None:
+    """The events about the run as a whole."""
+    if event.type == ev.RUN_STARTED:
+        state.status = RUNNING
+        state.inputs = event.data.get("inputs", {})
+        state.started_at = event.at
+    elif event.type == ev.RUN_QUEUED:
+        state.queue = dict(event.data)
+        state.status = QUEUED
+    elif event.type == ev.RUN_ADMITTED:
+        state.status = RUNNING
+    else:
+        state.status = event.data["status"]
+        state.output = event.data.get("output")
+        state.error = event.data.get("error")
+        state.finished_at = event.at
+        state.ready.clear()
 
 
 def apply(state: RunState, event: Event) -> RunState:
@@ -121,17 +144,8 @@ def apply(state: RunState, event: Event) -> RunState:
     if kind == ev.PLAN_REVISED:
         revised = Plan.from_workflow(Workflow.model_validate(event.data["workflow"]))
         return revise(state, revised, list(event.data.get("kept", [])))
-    if kind == ev.RUN_STARTED:
-        state.status = RUNNING
-        state.inputs = event.data.get("inputs", {})
-        state.started_at = event.at
-        return state
-    if kind == ev.RUN_FINISHED:
-        state.status = event.data["status"]
-        state.output = event.data.get("output")
-        state.error = event.data.get("error")
-        state.finished_at = event.at
-        state.ready.clear()
+    if kind in _RUN_EVENTS:
+        _apply_run(state, event)
         return state
     assert event.step is not None, f"{kind} event without a step"
     step = state.steps.get(event.step)
@@ -214,7 +228,7 @@ def revise(state: RunState, plan: Plan, kept: list[str]) -> RunState:
     and are not run again; every other step starts pending."""
     new = RunState.initial(plan, state.run_id)
     new.status, new.inputs, new.started_at = state.status, state.inputs, state.started_at
-    new.revisions = state.revisions + 1
+    new.revisions, new.queue = state.revisions + 1, state.queue
     for sid in kept:
         new.steps[sid] = state.steps[sid]
         new.ready.pop(sid, None)
@@ -244,7 +258,7 @@ def ready_steps(plan: Plan, state: RunState) -> list[str]:
     Empty once the run is halted (a step failed with ``on_failure: fail``, or it was cancelled)
     or finished: steps already running finish, nothing new starts.
     """
-    if state.halted or state.status in FINAL:
+    if state.halted or state.status in FINAL or state.status == QUEUED:
         return []
     return list(state.ready)
 

@@ -163,6 +163,24 @@ class TraceStore(Protocol):
     def submission(self, key: str) -> Submission | None:
         """The submission that holds an idempotency key, if any."""
 
+    def queue_run(self, key: str, run_id: str, priority: int, at: float) -> None:
+        """Put a run in the queue of a concurrency key (``admission``)."""
+
+    def admit(self, key: str, limit: int, at: float) -> list[str]:
+        """Give the key's free slots (``limit`` minus the runs admitted) to its waiting runs,
+        higher priority first, then in order of queueing; atomic across processes. Returns the
+        run ids admitted now."""
+
+    def release(self, run_id: str) -> None:
+        """The run leaves its key's queue or slot (it ended)."""
+
+    def slot(self, run_id: str) -> tuple[str, float | None] | None:
+        """The run's key and when it was admitted (None: still waiting); None when the run is
+        in no queue."""
+
+    def slot_keys(self) -> dict[str, list[tuple[str, float | None]]]:
+        """Every key with runs waiting or admitted: the runs and when each was admitted."""
+
     def location(self) -> str:
         """Where the trace lives, for people: a file path or a URL without its password."""
 

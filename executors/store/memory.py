@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dagwright.errors import StaleState, StoreError
-from dagwright.executors.engine.events import RUN_FINISHED, Event
+from dagwright.executors.engine.events import RUN_ADMITTED, RUN_FINISHED, RUN_QUEUED, Event
 from dagwright.executors.store.base import (
     RunRecord,
     RunSummary,
@@ -25,6 +25,7 @@ class MemoryTraceStore:
         self._cache: dict[str, Any] = {}
         self._beats: dict[str, dict[tuple[str, int], float]] = {}
         self._submissions: dict[str, Submission] = {}
+        self._slots: dict[str, tuple[str, int, float, float | None]] = {}
         self._lock = threading.Lock()
 
     def create_run(self, run: RunRecord) -> None:
@@ -97,7 +98,10 @@ class MemoryTraceStore:
                 finished = next(
                     (e for e in self._events[run.run_id] if e.type == RUN_FINISHED), None
                 )
-                run_status = str(finished.data["status"]) if finished else "running"
+                kinds = {e.type for e in self._events[run.run_id]}
+                waiting = RUN_QUEUED in kinds and RUN_ADMITTED not in kinds
+                running = "queued" if waiting else "running"
+                run_status = str(finished.data["status"]) if finished else running
                 summary = RunSummary(run, run_status, finished.at if finished else None)
                 if listed(
                     summary,
@@ -117,6 +121,37 @@ class MemoryTraceStore:
     def submission(self, key: str) -> Submission | None:
         with self._lock:
             return self._submissions.get(key)
+
+    def queue_run(self, key: str, run_id: str, priority: int, at: float) -> None:
+        with self._lock:
+            self._slots[run_id] = (key, priority, at, None)
+
+    def admit(self, key: str, limit: int, at: float) -> list[str]:
+        with self._lock:
+            mine = [(rid, v) for rid, v in self._slots.items() if v[0] == key]
+            free = limit - sum(1 for _, v in mine if v[3] is not None)
+            waiting = sorted((-v[1], v[2], rid) for rid, v in mine if v[3] is None)
+            chosen = [rid for _, _, rid in waiting][: max(0, free)]
+            for rid in chosen:
+                k, priority, queued, _ = self._slots[rid]
+                self._slots[rid] = (k, priority, queued, at)
+            return chosen
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._slots.pop(run_id, None)
+
+    def slot(self, run_id: str) -> tuple[str, float | None] | None:
+        with self._lock:
+            found = self._slots.get(run_id)
+            return None if found is None else (found[0], found[3])
+
+    def slot_keys(self) -> dict[str, list[tuple[str, float | None]]]:
+        with self._lock:
+            keys: dict[str, list[tuple[str, float | None]]] = {}
+            for rid, (key, _, _, admitted) in self._slots.items():
+                keys.setdefault(key, []).append((rid, admitted))
+            return keys
 
     def location(self) -> str:
         return "memory"

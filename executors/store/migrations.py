@@ -83,6 +83,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "runs.next_seq", _next_seq),
     Migration(3, "run lineage", _lineage),
     Migration(4, "submissions", _tables),  # dagwright_submissions: created if missing
+    Migration(5, "concurrency slots", _tables),  # dagwright_slots: created if missing
 )
 """In order of version; append only (a version, once released, never changes)."""
 

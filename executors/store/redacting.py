@@ -70,6 +70,21 @@ class RedactingStore:
     def submission(self, key: str) -> Submission | None:
         return self.inner.submission(key)
 
+    def queue_run(self, key: str, run_id: str, priority: int, at: float) -> None:
+        self.inner.queue_run(key, run_id, priority, at)
+
+    def admit(self, key: str, limit: int, at: float) -> list[str]:
+        return self.inner.admit(key, limit, at)
+
+    def release(self, run_id: str) -> None:
+        self.inner.release(run_id)
+
+    def slot(self, run_id: str) -> tuple[str, float | None] | None:
+        return self.inner.slot(run_id)
+
+    def slot_keys(self) -> dict[str, list[tuple[str, float | None]]]:
+        return self.inner.slot_keys()
+
     def location(self) -> str:
         return self.inner.location()
 

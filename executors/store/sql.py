@@ -14,12 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
-from sqlalchemy import and_, bindparam, create_engine, event, func, or_, select
+from sqlalchemy import and_, bindparam, case, create_engine, event, func, or_, select
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
 from dagwright.errors import StaleState, StoreError
-from dagwright.executors.engine.events import RUN_FINISHED, STEP_FINISHED, Event
+from dagwright.executors.engine.events import (
+    RUN_ADMITTED,
+    RUN_FINISHED,
+    RUN_QUEUED,
+    STEP_FINISHED,
+    Event,
+)
+from dagwright.executors.store import slots
 from dagwright.executors.store.base import RunRecord, RunSummary, Submission, match_run_id
 from dagwright.executors.store.migrations import ensure_schema
 from dagwright.executors.store.tables import (
@@ -421,10 +428,17 @@ class SqlTraceStore:
         after: tuple[float, str] | None = None,
     ) -> list[RunSummary]:
         r, e = runs_table, events_table
-        run_status = func.coalesce(e.c.status, "running")
+        q, a = events_table.alias("queued"), events_table.alias("admitted")
+        waiting = case((and_(q.c.seq.is_not(None), a.c.seq.is_(None)), "queued"), else_="running")
+        run_status = func.coalesce(e.c.status, waiting)
+        joined = (
+            r.outerjoin(e, (e.c.run_id == r.c.run_id) & (e.c.type == RUN_FINISHED))
+            .outerjoin(q, (q.c.run_id == r.c.run_id) & (q.c.type == RUN_QUEUED))
+            .outerjoin(a, (a.c.run_id == r.c.run_id) & (a.c.type == RUN_ADMITTED))
+        )
         query = (
             select(r, run_status.label("run_status"), e.c.at.label("finished_at"))
-            .select_from(r.outerjoin(e, (e.c.run_id == r.c.run_id) & (e.c.type == RUN_FINISHED)))
+            .select_from(joined)
             .order_by(r.c.created_at.desc(), r.c.run_id.desc())
             .limit(limit)
         )
@@ -457,6 +471,21 @@ class SqlTraceStore:
         held = self.submission(key)
         assert held is not None  # submissions are never deleted
         return held
+
+    def queue_run(self, key: str, run_id: str, priority: int, at: float) -> None:
+        slots.queue_run(self.engine, key, run_id, priority, at)
+
+    def admit(self, key: str, limit: int, at: float) -> list[str]:
+        return slots.admit(self.engine, key, limit, at)
+
+    def release(self, run_id: str) -> None:
+        slots.release(self.engine, run_id)
+
+    def slot(self, run_id: str) -> tuple[str, float | None] | None:
+        return slots.slot(self.engine, run_id)
+
+    def slot_keys(self) -> dict[str, list[tuple[str, float | None]]]:
+        return slots.keys(self.engine)
 
     def submission(self, key: str) -> Submission | None:
         s = submissions_table

@@ -83,6 +83,17 @@ submissions_table = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# Concurrency slots (a workflow's ``concurrency:``): the runs of a key waiting or admitted.
+slots_table = Table(
+    "dagwright_slots",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("key", String(600), nullable=False, index=True),
+    Column("priority", Integer, nullable=False),
+    Column("queued_at", Float, nullable=False),
+    Column("admitted_at", Float),
+)
+
 # The schema's version: one row per migration applied (``executors.store.migrations``).
 schema_table = Table(
     "dagwright_schema",
@@ -100,5 +111,6 @@ __all__ = [
     "metadata",
     "runs_table",
     "schema_table",
+    "slots_table",
     "submissions_table",
 ]
