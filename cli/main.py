@@ -1,9 +1,10 @@
 """The ``dagwright`` command line (Typer + Rich): the app, its commands, and ``main()``.
 
 One module per verb group: ``validate``, ``run`` (run, resume, fork), ``replay``, ``show``
-(show, trace, runs, diff), ``plan``, ``workers`` (worker, cancel), ``tools``, ``serve``; what they share
-is in ``common``. Commands import executors, stores, the planner and model clients inside their
-bodies, so building the command line (and ``--help``) loads none of them.
+(show, trace, runs, diff), ``plan``, ``workers`` (worker, cancel), ``tools``, ``serve``,
+``remote`` (submit, status, follow); what they share is in ``common``. Commands import
+executors, stores, the planner and model clients inside their bodies, so building the command
+line (and ``--help``) loads none of them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import typer
 from rich.markup import escape
 
-from dagwright.cli import plan, replay, run, serve, show, tools, validate, workers
+from dagwright.cli import plan, remote, replay, run, serve, show, tools, validate, workers
 from dagwright.cli.common import EXIT_FAILED, EXIT_INVALID, _print_issues, err
 from dagwright.cli.common import out as out  # re-exported: tests capture `show`'s output
 from dagwright.cli.show import _print_revisions_and_calls as _print_revisions_and_calls
@@ -44,6 +45,9 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "cancel": workers.cancel_cmd,
     "tools": tools.tools_cmd,
     "serve": serve.serve_cmd,
+    "submit": remote.submit_cmd,
+    "status": remote.status_cmd,
+    "follow": remote.follow_cmd,
 }
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
