@@ -73,6 +73,10 @@ def invalid(exc: PlanError) -> Problem:
 def _body_issues(exc: RequestValidationError) -> list[dict[str, Any]]:
     issues = []
     for e in exc.errors():
+        if e.get("type") == "json_invalid":  # its loc is a position in the text, not a field
+            where = (e.get("ctx") or {}).get("error", "")
+            issues.append({"field": None, "message": f"the body is not JSON: {where}".rstrip(": ")})
+            continue
         loc = [str(p) for p in e.get("loc", ()) if p != "body"]
         issues.append({"field": ".".join(loc) or None, "message": str(e.get("msg", ""))})
     return issues

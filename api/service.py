@@ -248,7 +248,6 @@ class RunService:
         summary["status"] = seen_status(
             self.store, record, summary["status"], time.time(), self.settings.heartbeat
         )
-        summary["executor"] = record.executor
         return self.redactor.value(summary)  # type: ignore[no-any-return]
 
     def list(
@@ -302,6 +301,9 @@ class RunService:
 
     def cancel(self, run_id: str) -> Accepted:
         record = self.store.get_run(run_id)
+        status = self._status(record.run_id)
+        if status in core.FINAL:
+            raise Problem(409, "Run has ended", f"run {record.run_id} is {status} already")
         if record.executor not in (self.executor, "celery", "api"):
             raise Problem(
                 409,

@@ -77,6 +77,7 @@ def run_summary(
         "error": state.error,
         "inputs": record.inputs,
         "lineage": record.lineage(),
+        "executor": record.executor,
         "started_at": iso(state.started_at),
         "finished_at": iso(state.finished_at),
         "duration": duration(state.started_at, state.finished_at),
