@@ -165,3 +165,38 @@ def test_celery_workers_bound_a_key(celery_cluster: Cluster) -> None:
         assert follow(store, rid, timeout=90).status == "succeeded"
     assert slots_held(store, runs) == 2
     store.close()
+
+
+def test_parallel_submissions_through_the_api_never_exceed_the_limit(tmp_path: Path) -> None:
+    """Ten clients submit at once to a real server (`dagwright serve`): at most two runs of the
+    key ever hold a slot, every run succeeds, the other key's run is not held up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apitools import Server, wait_final
+
+    yaml_text = """
+name: per-customer-api
+inputs: {customer: string}
+concurrency: {key: "${{ inputs.customer }}", limit: 2}
+steps:
+  - id: work
+    uses: sleep
+    with: {ms: 200}
+"""
+    with Server(tmp_path, DAGWRIGHT_API_RUNS="8") as server, server.client() as client:
+
+        def submit(customer: str) -> str:
+            body = {"workflow_yaml": yaml_text, "inputs": {"customer": customer}}
+            response = client.post("/v1/runs", json=body)
+            assert response.status_code == 202, response.text
+            return str(response.json()["run_id"])
+
+        with ThreadPoolExecutor(10) as pool:
+            acme = list(pool.map(submit, ["acme"] * 10))
+        other = submit("globex")
+        finals = [wait_final(client, rid)["status"] for rid in [*acme, other]]
+    assert finals == ["succeeded"] * 11
+    store = SqlTraceStore(server.db)
+    assert slots_held(store, acme) == 2
+    assert store.slot_keys() == {}
+    store.close()
