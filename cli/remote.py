@@ -392,6 +392,11 @@ class _EventLines:
             return f"  ↻ {sid} attempt {n} {data.get('status')}: {msg} (retry in {data['retry_in']:g}s)"
         if kind == "step_finished":
             return self._finished(e, sid, n, data)
+        if kind == "run_queued":
+            key, limit = escape(repr(data.get("key"))), data.get("limit")
+            return f"  queued: waiting for a slot of {key} (limit {limit})"
+        if kind == "run_admitted":
+            return "  admitted: its steps may start"
         if kind == "plan_revised":
             failed = escape(str(data.get("failed_step")))
             return f"  plan revision {data.get('revision')} after step {failed} failed"

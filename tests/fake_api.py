@@ -71,9 +71,16 @@ def problem(status: int, title: str, detail: str = "", **extra: Any) -> httpx.Re
     )
 
 
-def trace(run_id: str, steps: list[str], status: str) -> list[Json]:
-    """A run's events: each step one attempt, then run_finished with ``status``."""
+def trace(run_id: str, steps: list[str], status: str, queued: bool = False) -> list[Json]:
+    """A run's events: (queued for a concurrency slot, then admitted,) each step one attempt,
+    then run_finished with ``status``."""
     events: list[Json] = [{"type": "run_started", "step": None, "attempt": None, "data": {}}]
+    if queued:
+        events += [
+            {"type": "run_queued", "step": None, "attempt": None,
+             "data": {"key": "acme", "limit": 2, "priority": 0}},
+            {"type": "run_admitted", "step": None, "attempt": None, "data": {}},
+        ]  # fmt: skip
     for sid in steps:
         ok = status == "succeeded" or sid != steps[-1]
         data = {"status": "succeeded" if ok else "failed", "output": {"id": sid} if ok else None,
@@ -118,11 +125,12 @@ class FakeApi:
 
     # -- runs ---------------------------------------------------------------------------------
     def add_run(self, workflow: str = "hello", final: str = "succeeded", *, status: str = "running",
-                steps: tuple[str, ...] = ("a", "b", "c"), run_id: str | None = None) -> str:  # fmt: skip
+                steps: tuple[str, ...] = ("a", "b", "c"), run_id: str | None = None,
+                queued: bool = False) -> str:  # fmt: skip
         run_id = run_id or f"{len(self.runs) + 1:04d}" + "f" * 28
         self.runs[run_id] = {
             "run_id": run_id, "workflow": workflow, "status": status, "final": final,
-            "events": trace(run_id, list(steps), final), "reads": 0, "inputs": {},
+            "events": trace(run_id, list(steps), final, queued), "reads": 0, "inputs": {},
         }  # fmt: skip
         self.order.insert(0, run_id)
         return run_id

@@ -414,12 +414,12 @@ def test_submit_wait_and_follow_stream_through_dropped_connections(tmp_path: Pat
         assert "succeeded" in waited.stdout and '"ok": true' in waited.stdout
         streams = [r.headers.get("last-event-id") for r in fake.requests if "stream" in r.url.path]
         assert streams == [None, "4", "7"]
-        failing = fake.add_run("fail-me", final="failed")
+        failing = fake.add_run("fail-me", final="failed", queued=True)
         fake.cuts = [(2, "drop")]
         followed = cli("follow", failing, cwd=tmp_path, env=env)
-        assert (
-            followed.returncode == 1 and "✗ c  failed after 1 attempt: c broke" in followed.stdout
-        )
+        assert followed.returncode == 1
+        assert "✗ c  failed after 1 attempt: c broke" in followed.stdout
+        assert "queued: waiting for a slot of 'acme' (limit 2)\n  admitted" in followed.stdout
         status = cli("status", failing, "--json", cwd=tmp_path, env=env)
         assert status.returncode == 0 and as_json(status)["status"] == "failed"
         final = cli("follow", failing, "--json", cwd=tmp_path, env=env)
