@@ -48,8 +48,9 @@ def replay_cmd(
     (the default for user tools) get their recorded outcome back; tools marked replay="rerun"
     (echo, llm.generate, …) run again, their model calls served from the trace. The replay is
     recorded as a run linked to RUN_ID. A cancelled run replays to the point where it was
-    cancelled and is cancelled there (its running steps are not executed). Exit 0: reproduced;
-    1: diverged (the first divergence is shown with a diff of recorded vs replayed)."""
+    cancelled and is cancelled there (its running steps are not executed); so does an abandoned
+    one (its process stopped), to where it stopped. Exit 0: reproduced; 1: diverged (the first
+    divergence is shown with a diff of recorded vs replayed)."""
     from dagwright.executors.lifecycle import run_registry
     from dagwright.executors.replay import replay_run
     from dagwright.executors.store.memory import MemoryTraceStore
@@ -75,6 +76,7 @@ def replay_cmd(
         rerun=rerun or (),
         into=MemoryTraceStore() if no_record else None,
         limits=settings.limits(),
+        heartbeat=settings.heartbeat,
     )
     store.close()
     if as_json:
@@ -91,16 +93,23 @@ def _print_replay(report: Any, db: str | None, *, recorded: bool) -> None:
         "call(s) served from the trace, no provider called",
         highlight=False,
     )
+    abandoned = report.recorded_status == "abandoned"
     if not report.divergences:
-        out.print(f"[green]✓ reproduced[/green]: the run {report.status} again, step for step")
+        ended = "stopped where it was abandoned" if abandoned else f"{report.status} again"
+        out.print(f"[green]✓ reproduced[/green]: the run {ended}, step for step")
     if report.cancelled_at:
         where = ", ".join(
             f"step {w['step']!r} attempt {w['attempt']} "
             + ("(running)" if w["running"] else "(waiting to start)")
             for w in report.cancelled_at
         )
-        out.print(f"cancelled at {escape(where)}, as the recording was", highlight=False)
-    else:
+        why = (
+            "where the recording was abandoned (its process stopped)"
+            if abandoned
+            else "as the recording was"
+        )
+        out.print(f"cancelled at {escape(where)}, {why}", highlight=False)
+    if report.divergences:
         first = report.divergences[0]
         out.print(f"[red]✗ diverged[/red]: {escape(first['message'])}")
         if first.get("diff"):

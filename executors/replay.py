@@ -13,7 +13,11 @@ Retry waits are skipped; plan revisions (``on_failure: replan``) are served from
 A cancelled recording replays to the point of cancellation: an attempt that was running when
 the run was cancelled (recorded as cancelled, or never finished), or a step that was waiting to
 start, is not executed; the replay waits there until every other step has got as far, then
-cancels itself as the recording was (``cancelled_at`` in the report).
+cancels itself as the recording was (``cancelled_at`` in the report). An ``abandoned`` recording
+(a local run whose process stopped: its lease expired) replays the same way, to where its
+process stopped, as it is or will be closed (``lifecycle.close_abandoned``: in-flight attempts
+cancelled); the replay is cancelled there (``recorded_status`` says the recording was
+abandoned). The recording itself is not changed.
 """
 
 from __future__ import annotations
@@ -27,10 +31,19 @@ from typing import Any
 
 from dagwright.agents.replay import ModelReplay
 from dagwright.executors import engine
+from dagwright.executors.engine import decisions
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
 from dagwright.executors.engine.lineage import REPLAY, parent_state, reused_record
-from dagwright.executors.engine.outcome import CANCELLED, FAILED, SKIPPED, TIMED_OUT, Outcome
+from dagwright.executors.engine.outcome import (
+    ABANDONED,
+    CANCELLED,
+    FAILED,
+    SKIPPED,
+    TIMED_OUT,
+    Outcome,
+)
+from dagwright.executors.lifecycle import abandoned
 from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.limits import Limits
 from dagwright.planner.schema import Workflow
@@ -100,8 +113,9 @@ class Replayer:
         self.reported = 0
         self.compared = 0
         self.served_calls: list[ModelReplay] = []
-        self.cancelled = self.recorded.status == CANCELLED
-        """The recorded run was cancelled: its replay stops where it did."""
+        self.cancelled = self.recorded.status in (CANCELLED, ABANDONED)
+        """The recorded run was cancelled or abandoned: its replay stops where it did, and is
+        cancelled there."""
         self.cancelled_at: list[dict[str, Any]] = []
         """Where the replay stopped, as the recording did: ``{"step", "attempt", "running"}``
         (``running``: the attempt had started; otherwise the step was waiting to start it)."""
@@ -252,8 +266,9 @@ class Replayer:
     def finish(self, state: engine.RunState) -> list[Divergence]:
         """Compare the replayed run's end with the recorded one's."""
         rec = self.recorded
+        ended = CANCELLED if rec.status == ABANDONED else rec.status
         if not self.divergences:
-            if state.status != rec.status:
+            if state.status != ended:
                 self._diverge(None, None, "run status", rec.status, state.status,
                               f"the run {rec.status} when recorded, {state.status} in the replay")  # fmt: skip
             elif state.output != rec.output:
@@ -307,7 +322,11 @@ class ReplayReport:
     model_calls_served: int
     seconds: float
     cancelled_at: list[dict[str, Any]] = field(default_factory=list)
-    """A cancelled recording: where the replay was cancelled too (``Replayer.cancelled_at``)."""
+    """A cancelled or abandoned recording: where the replay was cancelled
+    (``Replayer.cancelled_at``)."""
+    recorded_status: str | None = None
+    """How the recorded run ended (``abandoned`` when its process stopped; the replay of an
+    abandoned run is ``cancelled`` where it stopped)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -320,6 +339,7 @@ class ReplayReport:
             "model_calls_served": self.model_calls_served,
             "seconds": self.seconds,
             "cancelled_at": self.cancelled_at,
+            "recorded_status": self.recorded_status,
         }
 
 
@@ -332,14 +352,20 @@ def replay_run(
     into: TraceStore | None = None,
     max_parallel: int = 8,
     limits: Limits | None = None,
+    heartbeat: float = 5.0,
+    now: float | None = None,
 ) -> ReplayReport:
     """Replay a recorded run of ``store``; the replay is recorded in ``into`` (default: the
     same store, as a run linked to the recorded one). ``limits``: the settings' limits
-    (``Settings.limits()``; default ``Limits()``), e.g. on the output of a tool run again."""
+    (``Settings.limits()``; default ``Limits()``), e.g. on the output of a tool run again.
+    ``heartbeat`` (DAGWRIGHT_HEARTBEAT) and ``now`` tell a local run whose process is gone
+    (``lifecycle.abandoned``): it replays as abandoned, though it was not closed yet."""
     from dagwright.executors.local import LocalExecutor
 
     record = store.get_run(run_id)
-    replayer = Replayer(record, store.events(record.run_id), rerun=rerun)
+    events = store.events(record.run_id)
+    when = time.time() if now is None else now
+    replayer = Replayer(record, _closed(store, record, events, when, heartbeat), rerun=rerun)
     target = into if into is not None else store
     executor = LocalExecutor(
         target,
@@ -370,7 +396,20 @@ def replay_run(
         model_calls_served=replayer.model_calls_served(),
         seconds=round(seconds, 6),
         cancelled_at=_in_plan_order(replayer.cancelled_at, replayer.workflow()),
+        recorded_status=replayer.recorded.status,
     )
+
+
+def _closed(
+    store: TraceStore, record: RunRecord, events: list[Event], now: float, heartbeat: float
+) -> list[Event]:
+    """The recording as ``lifecycle.close_abandoned`` would close it, when its process is gone
+    and nothing closed it yet (in memory: the store is not written)."""
+    state = parent_state(record.workflow, record.run_id, events)
+    if not abandoned(store, record, state, now, heartbeat):
+        return events
+    message = "the run's process stopped without finishing it (its lease expired)"
+    return [*events, *decisions.abandon(state.current_plan, state, now, message=message)]
 
 
 def _in_plan_order(where: list[dict[str, Any]], workflow: Workflow) -> list[dict[str, Any]]:

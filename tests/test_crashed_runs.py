@@ -1,5 +1,6 @@
 """Runs whose process stopped: SIGTERM and SIGHUP cancel a local run as Ctrl-C does; a live run
-(its process renews its lease) cannot be resumed; an abandoned one is closed once."""
+(its process renews its lease) cannot be resumed; an abandoned one is closed once, and replays
+to where its process stopped."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from dagwright.executors.lifecycle import (
     open_run,
     renew_lease,
 )
+from dagwright.executors.replay import replay_run
 from dagwright.executors.store import MemoryTraceStore
 from dagwright.executors.store.sql import SqlTraceStore
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
+from dagwright.tools import default_registry
 
 SLOW = """\
 name: slow
@@ -144,3 +147,71 @@ def test_an_abandoned_run_is_closed_once() -> None:
     finished = [e for e in store.events("r1") if e.type == ev.RUN_FINISHED]
     assert len(finished) == 1 and finished[0].data["resumed_by"] == "r2"
     assert not abandoned(store, record, closed, now=200.0, heartbeat=1.0), "ended runs are not"
+
+
+# -- replaying an abandoned run ---------------------------------------------------------------
+
+
+def _in_flight(store: MemoryTraceStore) -> engine.RunState:
+    """Run r1 of WF, its step a running, its lease renewed at 101."""
+    opening = open_run(store, NewRun(WF, {}, "r1"), executor="local", clock=lambda: 100.0)
+    started = [
+        ev.Event(ev.STEP_SCHEDULED, "r1", 100.0, "a", 1, {}),
+        ev.Event(ev.ATTEMPT_STARTED, "r1", 100.0, "a", 1, {"attempt_id": "x", "inputs": {}}),
+    ]
+    store.append("r1", [*opening, *started])
+    renew_lease(store, "r1", 101.0)
+    return engine.fold(Plan.from_workflow(WF), "r1", store.events("r1"))
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["closed", "lease-expired"])
+def test_an_abandoned_run_replays_to_where_it_stopped(closed: bool) -> None:
+    """Closed by a resume, or not yet (its lease expired): the replay runs what the recording
+    ran, stops where its process stopped, and is cancelled there; the recording is unchanged."""
+    store = MemoryTraceStore()
+    state = _in_flight(store)
+    if closed:
+        assert close_abandoned(store, state, 105.0, resumed_by="r2")
+    recorded = store.events("r1")
+    report = replay_run(store, "r1", default_registry, heartbeat=1.0, now=110.0)
+    assert report.divergences == []
+    assert (report.status, report.recorded_status) == ("cancelled", "abandoned")
+    assert report.cancelled_at == [{"step": "a", "attempt": 1, "running": True}]
+    assert report.as_dict()["recorded_status"] == "abandoned"
+    assert store.events("r1") == recorded, "replaying does not close the recorded run"
+    replayed = engine.fold(Plan.from_workflow(WF), report.run_id, store.events(report.run_id))
+    assert [replayed.steps[s].status for s in "abc"] == ["cancelled", "skipped", "skipped"]
+
+
+def test_a_live_run_does_not_replay_as_abandoned() -> None:
+    store = MemoryTraceStore()
+    _in_flight(store)
+    report = replay_run(store, "r1", default_registry, heartbeat=1.0, now=102.0)
+    assert report.recorded_status == "running" and report.cancelled_at == []
+    assert "never finished in the recording" in report.divergences[0]["message"]
+
+
+def test_replay_of_an_abandoned_run_on_the_command_line(tmp_path: Path) -> None:
+    """`dagwright run` killed with SIGKILL in its slow step: `replay` says where the recording
+    was abandoned and exits 0, as for a cancelled run."""
+    proc, run_id = start_run(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while as_json(cli("show", run_id, "--json", cwd=tmp_path, env=ENV))["status"] != "abandoned":
+        assert time.monotonic() < deadline, "the run never showed as abandoned"
+        time.sleep(0.2)
+    replayed = cli("replay", run_id, cwd=tmp_path, env=ENV)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    text = " ".join(replayed.stdout.split())
+    assert "✓ reproduced: the run stopped where it was abandoned, step for step" in text
+    assert (
+        "cancelled at step 'b' attempt 1 (running), where the recording was abandoned "
+        "(its process stopped)" in text
+    ), text
+    data = as_json(cli("replay", run_id, "--json", "--no-record", cwd=tmp_path, env=ENV))
+    assert data["reproduced"] is True and data["attempts_compared"] == 2
+    assert (data["status"], data["recorded_status"]) == ("cancelled", "abandoned")
+    assert data["cancelled_at"] == [{"step": "b", "attempt": 1, "running": True}]
+    shown = as_json(cli("show", run_id, "--json", cwd=tmp_path, env=ENV))
+    assert shown["status"] == "abandoned" and shown["steps"]["b"]["status"] == "running"

@@ -402,6 +402,16 @@ def test_replay_of_a_cancelled_run_on_the_command_line(tmp_path: Path) -> None:
     assert data["cancelled_at"] == [{"step": "nap", "attempt": 1, "running": True}]
 
 
+def test_replay_of_a_run_that_succeeded_on_the_command_line(tmp_path: Path) -> None:
+    """The summary of a plain reproduction (no cancellation, no divergence) prints, exit 0."""
+    (tmp_path / "wf.yaml").write_text("name: ok\nsteps:\n  - {id: a, uses: echo, with: {v: 1}}\n")
+    run_id = as_json(cli("run", "wf.yaml", "--json", cwd=tmp_path))["run_id"]
+    proc = cli("replay", run_id, "--no-record", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "✓ reproduced: the run succeeded again, step for step" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_run_still_running_does_not_replay_as_cancelled() -> None:
     """Without a recorded cancellation, an attempt that never finished stays a divergence."""
     from dagwright.executors.replay import replay_run
@@ -414,7 +424,7 @@ def test_a_run_still_running_does_not_replay_as_cancelled() -> None:
         Event(ev.STEP_SCHEDULED, "r1", 1000.0, "a", 1, {}),
         Event(ev.ATTEMPT_STARTED, "r1", 1000.0, "a", 1, {"attempt_id": "x", "inputs": {"v": 1}}),
     ])  # fmt: skip
-    report = replay_run(store, "r1", default_registry)
+    report = replay_run(store, "r1", default_registry, now=1001.0)  # its lease holds
     assert report.cancelled_at == []
     assert "never finished in the recording" in report.divergences[0]["message"]
 
