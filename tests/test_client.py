@@ -2,9 +2,10 @@
 
 The client is tested against a TEST DOUBLE of the queue API (tests/fake_api.py: the contract of
 docs/api.md in memory, served through ``httpx.MockTransport``, or on a real socket for the CLI
-in a subprocess), which can drop a stream mid-message, answer 429, or refuse a workflow; the real
-server is tested in test_api.py. ``status --db`` and ``follow --db`` read runs recorded by the
-local executor (`dagwright run`), as users do.
+in a subprocess), which can drop a stream mid-message, answer 429, or refuse a workflow; one test
+makes the same calls against a real `dagwright serve` (the server itself is tested in
+test_api.py). ``status --db`` and ``follow --db`` read runs recorded by the local executor
+(`dagwright run`), as users do.
 """
 
 from __future__ import annotations
@@ -434,3 +435,43 @@ def test_the_commands_are_listed(tmp_path: Path) -> None:
     assert all(f" {c} " in listed for c in ("submit", "status", "follow"))
     assert "Exit code as for `run`" in cli("follow", "--help", cwd=tmp_path).stdout
     assert (REPO / "docs" / "api-clients.md").is_file()
+
+
+# -- end to end: the real server -------------------------------------------------------------------
+
+
+def test_the_client_and_the_commands_against_a_real_server(tmp_path: Path) -> None:
+    """The double's contract is the server's: the same calls against `dagwright serve`."""
+    from apitools import Server
+
+    bad = "name: bad\nsteps:\n  - id: a\n    uses: nope\n"
+    with Server(tmp_path, DAGWRIGHT_API_TOKENS="s3cret") as srv:
+        with Client(srv.url, "s3cret") as api:
+            run = api.submit("diamond", inputs={"delay_ms": 20}, idempotency_key="e2e")
+            streamed = list(api.stream(run["run_id"]))
+            assert seqs(streamed) == list(range(1, len(streamed) + 1))
+            assert streamed[-1]["type"] == "run_finished" and streamed == api.events(run["run_id"])
+            assert seqs(list(api.stream(run["run_id"], after=3)))[0] == 4
+            assert api.wait(run["run_id"], timeout=60)["status"] == "succeeded"
+            again = api.submit("diamond", inputs={"delay_ms": 20}, idempotency_key="e2e")
+            assert again["run_id"] == run["run_id"]
+            with pytest.raises(ApiError) as caught:
+                api.submit(workflow_yaml=bad)
+            assert caught.value.status == 422 and caught.value.errors[0]["line"] == 4
+            assert [r["run_id"] for r in api.list(limit=1)] == [run["run_id"]]
+        with Client(srv.url) as anonymous, pytest.raises(ApiError) as unauthorized:
+            anonymous.get(run["run_id"])
+        assert unauthorized.value.status == 401
+        env = {"DAGWRIGHT_API_URL": srv.url, "DAGWRIGHT_API_TOKEN": "s3cret"}
+        waited = cli("submit", "diamond", "-i", "delay_ms=10", "--wait", "--json",
+                     cwd=tmp_path, env=env)  # fmt: skip
+        assert waited.returncode == 0, waited.stderr
+        final = as_json(waited)
+        assert final["status"] == "succeeded" and final["inputs"]["delay_ms"] == 10
+        followed = cli("follow", final["run_id"], cwd=tmp_path, env=env)
+        assert followed.returncode == 0 and followed.stdout.count("✓ ") == 4, followed.stdout
+        (tmp_path / "bad.yaml").write_text(bad)
+        refused = cli("submit", "bad.yaml", cwd=tmp_path, env=env)
+        assert refused.returncode == 2 and "bad.yaml:4, step 'a', field 'uses'" in refused.stderr
+        stored = cli("status", final["run_id"], "--db", srv.db, "--json", cwd=tmp_path)
+        assert as_json(stored)["status"] == "succeeded"
