@@ -26,6 +26,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "Invalid workflow, inputs or request", **PROBLEM},
     429: {"description": "Too many submissions", **PROBLEM},
 }
+MAX_SEQ = 2**63 - 1  # the largest seq a trace store holds (a 64-bit integer)
 
 
 def service(request: Request) -> RunService:
@@ -119,7 +120,7 @@ def get_run(run_id: str, svc: Service) -> dict[str, Any]:
 def run_events(
     run_id: str,
     svc: Service,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
     """The run's trace events with ``seq > after``."""
@@ -131,13 +132,15 @@ def run_events(
 async def stream_run(
     run_id: str,
     svc: Service,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> EventSourceResponse:
     """Server-Sent Events of the trace while the run goes on; resumable with Last-Event-ID."""
     if last_event_id is not None:
         try:
             after = max(after, int(last_event_id))
+            if after > MAX_SEQ:
+                raise ValueError
         except ValueError:
             raise Problem(422, "Invalid request", "Last-Event-ID: a seq (an integer)") from None
     record = await run_in_threadpool(svc.store.get_run, run_id)  # 404 before the stream opens
