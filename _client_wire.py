@@ -41,6 +41,9 @@ class ApiError(DagwrightError):
         self.problem = dict(problem)
         super().__init__(self._text())
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (multiprocessing, a task queue) whole
+        return (type(self), (self.status, self.problem))
+
     @property
     def title(self) -> str:
         return str(self.problem.get("title") or f"HTTP {self.status}")
@@ -84,6 +87,9 @@ class RateLimited(ApiError):
     ) -> None:
         self.retry_after = retry_after
         super().__init__(status, problem)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.status, self.problem, self.retry_after))
 
 
 # -- requests and responses (shared by both clients) -------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import subprocess
 import time
@@ -106,6 +107,8 @@ def test_429_raises_rate_limited_with_retry_after() -> None:
         api.submit("hello", inputs={"n": 1})
     assert caught.value.status == 429 and caught.value.retry_after == 3.0
     assert isinstance(caught.value, ApiError) and not fake.runs
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (type(copy), copy.retry_after, str(copy)) == (RateLimited, 3.0, str(caught.value))
     assert api.submit("hello", inputs={"n": 1})["status"] == "running"
 
 
