@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from collections.abc import Iterator, Mapping
@@ -27,11 +26,11 @@ from dagwright.cli.common import (
     _json,
     _parse_inputs,
     _settings,
-    _status_text,
     _store,
     err,
     out,
 )
+from dagwright.cli.remote_view import EventLines, print_status
 from dagwright.errors import PlanError, PlanIssue
 
 if TYPE_CHECKING:
@@ -125,7 +124,7 @@ def submit_cmd(
         )
         run_id = accepted["run_id"]
         if wait:
-            _follow_api(client, url, run_id, as_json, _api_flag(api))
+            _follow_api(client, run_id, as_json, _api_flag(api))
     if as_json:
         _json(accepted)
         return
@@ -155,7 +154,7 @@ def status_cmd(
     if as_json:
         _json(summary)
         return
-    _print_status(summary)
+    print_status(summary)
 
 
 def follow_cmd(
@@ -175,7 +174,7 @@ def follow_cmd(
     if url is None:
         _follow_store(run_id, db, as_json)
     with _client(url, token or _settings().api_token) as client, _errors(url, as_json):
-        _follow_api(client, url, run_id, as_json, _api_flag(api))
+        _follow_api(client, run_id, as_json, _api_flag(api))
 
 
 # -- where the run is --------------------------------------------------------------------------
@@ -294,12 +293,12 @@ def _typed(pairs: dict[str, str], declared: Mapping[str, Any]) -> Json:
 # -- following ---------------------------------------------------------------------------------
 
 
-def _follow_api(client: Client, url: str, run_id: str, as_json: bool, flag: str) -> NoReturn:
+def _follow_api(client: Client, run_id: str, as_json: bool, flag: str) -> NoReturn:
     run = client.get(run_id)
     run_id = run["run_id"]
     try:
         if not as_json:
-            lines = _EventLines(run)
+            lines = EventLines(run)
             for event in client.stream(run_id):
                 line = lines.line(event)
                 if line:
@@ -310,7 +309,7 @@ def _follow_api(client: Client, url: str, run_id: str, as_json: bool, flag: str)
     if as_json:
         _json(final)
     else:
-        _print_status(final, again=f"dagwright status {run_id}{escape(flag)}")
+        print_status(final, again=f"dagwright status {run_id}{escape(flag)}")
     raise typer.Exit(_code(final["status"]))
 
 
@@ -366,58 +365,6 @@ def _code(status: str) -> int:
     return {"succeeded": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(status, EXIT_FAILED)
 
 
-class _EventLines:
-    """Progress from a stream's events, a line per change (as `run` prints it when piped)."""
-
-    def __init__(self, run: Json) -> None:
-        from dagwright.cli.progress import ICONS
-
-        self.icons = ICONS
-        self.workflow = str(run.get("workflow") or "")
-        self.steps = len(run.get("steps") or {})
-        self.started: dict[str, float] = {}
-
-    def line(self, e: Json) -> str | None:
-        kind, data = e.get("type"), e.get("data") or {}
-        sid, n = escape(str(e.get("step") or "")), e.get("attempt") or 1
-        if kind == "run_started":
-            return (
-                f"run [bold]{e.get('run_id')}[/bold]: {escape(self.workflow)}, {self.steps} steps"
-            )
-        if kind == "attempt_started":
-            self.started.setdefault(sid, float(e.get("at") or 0))
-            return f"  ▶ {sid}" + (f" (attempt {n})" if n > 1 else "")
-        if kind == "attempt_finished" and data.get("retry_in") is not None:
-            msg = escape(str((data.get("error") or {}).get("message", "")))
-            return f"  ↻ {sid} attempt {n} {data.get('status')}: {msg} (retry in {data['retry_in']:g}s)"
-        if kind == "step_finished":
-            return self._finished(e, sid, n, data)
-        if kind == "run_queued":
-            key, limit = escape(repr(data.get("key"))), data.get("limit")
-            return f"  queued: waiting for a slot of {key} (limit {limit})"
-        if kind == "run_admitted":
-            return "  admitted: its steps may start"
-        if kind == "plan_revised":
-            failed = escape(str(data.get("failed_step")))
-            return f"  plan revision {data.get('revision')} after step {failed} failed"
-        return None
-
-    def _finished(self, e: Json, sid: str, n: int, data: Json) -> str:
-        status = str(data.get("status"))
-        if data.get("reused"):
-            return f"  ↺ {sid}  reused from run {data['reused'].get('run_id')}"
-        took = f"{float(e.get('at') or 0) - self.started[sid]:.2f}s" if sid in self.started else ""
-        attempts = f"{n} attempt{'s' if n != 1 else ''}"
-        tail = {
-            "succeeded": f"{attempts}, {took}",
-            "failed": f"failed after {attempts}: "
-            + escape(str((data.get("error") or {}).get("message", ""))),
-            "skipped": f"skipped: {escape(str(data.get('reason') or ''))}",
-            "cancelled": "cancelled",
-        }.get(status, status)
-        return f"  {self.icons.get(status, '?')} {sid}  {tail}"
-
-
 # -- summaries ---------------------------------------------------------------------------------
 
 
@@ -435,31 +382,6 @@ def _stored_summary(run_id: str, db: str | None) -> Json:
     )
     store.close()
     return summary
-
-
-def _print_status(summary: Json, again: str | None = None) -> None:
-    out.print(
-        f"run [bold]{summary['run_id']}[/bold]  workflow [bold]{escape(str(summary.get('workflow')))}"
-        "[/bold]  ",
-        _status_text(summary["status"]),
-        f"  {summary['duration']}s" if summary.get("duration") is not None else "",
-    )
-    counts: dict[str, int] = {}
-    for step in (summary.get("steps") or {}).values():
-        counts[step["status"]] = counts.get(step["status"], 0) + 1
-    out.print("steps: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
-    lineage = summary.get("lineage")
-    if lineage:
-        out.print(f"lineage: {lineage.get('mode')} of run {lineage.get('parent')}")
-    error = summary.get("error")
-    if error:
-        where = f"step {error['step']!r}: " if error.get("step") else ""
-        out.print(f"[red]error:[/red] {escape(where + str(error.get('message', '')))}")
-    if summary["status"] == "succeeded":
-        out.print("output:")
-        out.print_json(json.dumps(summary.get("output"), default=str))
-    if again:
-        out.print(f"status: {again}")
 
 
 __all__ = ["follow_cmd", "status_cmd", "submit_cmd"]

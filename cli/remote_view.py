@@ -1,0 +1,93 @@
+"""What ``submit --wait``, ``status`` and ``follow`` print from the API's documents: progress
+lines from a stream's events, and a run's status and summary."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.markup import escape
+
+from dagwright.cli.common import _status_text, out
+
+Json = dict[str, Any]
+
+
+class EventLines:
+    """Progress from a stream's events, a line per change (as `run` prints it when piped)."""
+
+    def __init__(self, run: Json) -> None:
+        from dagwright.cli.progress import ICONS
+
+        self.icons = ICONS
+        self.workflow = str(run.get("workflow") or "")
+        self.steps = len(run.get("steps") or {})
+        self.started: dict[str, float] = {}
+
+    def line(self, e: Json) -> str | None:
+        kind, data = e.get("type"), e.get("data") or {}
+        sid, n = escape(str(e.get("step") or "")), e.get("attempt") or 1
+        if kind == "run_started":
+            return (
+                f"run [bold]{e.get('run_id')}[/bold]: {escape(self.workflow)}, {self.steps} steps"
+            )
+        if kind == "attempt_started":
+            self.started.setdefault(sid, float(e.get("at") or 0))
+            return f"  ▶ {sid}" + (f" (attempt {n})" if n > 1 else "")
+        if kind == "attempt_finished" and data.get("retry_in") is not None:
+            msg = escape(str((data.get("error") or {}).get("message", "")))
+            return f"  ↻ {sid} attempt {n} {data.get('status')}: {msg} (retry in {data['retry_in']:g}s)"
+        if kind == "step_finished":
+            return self._finished(e, sid, n, data)
+        if kind == "run_queued":
+            key, limit = escape(repr(data.get("key"))), data.get("limit")
+            return f"  queued: waiting for a slot of {key} (limit {limit})"
+        if kind == "run_admitted":
+            return "  admitted: its steps may start"
+        if kind == "plan_revised":
+            failed = escape(str(data.get("failed_step")))
+            return f"  plan revision {data.get('revision')} after step {failed} failed"
+        return None
+
+    def _finished(self, e: Json, sid: str, n: int, data: Json) -> str:
+        status = str(data.get("status"))
+        if data.get("reused"):
+            return f"  ↺ {sid}  reused from run {data['reused'].get('run_id')}"
+        took = f"{float(e.get('at') or 0) - self.started[sid]:.2f}s" if sid in self.started else ""
+        attempts = f"{n} attempt{'s' if n != 1 else ''}"
+        tail = {
+            "succeeded": f"{attempts}, {took}",
+            "failed": f"failed after {attempts}: "
+            + escape(str((data.get("error") or {}).get("message", ""))),
+            "skipped": f"skipped: {escape(str(data.get('reason') or ''))}",
+            "cancelled": "cancelled",
+        }.get(status, status)
+        return f"  {self.icons.get(status, '?')} {sid}  {tail}"
+
+
+def print_status(summary: Json, again: str | None = None) -> None:
+    out.print(
+        f"run [bold]{summary['run_id']}[/bold]  workflow [bold]{escape(str(summary.get('workflow')))}"
+        "[/bold]  ",
+        _status_text(summary["status"]),
+        f"  {summary['duration']}s" if summary.get("duration") is not None else "",
+    )
+    counts: dict[str, int] = {}
+    for step in (summary.get("steps") or {}).values():
+        counts[step["status"]] = counts.get(step["status"], 0) + 1
+    out.print("steps: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
+    lineage = summary.get("lineage")
+    if lineage:
+        out.print(f"lineage: {lineage.get('mode')} of run {lineage.get('parent')}")
+    error = summary.get("error")
+    if error:
+        where = f"step {error['step']!r}: " if error.get("step") else ""
+        out.print(f"[red]error:[/red] {escape(where + str(error.get('message', '')))}")
+    if summary["status"] == "succeeded":
+        out.print("output:")
+        out.print_json(json.dumps(summary.get("output"), default=str))
+    if again:
+        out.print(f"status: {again}")
+
+
+__all__ = ["EventLines", "print_status"]
