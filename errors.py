@@ -75,11 +75,15 @@ class StepError(DagwrightError):
 
     ``retryable=False`` tells the retry policy not to try again (like Temporal's
     ``non_retryable``): use it for errors a retry cannot fix, such as bad credentials.
+    ``kind`` is the error kind a step's ``retry_on`` must list for a retry: ``error`` (the
+    default), ``timeout``, or ``non_idempotent`` (retrying could repeat a side effect, e.g. a
+    POST that may have reached the server: retried only where ``retry_on`` lists it).
     """
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, kind: str = "error") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.kind = kind
 
 
 class StepTimeout(StepError):

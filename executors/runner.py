@@ -179,7 +179,7 @@ class Attempt:
         except TimeoutError:
             return self._timed_out(None)
         except StepError as exc:
-            info = error_info(exc, kind="error", retryable=exc.retryable)
+            info = error_info(exc, kind=exc.kind, retryable=exc.retryable)
             return self._done(Outcome(FAILED, error=info))
         except PydanticSerializationError as exc:
             msg = f"step {step.id!r}: the output of tool {tool.name!r} is not JSON data: {exc}"

@@ -7,7 +7,7 @@ Field names follow what YAML authors know from GitHub Actions and Argo (``uses``
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,7 +15,10 @@ STEP_ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
 STEP_ID_RE = re.compile(STEP_ID)
 
 InputType = Literal["string", "integer", "number", "boolean", "object", "array"]
-RetryOn = Literal["error", "timeout", "verification"]
+RetryOn = Literal["error", "timeout", "verification", "non_idempotent"]
+DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("error", "timeout", "verification")
+"""Not ``non_idempotent``: a failure that a retry could repeat a side effect of (a POST that
+may have reached its server) is retried only where ``retry_on`` names it."""
 
 
 class _Model(BaseModel):
@@ -47,7 +50,7 @@ class RetryPolicy(_Model):
     backoff_factor: Annotated[float, Field(ge=1, le=10)] = 2.0
     max_backoff: Annotated[float, Field(ge=0, le=86400)] = 60.0
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.0
-    retry_on: list[RetryOn] = Field(default_factory=lambda: list(get_args(RetryOn)))
+    retry_on: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
 
 
 CHECK_KINDS = ("expr", "contains", "not_contains", "regex", "schema", "judge")
