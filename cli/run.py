@@ -134,7 +134,7 @@ def _execute(
 
     store = _store(db)
     progress = Progress(wf, enabled=not as_json, live=out.is_terminal, console=out)
-    derived = {"reused": reused, "lineage": lineage}
+    derived: dict[str, Any] = {"reused": reused, "lineage": lineage}
     interrupted = False
     state: RunState | None = None
     if executor_name == "celery":
