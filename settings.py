@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     max_output_bytes: PositiveInt = 16 << 20
     """DAGWRIGHT_MAX_OUTPUT_BYTES: the largest output of a step's attempt, as JSON (16 MiB); a
     bigger one fails the attempt (not retried) and is not recorded."""
+    http_max_bytes: PositiveInt = 10 << 20
+    """DAGWRIGHT_HTTP_MAX_BYTES: the most response bytes an ``http.request`` step may allow
+    itself with ``max_bytes`` (10 MiB; its default cap is 1 MiB)."""
 
     model: str = ""
     """DAGWRIGHT_MODEL: the model ``llm.generate`` uses when a step names none."""
