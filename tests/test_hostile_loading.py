@@ -6,6 +6,7 @@ marker file when imported, and the tests assert that the file does not exist."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clitools import REPO, as_json, cli
@@ -252,3 +253,54 @@ def test_replay_runs_tools_again_under_the_settings_output_limit(tmp_path: Path)
     [first] = as_json(proc)["divergences"]
     assert first["what"] == "status" and first["step"] == "a"
     assert first["actual"]["error"]["type"] == "OutputTooLarge", first
+
+
+# -- Celery workers that refuse a run's tools fail the run --------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["module-gone", "not-allowed-here"])
+def test_a_run_whose_tools_the_workers_refuse_is_recorded_as_failed(
+    tmp_path: Path, celery_cluster: Any, registry: ToolRegistry, case: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The client could load the run's tools, its workers cannot: the module was removed from
+    the workflow's folder after the run was submitted, or the client's DAGWRIGHT_TOOLS allows a
+    module the workers' does not. The run fails once, naming the module and why; nothing runs."""
+    from conftest import use_broker
+
+    from dagwright.executors.celery.engine import Engine
+    from dagwright.executors.engine import events as ev
+    from dagwright.executors.lifecycle import follow
+    from dagwright.executors.store.sql import SqlTraceStore
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    if case == "module-gone":
+        module, why, allowed = "own_tools", f"no own_tools.py in {folder}", ()
+        (folder / "own_tools.py").write_text(TOOL)
+    else:
+        module, why, allowed = "client_tools", "not a module the settings allow", ("client_tools",)
+        (tmp_path / "client_tools.py").write_text(TOOL.replace("own.word", "client.word"))
+        monkeypatch.syspath_prepend(str(tmp_path))
+    tool = "own.word" if case == "module-gone" else "client.word"
+    wf = Workflow.model_validate({"name": "refused", "tools": [module], "steps": [
+        {"id": "a", "uses": tool}, {"id": "b", "uses": "echo", "needs": ["a"]},
+    ]})  # fmt: skip
+    store = SqlTraceStore(celery_cluster.db)
+    try:
+        client = Engine(store, registry, tool_modules=allowed)
+        run_id, dispatches = client.start(wf, {}, source=str(folder / "wf.yaml"))
+        (folder / "own_tools.py").unlink(missing_ok=True)
+        use_broker(celery_cluster.broker).send(dispatches)
+        state = follow(store, run_id, poll=0.05, timeout=30)
+        events = store.events(run_id)
+    finally:
+        store.close()
+    assert state.status == "failed"
+    [finished] = [e for e in events if e.type == ev.RUN_FINISHED]
+    error = finished.data["error"]
+    assert error["type"] == "ToolsRefused"
+    assert error["message"].startswith("a worker cannot load this run's tools: ")
+    assert f"cannot load tool module {module!r}" in error["message"] and why in error["message"]
+    assert [state.steps[s].status for s in "ab"] == ["cancelled", "skipped"]
+    assert not [e for e in events if e.type == ev.ATTEMPT_STARTED], "nothing ran"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagwright.agents.cache import StoreCache
-from dagwright.errors import DagwrightError, StaleState
+from dagwright.errors import DagwrightError, PlanError, StaleState
 from dagwright.executors import admission, engine
 from dagwright.executors.celery import recovery
 from dagwright.executors.engine import decisions
@@ -346,6 +346,10 @@ class Engine:
     # -- a worker's job ----------------------------------------------------------------------------------
     def execute(self, d: Dispatch) -> list[Dispatch]:
         """Run one dispatched attempt and record it; returns what to enqueue next."""
+        try:
+            self.plan_of(d.run_id)
+        except PlanError as exc:  # this worker cannot load the run's tools
+            return self._refuse(d.run_id, exc)
         with self.lock:
             plan, registry, state = self.state(d.run_id)
             if state.status in engine.FINAL:
@@ -378,6 +382,29 @@ class Engine:
         finally:
             attempt.close()
         return self.record(plan, d, outcome)
+
+    def _refuse(self, run_id: str, problem: PlanError) -> list[Dispatch]:
+        """The run's tools cannot load here (``run_registry`` refused them): the run fails, once
+        (the ``conclude`` claim), naming the modules and why. Its steps in flight are cancelled
+        and the rest skipped, as when a lost run is closed; nothing runs."""
+        record = self.store.get_run(run_id)
+        plan = Plan.from_workflow(Workflow.model_validate(record.workflow))
+        state = engine.fold(plan, run_id, self.store.events(run_id))
+        if state.status in engine.FINAL:
+            return []
+        now = self.clock()
+        why = "; ".join(str(i) for i in problem.issues)
+        error = {"type": "ToolsRefused", "message": f"a worker cannot load this run's tools: {why}"}
+        events = decisions.abandon(plan, state, now, message="")[:-1]  # all but its run_finished
+        data = {"status": engine.FAILED, "output": None, "error": error}
+        events.append(Event(ev.RUN_FINISHED, run_id, now, None, None, data))
+        with self.lock:  # _conclude folds the state through plan_of: the plan, without tools
+            self._plans[run_id] = (plan, self.registry)
+            try:
+                self._conclude(run_id, events)
+            finally:
+                self._plans.pop(run_id, None)
+        return self._drain_admitted()  # runs the freed concurrency slot admitted, if any
 
     def _call(
         self,
