@@ -195,7 +195,7 @@ class RunService:
         body: ResumeRun | None,
         sets: list[str] | None = None,
     ) -> Accepted:
-        from dagwright.cli.lineage import derived_run  # TODO(issue 11): a lifecycle home
+        from dagwright.executors.derived import derived_run
 
         with tempfile.TemporaryDirectory(prefix="dagwright-api-") as tmp:
             workflow_file = self._workflow_file(body, Path(tmp))

@@ -328,7 +328,7 @@ def _run_derived(
     db: str | None,
     max_parallel: int | None,
 ) -> NoReturn:
-    from dagwright.cli.lineage import derived_run, describe
+    from dagwright.executors.derived import derived_run, describe
     from dagwright.tools import default_registry
 
     _check_executor(executor_name, detach)

@@ -1,6 +1,6 @@
-"""Building derived runs for the CLI: ``resume`` and ``fork`` read the parent run from the trace
-store, take the workflow (the parent's plan, an edited file, or ``--set`` edits), and let
-``executors.lineage.derive`` decide what is reused and what runs again."""
+"""Derived runs, for every driver (the CLI's ``resume``/``fork``, the API's): read the parent run
+from the trace store, take the workflow (the parent's plan, an edited file, or ``--set`` edits),
+and let the pure ``engine.lineage.derive`` decide what is reused and what runs again."""
 
 from __future__ import annotations
 
@@ -164,10 +164,11 @@ def _check_parent(
         return False
     if parent.status in engine.FINAL:
         return False
-    if record.executor == "celery":
+    if record.executor != "local":  # on workers or an API server: no lease to lapse
+        where = "the workers" if record.executor == "celery" else "the API server"
         raise DagwrightError(
-            f"run {rid} is still running on the workers: wait for it to end, "
-            f"or `dagwright cancel {rid}` first"
+            f"run {rid} is still running on {where}: wait for it to end, "
+            f"or cancel it first (`dagwright cancel {rid}`, POST /v1/runs/{rid}/cancel)"
         )
     if not abandoned(store, record, parent, now, heartbeat):
         raise DagwrightError(
