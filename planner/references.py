@@ -192,10 +192,10 @@ class Expression:
             if bounds.brackets_deeper_than(self.source, bounds.EXPRESSION_BRACKETS):
                 raise _TooDeep
             parser = Parser(_env, self.source, state="variable")
-            ast = parser.parse_expression()
+            ast: nodes.Node = parser.parse_expression()
             if not parser.stream.eos:
                 raise TemplateSyntaxError("unexpected text after the expression", 1)
-            if bounds.tree_deeper_than(ast, bounds.EXPRESSION_DEPTH, nodes.Node.iter_child_nodes):
+            if bounds.tree_deeper_than(ast, bounds.EXPRESSION_DEPTH, _children):
                 raise _TooDeep
             self.refs = tuple(_refs_in(ast))
         except TemplateSyntaxError as exc:
@@ -252,6 +252,10 @@ class Expression:
 
 class _TooDeep(Exception):
     pass
+
+
+def _children(node: nodes.Node) -> Iterator[nodes.Node]:
+    return node.iter_child_nodes()
 
 
 def _short(source: str, keep: int = 60) -> str:
