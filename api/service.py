@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,22 +196,21 @@ class RunService:
     ) -> Accepted:
         from dagwright.executors.derived import derived_run
 
-        with tempfile.TemporaryDirectory(prefix="dagwright-api-") as tmp:
-            workflow_file = self._workflow_file(body, Path(tmp))
-            record, derivation, _registry, source, child = derived_run(
-                self.store,
-                run_id,
-                mode=mode,
-                registry=self.registry,
-                tool_modules=self.settings.tools,
-                from_steps=list(from_steps),
-                workflow_file=workflow_file,
-                inputs={k: v if isinstance(v, str) else json.dumps(v) for k, v in inputs.items()},
-                sets=sets,
-                heartbeat=self.settings.heartbeat,
-            )
-        if body is not None and body.workflow_yaml is not None:
-            source = None  # the text lived in a temporary file
+        workflow_file = self._workflow_file(body)
+        _parent, derivation, _registry, source, child = derived_run(
+            self.store,
+            run_id,
+            mode=mode,
+            registry=self.registry,
+            tool_modules=self.settings.tools,
+            from_steps=list(from_steps),
+            workflow_file=workflow_file,
+            workflow_text=body.workflow_yaml if body is not None else None,
+            inputs={k: v if isinstance(v, str) else json.dumps(v) for k, v in inputs.items()},
+            sets=sets,
+            heartbeat=self.settings.heartbeat,
+            limits=self.limits,
+        )
         ready = Ready(
             derivation.workflow,
             derivation.inputs,
@@ -222,20 +220,13 @@ class RunService:
         )
         return self._start(ready, child)
 
-    def _workflow_file(self, body: ResumeRun | None, tmp: Path) -> Path | None:
-        if body is None:
+    def _workflow_file(self, body: ResumeRun | None) -> Path | None:
+        if body is None or body.workflow is None:
             return None
-        if body.workflow is not None:
-            entry = self.catalog.find(body.workflow)
-            if entry is None:
-                raise Problem(404, "Unknown workflow", f"no workflow {body.workflow!r}")
-            return entry.path
-        if body.workflow_yaml is not None:
-            prepare_text(body.workflow_yaml, self.registry, limits=self.limits, inputs=None)
-            path = tmp / "workflow.yaml"
-            path.write_text(body.workflow_yaml, encoding="utf-8")
-            return path
-        return None
+        entry = self.catalog.find(body.workflow)
+        if entry is None:
+            raise Problem(404, "Unknown workflow", f"no workflow {body.workflow!r}")
+        return entry.path
 
     # -- reading -------------------------------------------------------------------------------
     def _status(self, run_id: str) -> str:
@@ -324,7 +315,13 @@ class RunService:
         record = self.store.get_run(run_id)
         workflow = Workflow.model_validate(record.workflow)
         registry = run_registry(workflow, self.registry, self.settings.tools, record.source)
-        report = replay_run(self.store, record.run_id, registry)
+        report = replay_run(
+            self.store,
+            record.run_id,
+            registry,
+            limits=self.limits,
+            heartbeat=self.settings.heartbeat,
+        )
         return self.redactor.value(report.as_dict())  # type: ignore[no-any-return]
 
     def diff(self, a: str, b: str) -> dict[str, Any]:

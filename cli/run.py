@@ -345,6 +345,7 @@ def _run_derived(
             inputs=_parse_inputs(inputs),
             sets=list(sets or []),
             heartbeat=_settings().heartbeat,
+            limits=_settings().limits(),
         )
     except PlanError as exc:
         _invalid(exc, as_json, status="invalid")

@@ -24,8 +24,7 @@ from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.inputs import resolve_inputs
 from dagwright.planner.limits import Limits
 from dagwright.planner.loader import workflow_from_data
-from dagwright.planner.prepare import prepare
-from dagwright.planner.schema import Workflow
+from dagwright.planner.prepare import inputs_over_limits, prepare, prepare_text
 from dagwright.planner.source import Source
 from dagwright.planner.validate import validate
 from dagwright.tools.registry import ToolRegistry
@@ -40,6 +39,7 @@ def derived_run(
     tool_modules: Sequence[str] = (),
     from_steps: list[str],
     workflow_file: Path | None = None,
+    workflow_text: str | None = None,
     inputs: dict[str, str] | None = None,
     sets: list[str] | None = None,
     heartbeat: float = 5.0,
@@ -56,12 +56,12 @@ def derived_run(
     Raises PlanError (bad edit, inconsistent reuse) or DagwrightError (no such run, a run that
     is still executing, an abandoned run resumed already).
 
-    ``limits`` bound the ``--workflow`` file and the inputs given now, as for ``run`` (default:
-    the DAGWRIGHT_MAX_* settings)."""
-    if limits is None:
-        from dagwright.settings import Settings
+    ``workflow_text``: the edited workflow as YAML text (the API's ``workflow_yaml``:
+    registered tools only), instead of a file.
 
-        limits = Settings.from_env().limits()
+    ``limits`` bound the ``--workflow`` file and the inputs given now, as for ``run`` (default:
+    ``Limits()``; drivers pass their settings' DAGWRIGHT_MAX_*)."""
+    limits = limits or Limits()
     record = store.get_run(run_id)
     events = store.events(record.run_id)
     parent = parent_state(record.workflow, record.run_id, events)
@@ -80,6 +80,10 @@ def derived_run(
         )
         workflow, registry, source = ready.workflow, ready.registry, ready.source
         source_path = str(workflow_file.resolve())
+    elif workflow_text is not None:
+        ready = prepare_text(workflow_text, registry, limits=limits, inputs_required=False)
+        workflow, registry, source = ready.workflow, ready.registry, ready.source
+        source_path = None
     else:
         data = parent.current_plan.workflow.to_data()
         _check_sets(sets or [], limits)
@@ -92,7 +96,9 @@ def derived_run(
         problems = validate(workflow, registry, source)
         if problems:
             raise PlanError(problems)
-    _check_inputs(given, workflow, limits, source)
+    over = inputs_over_limits(workflow, given, limits, True, source)
+    if over:
+        raise PlanError(over)
     # the parent's inputs, still declared, then the ones given now (as command-line text)
     kept = {k: v for k, v in record.inputs.items() if k in workflow.inputs and k not in given}
     resolved = resolve_inputs(workflow, kept | given, as_text=True, source=source)
@@ -108,24 +114,6 @@ def derived_run(
     if closing and not close_abandoned(store, parent, now, resumed_by=child):
         raise DagwrightError(f"run {record.run_id} ended meanwhile: look at it, then try again")
     return record, derivation, registry, source_path, child
-
-
-def _check_inputs(
-    given: dict[str, str], workflow: Workflow, limits: Limits, source: Source
-) -> None:
-    """Inputs given now over the limits (too big, or JSON text nested too deep to parse)."""
-    problems = []
-    for name, value in given.items():
-        spec = workflow.inputs.get(name)
-        json_text = spec is not None and spec.type in ("object", "array")
-        problem = limits.input_problem(name, value, json_text=json_text)
-        if problem is not None:
-            message, hint = problem
-            problems.append(
-                source.issue(message, ("inputs", name), field=f"inputs.{name}", hint=hint)
-            )
-    if problems:
-        raise PlanError(problems)
 
 
 def _check_sets(sets: list[str], limits: Limits) -> None:

@@ -81,6 +81,7 @@ def prepare_text(
     inputs: Mapping[str, Any] | None = None,
     limits: Limits | None = None,
     name: str = "<workflow_yaml>",
+    inputs_required: bool = True,
 ) -> Prepared:
     """``prepare`` for a workflow given as YAML text (an API body): registered tools only (its
     ``tools:`` may name no module), inputs as JSON values. ``name`` stands for the file in the
@@ -91,7 +92,7 @@ def prepare_text(
         registry,
         tool_modules=(),
         inputs=inputs,
-        inputs_required=True,
+        inputs_required=inputs_required,
         inputs_as_text=False,
         limits=limits,
     )
@@ -119,7 +120,7 @@ def _prepared(
     wf, source = loaded.workflow, loaded.source
     registry, issues = _semantic_issues(wf, source, base_dir, registry, tool_modules)
     resolved: dict[str, Any] = {}
-    over = _inputs_over_limits(wf, inputs or {}, limits or Limits(), inputs_as_text, source)
+    over = inputs_over_limits(wf, inputs or {}, limits or Limits(), inputs_as_text, source)
     issues += over
     if (inputs_required or inputs) and not over:
         try:
@@ -131,7 +132,7 @@ def _prepared(
     return Prepared(wf, registry, resolved, source)
 
 
-def _inputs_over_limits(
+def inputs_over_limits(
     wf: Workflow, given: Mapping[str, Any], limits: Limits, as_text: bool, source: Source
 ) -> list[PlanIssue]:
     """Inputs too big or too deep, found before they are converted (a JSON parse of deep text
@@ -149,4 +150,4 @@ def _inputs_over_limits(
     return issues
 
 
-__all__ = ["Prepared", "prepare", "prepare_text"]
+__all__ = ["Prepared", "inputs_over_limits", "prepare", "prepare_text"]
