@@ -258,14 +258,16 @@ def test_replay_runs_tools_again_under_the_settings_output_limit(tmp_path: Path)
 # -- Celery workers that refuse a run's tools fail the run --------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["module-gone", "not-allowed-here"])
+@pytest.mark.parametrize("case", ["module-gone", "not-allowed-here", "dispatch-lost"])
 def test_a_run_whose_tools_the_workers_refuse_is_recorded_as_failed(
     tmp_path: Path, celery_cluster: Any, registry: ToolRegistry, case: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """The client could load the run's tools, its workers cannot: the module was removed from
     the workflow's folder after the run was submitted, or the client's DAGWRIGHT_TOOLS allows a
-    module the workers' does not. The run fails once, naming the module and why; nothing runs."""
+    module the workers' does not; or the module is gone and the dispatch was lost too (the
+    workers' sweeper finds the run). The run fails once, naming the module and why; nothing
+    runs."""
     from conftest import use_broker
 
     from dagwright.executors.celery.engine import Engine
@@ -275,14 +277,14 @@ def test_a_run_whose_tools_the_workers_refuse_is_recorded_as_failed(
 
     folder = tmp_path / "work"
     folder.mkdir()
-    if case == "module-gone":
+    if case in ("module-gone", "dispatch-lost"):
         module, why, allowed = "own_tools", f"no own_tools.py in {folder}", ()
         (folder / "own_tools.py").write_text(TOOL)
     else:
         module, why, allowed = "client_tools", "not a module the settings allow", ("client_tools",)
         (tmp_path / "client_tools.py").write_text(TOOL.replace("own.word", "client.word"))
         monkeypatch.syspath_prepend(str(tmp_path))
-    tool = "own.word" if case == "module-gone" else "client.word"
+    tool = "client.word" if case == "not-allowed-here" else "own.word"
     wf = Workflow.model_validate({"name": "refused", "tools": [module], "steps": [
         {"id": "a", "uses": tool}, {"id": "b", "uses": "echo", "needs": ["a"]},
     ]})  # fmt: skip
@@ -291,7 +293,8 @@ def test_a_run_whose_tools_the_workers_refuse_is_recorded_as_failed(
         client = Engine(store, registry, tool_modules=allowed)
         run_id, dispatches = client.start(wf, {}, source=str(folder / "wf.yaml"))
         (folder / "own_tools.py").unlink(missing_ok=True)
-        use_broker(celery_cluster.broker).send(dispatches)
+        if case != "dispatch-lost":
+            use_broker(celery_cluster.broker).send(dispatches)
         state = follow(store, run_id, poll=0.05, timeout=30)
         events = store.events(run_id)
     finally:

@@ -349,7 +349,7 @@ class Engine:
         try:
             self.plan_of(d.run_id)
         except PlanError as exc:  # this worker cannot load the run's tools
-            return self._refuse(d.run_id, exc)
+            return self.refuse(d.run_id, exc)
         with self.lock:
             plan, registry, state = self.state(d.run_id)
             if state.status in engine.FINAL:
@@ -383,7 +383,7 @@ class Engine:
             attempt.close()
         return self.record(plan, d, outcome)
 
-    def _refuse(self, run_id: str, problem: PlanError) -> list[Dispatch]:
+    def refuse(self, run_id: str, problem: PlanError) -> list[Dispatch]:
         """The run's tools cannot load here (``run_registry`` refused them): the run fails, once
         (the ``conclude`` claim), naming the modules and why. Its steps in flight are cancelled
         and the rest skipped, as when a lost run is closed; nothing runs."""

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from dagwright.errors import DagwrightError
+from dagwright.errors import DagwrightError, PlanError
 from dagwright.executors import admission, engine
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
@@ -38,6 +38,10 @@ def sweep(eng: Engine, *, limit: int = 200, restarted: bool = False) -> list[Dis
 
 
 def _sweep_run(eng: Engine, run_id: str, restarted: bool = False) -> list[Dispatch]:
+    try:
+        eng.plan_of(run_id)
+    except PlanError as exc:  # its tools cannot load here: it fails, rather than stall
+        return eng.refuse(run_id, exc)
     out = eng.advance(run_id)
     with eng.lock:
         return out + _resend(eng, run_id, restarted)
