@@ -320,7 +320,7 @@ class _collecting_into:
         _collect_stack.pop()
 
 
-BUILTIN_TOOL_MODULES = ("dagwright.tools.builtin", "dagwright.tools.llm")
+BUILTIN_TOOL_MODULES = ("dagwright.tools.builtin", "dagwright.tools.llm", "dagwright.tools.http")
 default_registry = ToolRegistry(builtins=BUILTIN_TOOL_MODULES)
 """Every registered tool: the built-ins (echo, sleep, flaky, llm.generate; loaded on first
 use) and every ``@tool`` function imported since."""
