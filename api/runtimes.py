@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from dagwright.api.service import RunService
-from dagwright.executors.celery.engine import Dispatch, Engine, Timing
+from dagwright.executors.distributed.engine import Dispatch, Engine, Timing
 from dagwright.executors.store import open_store
 from dagwright.executors.wiring import model_cache, registry_with
 from dagwright.settings import Settings

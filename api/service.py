@@ -1,6 +1,6 @@
 """The API's driver of runs: what each endpoint does, on the one run lifecycle.
 
-Runs start through the engine (``executors.celery.engine.Engine``): recorded, their first steps
+Runs start through the engine (``executors.distributed.engine.Engine``): recorded, their first steps
 dispatched, then sent either to Celery workers (a broker configured: ``executor="celery"``) or to
 the server's own threads (``executors.inprocess``, the embedded default). Reading a run folds its
 trace like every other consumer (``lifecycle.fold_run``, ``summary.run_summary``).
@@ -20,7 +20,7 @@ from dagwright.api.problems import Problem
 from dagwright.api.schemas import ForkRun, ResumeRun, SubmitRun
 from dagwright.errors import PlanError, PlanIssue, RunNotFound
 from dagwright.executors import engine as core
-from dagwright.executors.celery.engine import Engine
+from dagwright.executors.distributed.engine import Engine
 from dagwright.executors.lifecycle import fold_run, seen_status
 from dagwright.executors.store import TraceStore
 from dagwright.executors.summary import iso, run_summary

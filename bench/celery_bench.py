@@ -187,7 +187,7 @@ class Dagwright:
     def __init__(self, broker: str, db: str, poll: float) -> None:
         from dagwright.executors import lifecycle
         from dagwright.executors.celery.app import create_app, runtime
-        from dagwright.executors.celery.engine import Engine
+        from dagwright.executors.distributed.engine import Engine
         from dagwright.executors.engine import events as ev
         from dagwright.executors.store.sql import SqlTraceStore
         from dagwright.settings import Settings

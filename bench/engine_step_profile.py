@@ -1,6 +1,6 @@
 """Where a Celery step's time goes inside dagwright's distributed engine (no broker, no Celery).
 
-Drives ``executors.celery.engine.Engine`` in one process, as workers do: ``start`` a no-op chain
+Drives ``executors.distributed.engine.Engine`` in one process, as workers do: ``start`` a no-op chain
 (``sleep ms=0``), then ``execute`` each dispatch and feed back what it returns, on a fresh SQLite
 trace store. Prints ms/step for the first and last 10 steps (the trace grows as the run goes),
 the same with two engines (two store objects, like two prefork pool processes) taking turns, and
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dag_bench import chain, dagwright_workflow, layered  # noqa: E402
 
-from dagwright.executors.celery.engine import Engine  # noqa: E402
+from dagwright.executors.distributed.engine import Engine  # noqa: E402
 from dagwright.executors.store import sql as sqlmod  # noqa: E402
 from dagwright.tools import default_registry  # noqa: E402
 

@@ -224,7 +224,6 @@ def _run_on_celery(
     none started a step meanwhile), one line says so; the run stays queued and starts when a
     worker does."""
     from dagwright.executors.celery.app import create_app, runtime
-    from dagwright.executors.celery.engine import Engine
     from dagwright.executors.celery.submit import (
         NotEnqueued,
         broker_problem,
@@ -233,6 +232,7 @@ def _run_on_celery(
         visibility_problem,
         workers_answer,
     )
+    from dagwright.executors.distributed.engine import Engine
     from dagwright.executors.lifecycle import follow
 
     settings = _settings()

@@ -51,7 +51,7 @@ def cancel_cmd(
     if record.executor != "celery":
         _die(f"run {record.run_id} runs on the {record.executor} executor: use Ctrl-C there", 1)
     from dagwright.executors.celery.app import create_app, runtime
-    from dagwright.executors.celery.engine import Engine
+    from dagwright.executors.distributed.engine import Engine
 
     settings = _settings()
     engine = Engine(store, default_registry, tool_modules=settings.tools)

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from dagwright.executors.celery.engine import Dispatch, Engine
+from dagwright.executors.distributed.engine import Dispatch, Engine
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from conftest import (
 )
 
 from dagwright.executors import engine
-from dagwright.executors.celery.engine import Engine
+from dagwright.executors.distributed.engine import Engine
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
 from dagwright.executors.lifecycle import follow

@@ -20,8 +20,8 @@ from clitools import DAGWRIGHT, cli
 from conftest import Workers, celery_env, flush_broker, free_port
 
 from dagwright.executors.celery.app import SUBMIT_TASK, create_app, runtime
-from dagwright.executors.celery.engine import Engine
 from dagwright.executors.celery.submit import NotEnqueued, enqueue, workers_answer
+from dagwright.executors.distributed.engine import Engine
 from dagwright.executors.lifecycle import fold_run, follow
 from dagwright.executors.store.sql import SqlTraceStore
 from dagwright.planner.schema import Workflow

@@ -14,7 +14,7 @@ import pytest
 from conftest import Cluster, use_broker
 
 from dagwright.errors import PlanError
-from dagwright.executors.celery.engine import Engine, Timing
+from dagwright.executors.distributed.engine import Engine, Timing
 from dagwright.executors.engine import events as ev
 from dagwright.executors.inprocess import InProcessRuntime
 from dagwright.executors.lifecycle import fold_run, follow

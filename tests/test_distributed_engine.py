@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dagwright.errors import StaleState
-from dagwright.executors.celery.engine import Dispatch, Engine
+from dagwright.executors.distributed.engine import Dispatch, Engine
 from dagwright.executors.engine import events as ev
 from dagwright.executors.store.sql import SqlTraceStore
 from dagwright.planner.schema import Workflow

@@ -59,7 +59,7 @@ class CeleryRunner:
     """Submits to real Celery worker processes and follows the shared trace until the end."""
 
     def __init__(self, store: TraceStore, registry: ToolRegistry, broker: str) -> None:
-        from dagwright.executors.celery.engine import Engine
+        from dagwright.executors.distributed.engine import Engine
 
         self.store = store
         self.engine = Engine(store, registry)

@@ -344,7 +344,7 @@ def test_the_output_limit_is_settable_on_the_command_line(tmp_path: Path) -> Non
 
 
 def test_an_output_over_the_limit_fails_a_celery_workers_attempt_without_retrying() -> None:
-    from dagwright.executors.celery.engine import Engine
+    from dagwright.executors.distributed.engine import Engine
 
     store = MemoryTraceStore()
     wf = Workflow.model_validate(

@@ -270,7 +270,7 @@ def test_a_run_whose_tools_the_workers_refuse_is_recorded_as_failed(
     runs."""
     from conftest import use_broker
 
-    from dagwright.executors.celery.engine import Engine
+    from dagwright.executors.distributed.engine import Engine
     from dagwright.executors.engine import events as ev
     from dagwright.executors.lifecycle import follow
     from dagwright.executors.store.sql import SqlTraceStore

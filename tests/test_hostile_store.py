@@ -438,7 +438,7 @@ def test_a_dispatch_sent_while_redis_is_down_is_retried_until_it_is_back(tmp_pat
     left to the sweeper (DAGWRIGHT_REDISPATCH_AFTER is an hour here)."""
     from conftest import use_broker
 
-    from dagwright.executors.celery.engine import Engine
+    from dagwright.executors.distributed.engine import Engine
     from dagwright.executors.lifecycle import follow
     from dagwright.executors.store.sql import SqlTraceStore
 

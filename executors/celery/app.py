@@ -1,5 +1,5 @@
 """The Celery app, built by a factory from settings: a thin wrapper around
-``executors.celery.engine.Engine``.
+``executors.distributed.engine.Engine``.
 
 ``create_app(settings)`` returns a configured ``Celery`` app with the attempt task, the
 ``dagwright.submit`` task (a known workflow by name, from any Celery client: ``submit``), the
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, signals
 
 from dagwright.errors import DagwrightError
-from dagwright.executors.celery.engine import Dispatch, Engine, Timing
+from dagwright.executors.distributed.engine import Dispatch, Engine, Timing
 from dagwright.settings import Settings
 from dagwright.tools import ToolRegistry, default_registry
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from dagwright.executors.celery.app import Runtime
-    from dagwright.executors.celery.engine import Engine
+    from dagwright.executors.distributed.engine import Engine
     from dagwright.planner.plan import Plan
     from dagwright.planner.schema import Workflow
     from dagwright.settings import Settings

@@ -16,7 +16,6 @@ may run twice, but only one outcome per attempt enters the trace.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from typing import Any
 from dagwright.agents.cache import StoreCache
 from dagwright.errors import DagwrightError, PlanError, StaleState
 from dagwright.executors import admission, engine
-from dagwright.executors.celery import recovery
+from dagwright.executors.distributed import control, recovery
 from dagwright.executors.engine import decisions
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
@@ -240,7 +239,7 @@ class Engine:
                     replanning = None
                     concluding = decisions.conclude(plan, state, self.clock(), cancelled=False)
         if replanning is not None:
-            return self._revise(run_id, replanning, state)
+            return control.revise(self, run_id, replanning, state)
         dispatches = []
         for sid in ready:
             d = self._dispatch(plan, run_id, sid, attempt=1)
@@ -282,33 +281,6 @@ class Engine:
             if self.store.get_run(run_id).executor != self.executor:
                 return []
         except DagwrightError:
-            return []
-        return self.advance(run_id)
-
-    def _revise(
-        self, run_id: str, replanning: Replanning, state: engine.RunState
-    ) -> list[Dispatch]:
-        """Ask the replanner for a revised plan; exactly one outcome of revision n is recorded.
-
-        One worker asks (the ``replan:n:k`` claim); another may ask again only a minute after
-        the step failed for each earlier try (its worker may have been lost while replanning),
-        never at once. Whichever outcome comes first is recorded — the revision, or the run's
-        end when replanning failed — under the one ``revise:n`` claim; a late one is dropped."""
-        number = state.revisions + 1
-        failed = state.steps[state.replan_for or ""].finished_at or self.clock()
-        tries = int(max(0.0, self.clock() - failed) // 60)
-        if self.store.append(run_id, [], claims=[f"replan:{number}:{tries}"]) is None:
-            return []
-        revision = replanning.revise(state, self.clock)
-        outcome_claim = f"revise:{number}"
-        if revision.problem is not None:  # no revision: the failure stands
-            with self.lock:
-                plan, _, now = self.state(run_id)
-                events = decisions.conclude(plan, now, self.clock(), cancelled=False,
-                                            replan_problem=revision.problem)  # fmt: skip
-            self._conclude(run_id, revision.events + events, ["conclude", outcome_claim])
-            return []
-        if self.store.append(run_id, revision.events, claims=[outcome_claim]) is None:
             return []
         return self.advance(run_id)
 
@@ -382,29 +354,6 @@ class Engine:
         finally:
             attempt.close()
         return self.record(plan, d, outcome)
-
-    def refuse(self, run_id: str, problem: PlanError) -> list[Dispatch]:
-        """The run's tools cannot load here (``run_registry`` refused them): the run fails, once
-        (the ``conclude`` claim), naming the modules and why. Its steps in flight are cancelled
-        and the rest skipped, as when a lost run is closed; nothing runs."""
-        record = self.store.get_run(run_id)
-        plan = Plan.from_workflow(Workflow.model_validate(record.workflow))
-        state = engine.fold(plan, run_id, self.store.events(run_id))
-        if state.status in engine.FINAL:
-            return []
-        now = self.clock()
-        why = "; ".join(str(i) for i in problem.issues)
-        error = {"type": "ToolsRefused", "message": f"a worker cannot load this run's tools: {why}"}
-        events = decisions.abandon(plan, state, now, message="")[:-1]  # all but its run_finished
-        data = {"status": engine.FAILED, "output": None, "error": error}
-        events.append(Event(ev.RUN_FINISHED, run_id, now, None, None, data))
-        with self.lock:  # _conclude folds the state through plan_of: the plan, without tools
-            self._plans[run_id] = (plan, self.registry)
-            try:
-                self._conclude(run_id, events)
-            finally:
-                self._plans.pop(run_id, None)
-        return self._drain_admitted()  # runs the freed concurrency slot admitted, if any
 
     def _call(
         self,
@@ -511,36 +460,13 @@ class Engine:
         return recovery.sweep(self, limit=limit, restarted=restarted)
 
     def cancel(self, run_id: str) -> list[str]:
-        """End a run as cancelled; returns the attempt ids that may still be running (to revoke)."""
-        for _ in range(20):
-            with self.lock:
-                cancelled = self._cancel_once(run_id)
-            if cancelled is not None:
-                return cancelled
-        raise DagwrightError(f"could not cancel run {run_id!r}: it kept changing")
+        """End a run as cancelled; returns the attempt ids that may still be running (to revoke)
+        (``control.cancel``)."""
+        return control.cancel(self, run_id)
 
-    def _cancel_once(self, run_id: str) -> list[str] | None:
-        """The attempt ids to revoke; None when the run changed meanwhile (try again)."""
-        plan, _, state = self.state(run_id)
-        if state.status in engine.FINAL:
-            return []
-        now = self.clock()
-        events: list[Event] = []
-        claims = ["conclude"]
-        running = []
-        for sid in state.active():
-            step = state.steps[sid]
-            events += decisions.cancel_events(state, sid, now)
-            if step.attempts and step.attempts[-1].status == engine.RUNNING:
-                claims.append(f"finish:{sid}:{step.attempts[-1].number}")
-                running.append(step.attempts[-1].attempt_id or "")
-        after = copy.deepcopy(state)  # the cached state only follows stored events
-        for e in events:
-            after = engine.apply(after, e)
-        events += decisions.conclude(plan, after, now, cancelled=True)
-        if not self._conclude(run_id, events, claims):
-            return None
-        return [a for a in running if a]
+    def refuse(self, run_id: str, problem: PlanError) -> list[Dispatch]:
+        """The run's tools cannot load here: it fails, once (``control.refuse``)."""
+        return control.refuse(self, run_id, problem)
 
 
 __all__ = ["Dispatch", "Engine", "Timing"]
