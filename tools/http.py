@@ -93,8 +93,10 @@ def http_request(
     allow_hosts: list[HostPattern] | None = None,
     follow_redirects: bool = True,
 ) -> HttpResponse:
-    """Send an HTTP request; return {status, headers, json | text, url, redirects, elapsed_ms,
-    request}. Internal addresses are refused unless `allow_hosts` names the host."""
+    """Send an HTTP request; returns its status, headers and JSON or text (docs/tools.md).
+
+    Internal addresses are refused unless `allow_hosts` names the host; the output also has
+    the final url, redirects, elapsed_ms and the request (secret headers redacted)."""
     from dagwright.settings import Settings
 
     ceiling = Settings.from_env().http_max_bytes
