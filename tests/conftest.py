@@ -108,6 +108,7 @@ CELERY_PG_DB = 2  # celery_pg_cluster (PostgreSQL trace store)
 RESILIENCE_DB = 3  # tests/test_celery_resilience.py
 MODEL_CACHE_DB = 4  # the Redis model-cache test in tests/test_llm_steps.py
 REPLAN_DB = 5  # tests/test_celery_replan.py
+API_CELERY_DB = 6  # tests/test_api_celery.py (the API server and its workers)
 
 
 def redis_server_binary() -> str:
