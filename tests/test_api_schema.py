@@ -37,7 +37,7 @@ SEED = {
 RUN_PARAMS = ("run_id", "run_a", "run_b")
 EXAMPLES = int(os.environ.get("DAGWRIGHT_TEST_SCHEMA_EXAMPLES", "25"))
 """Examples per operation and mode: the module in about 30 s on 2 cores; raise it for a deeper
-search (200: about 6 minutes)."""
+search (200: under 2 minutes)."""
 DOCUMENT = create_app(Settings()).openapi()  # the document the server serves (checked below)
 OPERATIONS = [
     f"{method.upper()} {path}" for path, ops in DOCUMENT["paths"].items() for method in ops
