@@ -3,6 +3,7 @@ workers; ``open_service`` builds the service over one of them, once, from the se
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from dagwright.api.service import RunService
@@ -18,6 +19,13 @@ class Runtime(Protocol):
     def send(self, dispatches: list[Dispatch]) -> None: ...
 
     def cancel(self, run_id: str) -> None: ...
+
+    def problem(self, *, fresh: bool = False) -> str | None:
+        """Why the queue cannot take work now (the broker is unreachable); None: it can.
+        ``fresh``: check now, not a recent answer."""
+
+    def unsent(self, run_id: str, message: str) -> None:
+        """End a recorded run whose dispatches could not be sent (it will never execute)."""
 
 
 def open_service(settings: Settings, *, executor: str = "local") -> RunService:
@@ -59,6 +67,7 @@ class _CeleryRuntime:
 
     def __init__(self, workers: Any, eng: Engine) -> None:
         self.workers, self.eng = workers, eng
+        self._fine_until = 0.0
 
     def send(self, dispatches: list[Dispatch]) -> None:
         self.workers.send(dispatches)
@@ -66,9 +75,20 @@ class _CeleryRuntime:
     def cancel(self, run_id: str) -> None:
         self.workers.cancel(run_id, self.eng)
 
-    def ping(self) -> None:
-        with self.workers.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=0, timeout=2)
+    def problem(self, *, fresh: bool = False) -> str | None:
+        """The broker checked at most once a second while it answers (a check is a connection)."""
+        from dagwright.executors.celery.submit import broker_problem
+
+        if not fresh and time.monotonic() < self._fine_until:
+            return None
+        problem = broker_problem(self.workers.app)
+        self._fine_until = time.monotonic() + 1.0 if problem is None else 0.0
+        return problem
+
+    def unsent(self, run_id: str, message: str) -> None:
+        from dagwright.executors.celery.submit import end_unsent
+
+        end_unsent(self.eng, run_id, message)
 
 
 __all__ = ["Runtime", "open_service"]

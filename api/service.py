@@ -91,6 +91,7 @@ class RunService:
                 return held
         ready = self._ready(body)
         ready.priority = body.priority
+        self._queue_answers()  # before the key is taken or anything recorded
         run_id = self.engine.id_factory()
         if key is not None:  # the first to claim holds the key; a racing twin gets its run
             held_by = self.store.claim_submission(key, fp, run_id, time.time())
@@ -99,7 +100,7 @@ class RunService:
                 if again is not None:
                     return again
                 run_id = held_by.run_id  # an earlier try claimed it and stopped: complete it
-        return self._start(ready, run_id)
+        return self._start(ready, run_id, key)
 
     def _held(self, key: str, fp: str) -> Accepted | None:
         """The run an idempotency key names already (None: the key is free, or its first
@@ -153,7 +154,7 @@ class RunService:
         inputs = resolve_inputs(planned.workflow, body.inputs)
         return Ready(planned.workflow, inputs, prelude=planned.prelude)
 
-    def _start(self, ready: Ready, run_id: str) -> Accepted:
+    def _start(self, ready: Ready, run_id: str, key: str | None = None) -> Accepted:
         self.engine.replanner = replanner(ready.workflow, "", self.settings)
         run_id, dispatches = self.engine.start(
             ready.workflow,
@@ -167,16 +168,31 @@ class RunService:
         )
         try:
             self.runtime.send(dispatches)
-        except Exception as exc:  # noqa: BLE001 - the broker is away: end the run, say so
-            self.engine.cancel(run_id)
+        except Exception as exc:  # noqa: BLE001 - the broker went away: end the run, say so
+            why = f"{type(exc).__name__}: {exc}"
+            self.runtime.unsent(run_id, f"the run could not be enqueued ({why})")
+            if key is not None:  # a retry with the key submits afresh
+                self.store.release_submission(key, run_id)
             raise Problem(
                 503,
                 "Queue unavailable",
-                f"the run could not be enqueued ({type(exc).__name__}: {exc}); it was recorded "
-                f"as cancelled ({run_id}), submit again when the broker is back",
+                f"the run could not be enqueued ({why}); run {run_id} was recorded as failed "
+                "and will not execute: submit again when the broker is back",
                 headers={"Retry-After": "5"},
             ) from None
         return Accepted(run_id, self._status(run_id))
+
+    def _queue_answers(self) -> None:
+        """503 when the queue cannot take runs now: nothing is recorded, so a retry (with the
+        same Idempotency-Key too) submits the run afresh."""
+        problem = self.runtime.problem()
+        if problem is not None:
+            raise Problem(
+                503,
+                "Queue unavailable",
+                f"{problem}: nothing was recorded; submit again when it is back",
+                headers={"Retry-After": "5"},
+            )
 
     # -- derived runs --------------------------------------------------------------------------
     def resume(self, run_id: str, body: ResumeRun) -> Accepted:
@@ -360,15 +376,11 @@ class RunService:
             checks["store"] = "ok"
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks["store"] = f"unreachable: {exc}"
-        ping = getattr(self.runtime, "ping", None)
-        if ping is None:
+        if self.executor != "celery":
             checks["broker"] = "none (runs on the server's threads)"
         else:
-            try:
-                ping()
-                checks["broker"] = "ok"
-            except Exception as exc:  # noqa: BLE001
-                checks["broker"] = f"unreachable: {exc}"
+            problem = self.runtime.problem(fresh=True)
+            checks["broker"] = "ok" if problem is None else problem
         good = all(v == "ok" or v.startswith("none") for v in checks.values())
         return good, checks
 

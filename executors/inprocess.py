@@ -78,6 +78,13 @@ class InProcessRuntime:
         self.engine.cancel(run_id)
         self._announce()
 
+    def problem(self, *, fresh: bool = False) -> str | None:
+        """None: this process's queue always takes work (while it runs)."""
+        return None if not self._stopping else "the server is stopping"
+
+    def unsent(self, run_id: str, message: str) -> None:  # pragma: no cover - send cannot fail
+        self.engine.cancel(run_id)
+
     def wait_finished(self, run_id: str, timeout: float) -> None:
         """Block up to ``timeout`` seconds, or until some run ends in this process."""
         with self._finished:

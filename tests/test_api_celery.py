@@ -223,7 +223,7 @@ def test_with_the_broker_stopped_a_submission_is_503_and_its_run_is_not_left_run
         not_ready = client.get("/readyz")
         assert not_ready.status_code == 503
         assert not_ready.json()["store"] == "ok"
-        assert not_ready.json()["broker"].startswith("unreachable")
+        assert "unreachable" in not_ready.json()["broker"]
         refused = client.post("/v1/runs", json={"workflow_yaml": INLINE, "inputs": {"who": "x"}})
         assert refused.status_code == 503, refused.text
         assert refused.headers["content-type"] == PROBLEM
@@ -231,7 +231,8 @@ def test_with_the_broker_stopped_a_submission_is_503_and_its_run_is_not_left_run
         problem = refused.json()
         assert problem["status"] == 503 and problem["title"] == "Queue unavailable"
         runs = client.get("/v1/runs", params={"workflow": "inline-celery"}).json()["runs"]
-        assert len(runs) <= 1, runs
+        assert runs == [], "the broker is checked before anything is recorded"
+        assert "nothing was recorded" in problem["detail"]
         for listed in runs:  # recorded before the send failed: ended, never to be executed
             assert listed["run_id"] in problem["detail"]
             assert listed["status"] in ("cancelled", "failed")
@@ -243,12 +244,6 @@ def test_with_the_broker_stopped_a_submission_is_503_and_its_run_is_not_left_run
             assert not any(e["type"] == "attempt_started" for e in events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="api/service.py _start records the run before the send "
-    "and cancels it when the send fails: the key then names the cancelled run",
-)
 def test_after_a_503_the_same_idempotency_key_submits_the_run_again(
     broken: tuple[Server, OwnBroker],
 ) -> None:

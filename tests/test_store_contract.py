@@ -130,6 +130,11 @@ def test_an_idempotency_key_is_held_by_the_first_submission(store: TraceStore) -
     assert store.submission(key) == first
     other = store.claim_submission(key + "-other", "fp-c", "run-3", 7.0)
     assert other.run_id == "run-3"
+    store.release_submission(key, "run-2")  # not the run that holds it: nothing changes
+    assert store.submission(key) == first
+    store.release_submission(key, "run-1")
+    assert store.submission(key) is None
+    assert store.claim_submission(key, "fp-d", "run-4", 8.0).run_id == "run-4"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

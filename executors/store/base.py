@@ -163,6 +163,10 @@ class TraceStore(Protocol):
     def submission(self, key: str) -> Submission | None:
         """The submission that holds an idempotency key, if any."""
 
+    def release_submission(self, key: str, run_id: str) -> None:
+        """Free an idempotency key held for ``run_id`` (its run could not be enqueued: a retry
+        with the key is to submit afresh); a key held for another run stays."""
+
     def queue_run(self, key: str, run_id: str, priority: int, at: float) -> None:
         """Put a run in the queue of a concurrency key (``admission``)."""
 

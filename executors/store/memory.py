@@ -122,6 +122,12 @@ class MemoryTraceStore:
         with self._lock:
             return self._submissions.get(key)
 
+    def release_submission(self, key: str, run_id: str) -> None:
+        with self._lock:
+            held = self._submissions.get(key)
+            if held is not None and held.run_id == run_id:
+                del self._submissions[key]
+
     def queue_run(self, key: str, run_id: str, priority: int, at: float) -> None:
         with self._lock:
             self._slots[run_id] = (key, priority, at, None)

@@ -70,6 +70,9 @@ class RedactingStore:
     def submission(self, key: str) -> Submission | None:
         return self.inner.submission(key)
 
+    def release_submission(self, key: str, run_id: str) -> None:
+        self.inner.release_submission(key, run_id)
+
     def queue_run(self, key: str, run_id: str, priority: int, at: float) -> None:
         self.inner.queue_run(key, run_id, priority, at)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
-from sqlalchemy import and_, bindparam, case, create_engine, event, func, or_, select
+from sqlalchemy import and_, bindparam, case, create_engine, delete, event, func, or_, select
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -486,6 +486,11 @@ class SqlTraceStore:
 
     def slot_keys(self) -> dict[str, list[tuple[str, float | None]]]:
         return slots.keys(self.engine)
+
+    def release_submission(self, key: str, run_id: str) -> None:
+        s = submissions_table
+        with self.engine.begin() as conn:
+            conn.execute(delete(s).where((s.c.key == key) & (s.c.run_id == run_id)))
 
     def submission(self, key: str) -> Submission | None:
         s = submissions_table
