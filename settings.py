@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     without tokens), sustained; more: 429 with ``Retry-After``."""
     api_burst: PositiveInt = 100
     """DAGWRIGHT_API_BURST: submissions a token may make at once above the sustained rate."""
+    api_executor: Literal["local", "celery"] = "local"
+    """DAGWRIGHT_API_EXECUTOR: where the API's runs execute: ``local`` (the server's own threads)
+    or ``celery`` (the workers of DAGWRIGHT_BROKER); ``serve --executor`` sets it."""
     api_runs: PositiveInt = 4
     """DAGWRIGHT_API_RUNS: step attempts the API server runs at once in its own process (the
     embedded default, when no broker is configured for it: ``serve --executor local``)."""

@@ -46,4 +46,11 @@ def create_app(
     return app
 
 
-__all__ = ["create_app"]
+def app_from_env() -> FastAPI:
+    """The app over the environment's settings (``DAGWRIGHT_API_EXECUTOR`` says where runs
+    execute): the factory each process of ``serve --workers N`` builds its app with."""
+    settings = Settings.from_env()
+    return create_app(settings, executor=settings.api_executor)
+
+
+__all__ = ["app_from_env", "create_app"]

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from dagwright.api.service import RunService
 from dagwright.executors.distributed.engine import Dispatch, Engine, Timing
 from dagwright.executors.store import open_store
-from dagwright.executors.wiring import model_cache, registry_with
+from dagwright.executors.wiring import model_cache, registry_with, replanner
 from dagwright.settings import Settings
 
 
@@ -41,6 +41,7 @@ def open_service(settings: Settings, *, executor: str = "local") -> RunService:
         "cache": model_cache(settings),
         "limits": settings.limits(),
         "eval_timeout": settings.eval_timeout,
+        "replanner": replanner(None, "", settings),  # DAGWRIGHT_MODEL's, for on_failure: replan
     }
     runtime: Any
     if executor == "celery":

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 from dagwright.api.problems import Problem
 from dagwright.api.schemas import ForkRun, ResumeRun, SubmitRun
 from dagwright.errors import PlanError, PlanIssue, RunNotFound
+from dagwright.executors import admission
 from dagwright.executors import engine as core
 from dagwright.executors.distributed.engine import Engine
 from dagwright.executors.lifecycle import fold_run, seen_status
 from dagwright.executors.store import TraceStore
 from dagwright.executors.summary import iso, run_summary
-from dagwright.executors.wiring import plan_task, replanner
+from dagwright.executors.wiring import plan_task
 from dagwright.planner.catalog import Catalog
 from dagwright.planner.prepare import prepare, prepare_text
 from dagwright.planner.schema import Workflow
@@ -155,7 +156,6 @@ class RunService:
         return Ready(planned.workflow, inputs, prelude=planned.prelude)
 
     def _start(self, ready: Ready, run_id: str, key: str | None = None) -> Accepted:
-        self.engine.replanner = replanner(ready.workflow, "", self.settings)
         run_id, dispatches = self.engine.start(
             ready.workflow,
             ready.inputs,
@@ -169,7 +169,7 @@ class RunService:
         try:
             self.runtime.send(dispatches)
         except Exception as exc:  # noqa: BLE001 - the broker went away: end the run, say so
-            why = f"{type(exc).__name__}: {exc}"
+            why = str(getattr(exc, "reason", "") or exc).strip().rstrip(".")
             self.runtime.unsent(run_id, f"the run could not be enqueued ({why})")
             if key is not None:  # a retry with the key submits afresh
                 self.store.release_submission(key, run_id)
@@ -180,7 +180,10 @@ class RunService:
                 "and will not execute: submit again when the broker is back",
                 headers={"Retry-After": "5"},
             ) from None
-        return Accepted(run_id, self._status(run_id))
+        waiting = ready.workflow.concurrency is not None and not admission.admitted(
+            self.store, run_id
+        )
+        return Accepted(run_id, core.QUEUED if waiting else core.RUNNING)
 
     def _queue_answers(self) -> None:
         """503 when the queue cannot take runs now: nothing is recorded, so a retry (with the

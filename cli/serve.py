@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -22,6 +23,17 @@ def serve_cmd(
             "workers of DAGWRIGHT_BROKER).",
         ),
     ] = "local",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            max=64,
+            help="Server processes (with --executor celery; the local executor runs in one "
+            "process per trace store).",
+        ),
+    ] = 1,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -57,10 +69,20 @@ def serve_cmd(
             "submit runs; set tokens, or pass --insecure",
             EXIT_INVALID,
         )
-    app = create_app(settings, executor=executor_name)
+    if workers > 1 and executor_name != "celery":
+        _die("--workers N needs --executor celery (the local executor runs in one process per "
+             "trace store)", EXIT_INVALID)  # fmt: skip
     where = "this server's threads" if executor_name == "local" else f"Celery ({settings.broker})"
     err.print(f"dagwright API on http://{host}:{port}  runs on {where}  trace: {settings.db}")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    common = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 10}
+    if workers == 1:
+        uvicorn.run(create_app(settings, executor=executor_name), **common)
+        return
+    # each process builds its own app from the environment: hand it this command's choices
+    os.environ["DAGWRIGHT_API_EXECUTOR"] = executor_name
+    if db is not None:
+        os.environ["DAGWRIGHT_DB"] = db
+    uvicorn.run("dagwright.api.app:app_from_env", factory=True, workers=workers, **common)
 
 
 __all__ = ["serve_cmd"]

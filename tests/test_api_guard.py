@@ -151,3 +151,10 @@ def test_serve_refuses_an_open_address_without_tokens(tmp_path: Any) -> None:
     assert shown.returncode == 0
     for option in ("--host", "--port", "--executor", "--insecure", "--db", "--log-level"):
         assert option in shown.stdout
+
+
+def test_serve_runs_several_processes_on_celery_only(tmp_path: Any) -> None:
+    refused = cli("serve", "--workers", "2", "--port", "1", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--workers N needs --executor celery" in refused.stderr
+    assert not (tmp_path / ".dagwright").exists(), "no trace store opened"
