@@ -214,14 +214,47 @@ class Engine:
         queued = admission.queue(
             self.store, new.run_id, workflow, new.inputs, priority=priority, now=self.clock()
         )
-        self.store.append(new.run_id, opening + queued)
         run_id = new.run_id
+        if not queued:
+            first = self._first_dispatches(workflow, new, opening)
+            if first is not None:
+                return run_id, first
+        self.store.append(run_id, opening + queued)
         if not queued:
             return run_id, self.advance(run_id)
         data = queued[0].data
         for admitted in admission.admit(self.store, data["key"], data["limit"], self.clock):
             self._next_admitted.append(admitted)
         return run_id, self._drain_admitted()
+
+    def _first_dispatches(
+        self, workflow: Workflow, new: NewRun, opening: list[Event]
+    ) -> list[Dispatch] | None:
+        """A new run's opening events and the dispatch of its first ready steps, in one append
+        (no one else knows the run yet: nothing to read back); the plan and the folded state
+        are cached for what follows. None when the run does not start that way (nothing ready,
+        e.g. every step reused), or the append lost a claim: the caller goes the general way."""
+        plan = Plan.from_workflow(workflow)
+        state = engine.RunState.initial(plan, new.run_id)
+        for event in opening:
+            state = engine.apply(state, event)
+        ready = engine.ready_steps(plan, state)
+        if not ready:
+            return None
+        registry = run_registry(workflow, self.registry, self.tool_modules, new.source)
+        scheduled = [self._schedule(plan, new.run_id, sid, 1) for sid in ready]
+        claims = [f"dispatch:{sid}:1" for sid in ready]
+        stored = self.store.append(new.run_id, opening + [e for _, e in scheduled], claims=claims)
+        if stored is None:
+            return None
+        with self.lock:
+            if len(self._plans) > 256:
+                self._plans.clear()
+            self._plans[new.run_id] = (plan, registry)
+            if len(self._states) <= 256:
+                self._states[new.run_id] = (engine.RunState.initial(plan, new.run_id), [0])
+        self._absorb(new.run_id, stored)
+        return [d for d, _ in scheduled]
 
     # -- the one scheduling function -----------------------------------------------------------------
     def advance(self, run_id: str) -> list[Dispatch]:
