@@ -6,6 +6,7 @@ cycles) on the parts of the file that did parse.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ def prepare_text(
     ``tools:`` may name no module), inputs as JSON values. ``name`` stands for the file in the
     problems reported."""
     return _prepared(
-        lambda: loads_workflow(text, file=name, limits=limits),
+        lambda: _parsed(text, name, limits or Limits()),
         None,
         registry,
         tool_modules=(),
@@ -96,6 +97,13 @@ def prepare_text(
         inputs_as_text=False,
         limits=limits,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str, name: str, limits: Limits) -> LoadedWorkflow:
+    """The same workflow text is parsed once (an API client submitting one workflow again and
+    again): the models are frozen, the result is shared. Refusals are not kept."""
+    return loads_workflow(text, file=name, limits=limits)
 
 
 def _prepared(
