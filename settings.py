@@ -42,6 +42,10 @@ class Settings(BaseSettings):
 
     db: str = DEFAULT_DB
     """DAGWRIGHT_DB: trace store, a SQLite file, ``sqlite:///path`` or ``postgresql://…``."""
+    index_dir: str = ""
+    """DAGWRIGHT_INDEX_DIR: the folder of retrieval indexes (``dagwright index``, the
+    ``retrieve`` tool); empty means ``indexes/`` beside the SQLite trace store (for a PostgreSQL
+    store, ``.dagwright/indexes``)."""
     tools: tuple[str, ...] = ()
     """DAGWRIGHT_TOOLS: modules of user tools loaded for every workflow (comma-separated)."""
     max_parallel: PositiveInt = 8
