@@ -135,9 +135,22 @@ class _Validator:
                 )
         ref_locs = self.check_value(step.with_, (*at, "with"), step=step.id, field="with")
         if tool is not None:
+            self.check_requires(tool, step, at)
             self.check_args(tool, step, at, ref_locs)
         for j, check in enumerate(step.verify):
             self.check_verify(check, (*at, "verify", j), step)
+
+    def check_requires(self, tool: Tool, step: Step, at: Path_) -> None:
+        missing = tool.requires.missing() if tool.requires is not None else []
+        if missing:
+            assert tool.requires is not None
+            self.add(
+                f"tool {tool.name!r} needs {', '.join(missing)}, not installed here",
+                (*at, "uses"),
+                step=step.id,
+                field="uses",
+                hint=f"install it: {tool.requires.install}",
+            )
 
     def check_args(self, tool: Tool, step: Step, at: Path_, ref_locs: list[Path_]) -> None:
         try:

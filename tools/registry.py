@@ -49,6 +49,29 @@ class ToolContext:
 REPLAY_MODES = ("serve", "rerun")
 
 
+@dataclass(frozen=True)
+class Requires:
+    """Optional packages a tool needs (``@tool(..., requires=Requires(...))``): validation
+    refuses a step that uses the tool while one is missing, with ``install`` as the fix."""
+
+    modules: tuple[str, ...]
+    """Importable names, e.g. ``("bm25s", "sentence_transformers")``."""
+    install: str
+    """The command that installs them, e.g. ``pip install 'dagwright[retrieval]'``."""
+
+    def missing(self) -> list[str]:
+        """The modules that cannot be found (found, not imported: validation stays cheap)."""
+        found = []
+        for module in self.modules:
+            try:
+                spec = importlib.util.find_spec(module)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None:
+                found.append(module)
+        return found
+
+
 @dataclass
 class Tool:
     name: str
@@ -62,6 +85,8 @@ class Tool:
     """What ``dagwright replay`` does with this tool: ``serve`` its recorded outcome (the
     default: a tool may have side effects or call out), or ``rerun`` it (deterministic given its
     arguments and the model calls it makes, which replay serves) and check its output."""
+    requires: Requires | None = None
+    """Optional packages it needs, checked when a workflow using it is validated."""
     _output_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)
 
     def args_schema(self) -> dict[str, Any]:
@@ -87,7 +112,11 @@ class Tool:
 
 
 def _build_tool(
-    fn: Callable[..., Any], name: str, description: str | None, replay: str = "serve"
+    fn: Callable[..., Any],
+    name: str,
+    description: str | None,
+    replay: str = "serve",
+    requires: Requires | None = None,
 ) -> Tool:
     if replay not in REPLAY_MODES:
         raise DagwrightError(f"tool {name!r}: replay={replay!r}; use 'serve' or 'rerun'")
@@ -141,6 +170,7 @@ def _build_tool(
         is_async=inspect.iscoroutinefunction(fn),
         context_param=context_param,
         replay=replay,
+        requires=requires,
         _output_adapter=output_adapter,
     )
 
@@ -183,9 +213,10 @@ class ToolRegistry:
         name: str | None = None,
         description: str | None = None,
         replay: str = "serve",
+        requires: Requires | None = None,
     ) -> Tool:
         self._load_builtins()
-        t = _build_tool(fn, name or fn.__name__, description, replay)
+        t = _build_tool(fn, name or fn.__name__, description, replay, requires)
         existing = self._tools.get(t.name)
         if existing is not None and existing.fn is not fn:
             same_source = getattr(existing.fn, "__module__", None) == getattr(
@@ -200,10 +231,15 @@ class ToolRegistry:
         return t
 
     def tool(
-        self, name: str | None = None, *, description: str | None = None, replay: str = "serve"
+        self,
+        name: str | None = None,
+        *,
+        description: str | None = None,
+        replay: str = "serve",
+        requires: Requires | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(fn, name=name, description=description, replay=replay)
+            self.register(fn, name=name, description=description, replay=replay, requires=requires)
             return fn
 
         return decorate
@@ -320,14 +356,23 @@ class _collecting_into:
         _collect_stack.pop()
 
 
-BUILTIN_TOOL_MODULES = ("dagwright.tools.builtin", "dagwright.tools.llm", "dagwright.tools.http")
+BUILTIN_TOOL_MODULES = (
+    "dagwright.tools.builtin",
+    "dagwright.tools.llm",
+    "dagwright.tools.http",
+    "dagwright.tools.retrieve",  # registers without its optional extra (Requires)
+)
 default_registry = ToolRegistry(builtins=BUILTIN_TOOL_MODULES)
-"""Every registered tool: the built-ins (echo, sleep, flaky, llm.generate; loaded on first
-use) and every ``@tool`` function imported since."""
+"""Every registered tool: the built-ins (echo, sleep, flaky, llm.generate, http.request,
+retrieve; loaded on first use) and every ``@tool`` function imported since."""
 
 
 def tool(
-    name: str | None = None, *, description: str | None = None, replay: str = "serve"
+    name: str | None = None,
+    *,
+    description: str | None = None,
+    replay: str = "serve",
+    requires: Requires | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function as a tool::
 
@@ -342,16 +387,21 @@ def tool(
     ``replay``: what ``dagwright replay`` does with it. ``"serve"`` (the default, safe for
     tools with side effects) serves the recorded outcome and checks the arguments;
     ``"rerun"`` (for deterministic tools) runs it again and checks its output.
+
+    ``requires``: optional packages the tool needs (``Requires``); a workflow that uses it while
+    one is missing fails validation with the install command.
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         targets = _collect_stack[-1:] or [default_registry]
         for registry in targets:
-            t = registry.register(fn, name=name, description=description, replay=replay)
+            t = registry.register(
+                fn, name=name, description=description, replay=replay, requires=requires
+            )
             _module_tools.setdefault(fn.__module__, {})[t.name] = t
         return fn
 
     return decorate
 
 
-__all__ = ["Tool", "ToolContext", "ToolRegistry", "default_registry", "tool"]
+__all__ = ["Requires", "Tool", "ToolContext", "ToolRegistry", "default_registry", "tool"]
