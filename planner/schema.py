@@ -53,7 +53,7 @@ class RetryPolicy(_Model):
     retry_on: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
 
 
-CHECK_KINDS = ("expr", "contains", "not_contains", "regex", "schema", "judge")
+CHECK_KINDS = ("expr", "contains", "not_contains", "regex", "schema", "judge", "grounded")
 
 
 class Check(_Model):
@@ -72,6 +72,9 @@ class Check(_Model):
     """A rubric: a model judges the output pass or fail against it (``llm.judge``)."""
     model: str | None = None
     """For ``judge``: the judging model (else DAGWRIGHT_MODEL)."""
+    grounded: bool | None = None
+    """``true``: the output cites passages as ``[doc_id#chunk]``, only ones that the steps it
+    depends on retrieved (their outputs' ``passages``), and at least one."""
     target: str | None = None
     name: str | None = None
 
@@ -80,6 +83,8 @@ class Check(_Model):
         kinds = [k for k in CHECK_KINDS if k in self._set_kinds()]
         if self.model is not None and self.judge is None:
             raise ValueError("'model' only goes with a 'judge' check")
+        if self.grounded is False:
+            raise ValueError("write 'grounded: true', or leave the check out")
         if len(kinds) != 1:
             raise ValueError(
                 f"a check needs exactly one of {', '.join(CHECK_KINDS)}; got "
@@ -104,6 +109,8 @@ class Check(_Model):
     def label(self, index: int) -> str:
         if self.name:
             return self.name
+        if self.kind == "grounded":
+            return f"check {index + 1} (grounded)"
         spec = self.spec if isinstance(self.spec, str) else "…"
         return f"check {index + 1} ({self.kind}: {spec})"
 

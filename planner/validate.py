@@ -312,6 +312,8 @@ class _Validator:
             ("judge", check.judge),
         ):
             self.check_value(value, (*at, key), step=step.id, field=f"{field}.{key}")
+        if check.grounded:
+            self.check_grounded(step, (*at, "grounded"), f"{field}.grounded")
         if check.regex is not None and "${{" not in check.regex:
             try:
                 compile_regex(check.regex)  # RE2: linear time, or refused here
@@ -342,6 +344,25 @@ class _Validator:
                     step=step.id,
                     field=f"{field}.schema",
                 )
+
+    def check_grounded(self, step: Step, at: Path_, field: str) -> None:
+        """A ``grounded`` check reads the passages of the steps its step depends on: one of
+        them must be able to return ``passages``."""
+        for dep in _safe_deps(step):
+            other = self.wf.steps[self.step_ids[dep]] if dep in self.step_ids else None
+            if other is None or other.uses not in self.registry:
+                return  # reported elsewhere
+            schema = self.registry.get(other.uses).output_schema
+            if path_problem(schema, ("passages",)) is None:
+                return
+        self.add(
+            "a grounded check needs passages: none of the steps this step depends on returns any",
+            at,
+            step=step.id,
+            field=field,
+            hint="add the `retrieve` step whose passages the answer cites to `needs:` "
+            "(or reference its output)",
+        )
 
     # graph
     def check_cycles(self) -> None:

@@ -1,4 +1,11 @@
-"""Verify checks on a step's output: ``expr``, ``contains``, ``not_contains``, ``regex``, ``schema``.
+"""Verify checks on a step's output: ``expr``, ``contains``, ``not_contains``, ``regex``, ``schema``,
+``judge`` (a model's verdict, asked through the runner) and ``grounded`` (citations).
+
+``grounded``: the output cites passages as ``[doc_id#chunk]`` (several in one pair of brackets
+separated by ``,`` or ``;``: ``[warranty.md#0; returns-rma.md#1]``); every one it cites must be
+among the ``passages`` in the outputs of the steps it depends on (what ``retrieve`` returns), and
+it must cite at least one. The passages come from ``context`` (the run's recorded outputs), never
+from an index on disk.
 
 Regexes (``regex``, a schema's ``pattern``/``patternProperties``) run on RE2, in linear time
 (``planner.regex``); expressions in the bounded sandbox (``planner.references``). Time is the
@@ -8,6 +15,7 @@ runner's business: it runs the checks under the attempt's budget.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +36,57 @@ def _contains(target: Any, needle: Any) -> bool:
     if isinstance(target, dict) and isinstance(needle, str) and needle in target:
         return True
     return _text(needle) in _text(target)
+
+
+_BRACKETS = re.compile(r"\[([^\[\]\n]{1,2000})\]")
+_CITATION = re.compile(r"(.+)#(\d{1,9})")
+_SHOWN = 12  # retrieved passages listed in a failure's message, at most
+
+
+def citations(text: str) -> list[str]:
+    """The ``doc_id#chunk`` citations in ``text``, in order, each once."""
+    found: dict[str, None] = {}
+    for group in _BRACKETS.finditer(text):
+        for part in re.split(r"[,;]", group.group(1)):
+            match = _CITATION.fullmatch(part.strip())
+            if match:
+                found[f"{match.group(1).strip()}#{int(match.group(2))}"] = None
+    return list(found)
+
+
+def retrieved(context: dict[str, Any]) -> list[str]:
+    """``doc_id#chunk`` of every passage in the outputs that ``context`` holds, in step order."""
+    found: dict[str, None] = {}
+    for step in (context.get("steps") or {}).values():
+        output = step.get("output") if isinstance(step, dict) else None
+        passages = output.get("passages") if isinstance(output, dict) else None
+        for p in passages if isinstance(passages, list) else []:
+            if isinstance(p, dict) and isinstance(p.get("doc_id"), str):
+                if isinstance(p.get("chunk"), int):
+                    found[f"{p['doc_id']}#{p['chunk']}"] = None
+    return list(found)
+
+
+def _grounded(target: Any, context: dict[str, Any]) -> tuple[bool, str]:
+    known = retrieved(context)
+    if not known:
+        return False, "no step it depends on retrieved any passage to cite"
+    cited = citations(_text(target))
+    shown = ", ".join(known[:_SHOWN]) + (
+        f" (and {len(known) - _SHOWN} more)" if len(known) > _SHOWN else ""
+    )
+    if not cited:
+        return (
+            False,
+            f"it cites no passage: cite each passage it uses as [doc_id#chunk], e.g. [{known[0]}]",
+        )
+    unknown = [c for c in cited if c not in set(known)]
+    if unknown:
+        return False, (
+            f"it cites {', '.join(f'[{c}]' for c in unknown)}, which no step it depends on "
+            f"retrieved; it may cite: {shown}"
+        )
+    return True, ""
 
 
 Judge = Callable[[str, str | None, Any], tuple[bool, str]]
@@ -70,6 +129,8 @@ def _evaluate(
     check: Check, target: Any, scope: dict[str, Any], context: dict[str, Any], judge: Judge | None
 ) -> tuple[bool, str]:
     kind = check.kind
+    if kind == "grounded":
+        return _grounded(target, context)
     if kind == "judge":
         if judge is None:
             return False, "no model judge is available to this executor"
@@ -116,4 +177,4 @@ def run_checks(
     return [run_check(c, i, output, context, judge) for i, c in enumerate(checks)]
 
 
-__all__ = ["run_check", "run_checks"]
+__all__ = ["citations", "retrieved", "run_check", "run_checks"]
