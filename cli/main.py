@@ -2,7 +2,7 @@
 
 One module per verb group: ``validate``, ``run`` (run, resume, fork), ``replay``, ``show``
 (show, trace, runs, diff), ``plan``, ``workers`` (worker, cancel), ``tools``, ``serve``,
-``remote`` (submit, status, follow); what they share is in ``common``. Commands import
+``remote`` (submit, status, follow), ``index`` (index build, list, query); what they share is in ``common``. Commands import
 executors, stores, the planner and model clients inside their bodies, so building the command
 line (and ``--help``) loads none of them.
 """
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import typer
 from rich.markup import escape
 
-from dagwright.cli import plan, remote, replay, run, serve, show, tools, validate, workers
+from dagwright.cli import index, plan, remote, replay, run, serve, show, tools, validate, workers
 from dagwright.cli.common import EXIT_FAILED, EXIT_INVALID, _print_issues, err
 from dagwright.cli.common import out as out  # re-exported: tests capture `show`'s output
 from dagwright.cli.show import _print_revisions_and_calls as _print_revisions_and_calls
@@ -51,6 +51,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
 }
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
+app.add_typer(index.app, name="index")  # index build, list, query
 
 
 def main() -> None:

@@ -74,6 +74,7 @@ def build_index(
     """Index the text files of ``folder`` as ``name`` under ``root``. A file whose content hash,
     the model and the chunking are unchanged since the last build keeps its chunks' embeddings;
     only the others are embedded. BM25 is rebuilt whole (it is cheap)."""
+    bm25s = require("bm25s")  # first: without the extra, say how to install it
     import numpy as np
 
     started = time.perf_counter()
@@ -113,7 +114,6 @@ def build_index(
             vectors = np.zeros((len(chunks), fresh.shape[1]), dtype=np.float32)
         vectors[todo] = fresh
     dim = int(vectors.shape[1])
-    bm25s = require("bm25s")
     retriever = bm25s.BM25()
     retriever.index(_tokenize([c.text for c in chunks]), show_progress=False)
     generation = store.new_generation(home)
@@ -196,6 +196,7 @@ class Index:
     hybrid search."""
 
     def __init__(self, name: str, generation: Path) -> None:
+        bm25s = require("bm25s")  # first: without the extra, say how to install it
         import numpy as np
 
         self.name = name
@@ -203,7 +204,7 @@ class Index:
         self.manifest = store.read_manifest(generation)
         self.chunks = [Chunk(**c) for c in store.read_json(generation / "chunks.json")]
         self.embeddings = np.load(generation / "embeddings.npy", allow_pickle=False)
-        self.bm25 = require("bm25s").BM25.load(str(generation / "bm25"), show_progress=False)
+        self.bm25 = bm25s.BM25.load(str(generation / "bm25"), show_progress=False)
         self.embedder: Embedder | None = None
 
     def bm25_scores(self, query: str) -> npt.NDArray[np.float32]:
