@@ -228,6 +228,7 @@ class Stack:
         url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-c", "from dagwright.cli.main import main; main()", "serve",
                "--port", str(port), "--executor", self.args.executor,
+               "--workers", str(self.args.server_processes),
                "--log-level", "warning"]  # fmt: skip
         server = Proc("server", cmd, self.env, self.tmp)
         self.procs.append(server)
@@ -457,6 +458,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="Celery workers (2)")
     parser.add_argument("--concurrency", type=int, default=2, help="processes per worker (2)")
     parser.add_argument("--known", action="store_true", help="submit by name, not inline YAML")
+    parser.add_argument(
+        "--server-processes",
+        type=int,
+        default=1,
+        help="dagwright serve --workers N (celery only; default 1)",
+    )
     parser.add_argument("--late-workers", action="store_true",
                         help="start the workers after the submissions (the API alone)")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=20, help="untimed submissions first")
