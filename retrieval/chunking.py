@@ -10,6 +10,7 @@ half), and start ``overlap`` characters before the previous one ended, at a word
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,25 @@ class Document:
     text: str
     sha256: str
 
+    @property
+    def title(self) -> str:
+        """The first Markdown heading in its first lines, else its file name in words."""
+        for line in self.text.lstrip().splitlines()[:5]:
+            if line.startswith("#"):
+                return line.lstrip("#").strip()[:200]
+        stem = self.doc_id.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        return " ".join(re.split(r"[-_ ]+", stem)).strip()
+
+
+def in_context(title: str, chunk: Chunk) -> str:
+    """What is embedded and BM25-indexed for a chunk: its document's title, then the chunk (a
+    chunk from the middle of a page often does not say what the page is about)."""
+    return (
+        f"{title}\n{chunk.text}"
+        if title and not chunk.text.startswith(f"# {title}")
+        else chunk.text
+    )
+
 
 def read_folder(folder: Path) -> tuple[list[Document], list[str]]:
     """The text documents under ``folder`` (sorted by id), and the files left out, each with
@@ -151,6 +171,7 @@ __all__ = [
     "Chunk",
     "Document",
     "chunk_document",
+    "in_context",
     "read_folder",
     "spans",
 ]

@@ -2,7 +2,7 @@
 
 Search modes: ``bm25`` (the words: names, ids, acronyms), ``dense`` (the meaning: cosine
 similarity of the embeddings), ``hybrid`` (the default: reciprocal rank fusion of the top
-``DEPTH`` of both rankings, ``fusion.K`` = 60).
+``DEPTH`` of both rankings, ``fusion.K`` = 10, BM25 weighted ``fusion.BM25_WEIGHT`` = 0.5).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from dagwright.retrieval.chunking import (
     TEXT_SUFFIXES,
     Chunk,
     chunk_document,
+    in_context,
     read_folder,
 )
 from dagwright.retrieval.embedding import DEFAULT_MODEL, Embedder, load_embedder, require
-from dagwright.retrieval.fusion import K, rrf
+from dagwright.retrieval.fusion import BM25_WEIGHT, K, rrf
 from dagwright.retrieval.terms import VERSION as TERMS
 from dagwright.retrieval.terms import terms
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
 MODES = ("hybrid", "bm25", "dense")
+CONTEXT = "title"
+"""What a chunk is indexed with besides its text (``chunking.in_context``); in the manifest."""
 DEPTH = 100
 """How many of each ranking hybrid search fuses."""
 
@@ -86,8 +89,15 @@ def build_index(
             + (f"; left out: {', '.join(skipped)}" if skipped else "")
         )
     model = model or (embedder.name if embedder is not None else DEFAULT_MODEL)
-    settings = {"model": model, "chunk_size": size, "overlap": overlap, "tokenizer": TERMS}
+    settings = {
+        "model": model,
+        "chunk_size": size,
+        "overlap": overlap,
+        "tokenizer": TERMS,
+        "context": CONTEXT,
+    }
     old = _previous(home, settings)
+    titles = {d.doc_id: d.title for d in docs}
     chunks: list[Chunk] = []
     rows: list[int | None] = []  # per chunk: its row in the old embeddings, or None: embed it
     changed = []
@@ -109,13 +119,15 @@ def build_index(
     vectors = _vectors(len(chunks), old.embeddings, kept)
     if todo:
         embedder = embedder or load_embedder(model)
-        fresh = embedder.embed([chunks[i].text for i in todo])
+        fresh = embedder.embed([in_context(titles[chunks[i].doc_id], chunks[i]) for i in todo])
         if vectors.shape[1] != fresh.shape[1]:
             vectors = np.zeros((len(chunks), fresh.shape[1]), dtype=np.float32)
         vectors[todo] = fresh
     dim = int(vectors.shape[1])
     retriever = bm25s.BM25()
-    retriever.index(_tokenize([c.text for c in chunks]), show_progress=False)
+    retriever.index(
+        _tokenize([in_context(titles[c.doc_id], c) for c in chunks]), show_progress=False
+    )
     generation = store.new_generation(home)
     retriever.save(str(generation / "bm25"), show_progress=False)
     np.save(generation / "embeddings.npy", vectors, allow_pickle=False)
@@ -225,10 +237,20 @@ class Index:
         vector = self.embedder.embed([query])[0]
         return np.asarray(self.embeddings @ vector, dtype=np.float32)
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[dict[str, Any]]:
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        mode: str = "hybrid",
+        *,
+        rrf_k: float = K,
+        bm25_weight: float = BM25_WEIGHT,
+        depth: int = DEPTH,
+    ) -> list[dict[str, Any]]:
         """The ``k`` best chunks for ``query``: ``doc_id``, ``chunk``, ``start``, ``end``,
         ``text``, the ``bm25`` and ``dense`` scores (None where the mode did not compute one),
-        ``score`` (the mode's: RRF for hybrid) and ``rank`` (from 1)."""
+        ``score`` (the mode's: RRF for hybrid) and ``rank`` (from 1). ``rrf_k``, ``bm25_weight``
+        and ``depth`` (how many of each ranking hybrid fuses) are for benchmarks."""
         if mode not in MODES:
             raise DagwrightError(f"unknown search mode {mode!r}: use {', '.join(MODES)}")
         bm25 = self.bm25_scores(query) if mode != "dense" else None
@@ -241,7 +263,8 @@ class Index:
             ranked = [(i, float(dense[i])) for i in _top(dense, k)]
         else:
             assert bm25 is not None and dense is not None
-            fused = rrf([_top(bm25, DEPTH, positive=True), _top(dense, DEPTH)], K)
+            rankings = [_top(bm25, depth, positive=True), _top(dense, depth)]
+            fused = rrf(rankings, rrf_k, [bm25_weight, 1.0])
             ranked = fused[:k]
         return [
             {
