@@ -7,12 +7,17 @@ importable module the settings do not list is a located issue."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagwright.errors import DagwrightError, PlanError, PlanIssue
 from dagwright.planner.schema import Workflow
 from dagwright.planner.source import Source
-from dagwright.tools.registry import ToolRegistry
+from dagwright.tools.registry import Tool, ToolRegistry
+
+if TYPE_CHECKING:
+    from dagwright.planner.loader import LoadedWorkflow
 
 
 def load_tool_modules(
@@ -20,11 +25,21 @@ def load_tool_modules(
 ) -> tuple[ToolRegistry, list[PlanIssue]]:
     """``registry`` with the settings' tool ``modules`` loaded (into a copy, when there are
     any), and a located issue for each module that cannot load."""
+    loaded, issues, _ = _settings_modules(registry, modules)
+    return loaded, issues
+
+
+def _settings_modules(
+    registry: ToolRegistry, modules: Sequence[str]
+) -> tuple[ToolRegistry, list[PlanIssue], dict[str, str]]:
+    """``load_tool_modules``, and the module that registered each new tool."""
     if not modules:
-        return registry, []
+        return registry, [], {}
     loaded = registry.copy()
     issues: list[PlanIssue] = []
+    origins: dict[str, str] = {}
     for module in modules:
+        before = set(loaded.names())
         try:
             loaded.load_module(module)
         except (ImportError, DagwrightError, SyntaxError) as exc:
@@ -32,11 +47,14 @@ def load_tool_modules(
                 PlanIssue(
                     f"cannot load tool module {module!r} from settings: "
                     f"{type(exc).__name__}: {exc}",
+                    file="environment",
                     field="DAGWRIGHT_TOOLS",
-                    hint="check DAGWRIGHT_TOOLS",
+                    hint="DAGWRIGHT_TOOLS names modules (my_tools for ./my_tools.py), "
+                    "comma-separated",
                 )
             )
-    return loaded, issues
+        origins.update(dict.fromkeys(set(loaded.names()) - before, module))
+    return loaded, issues, origins
 
 
 def registry_for(
@@ -52,10 +70,23 @@ def registry_for(
     workflow's folder (its real path too), or one of the ``allowed`` modules (the settings'
     ``DAGWRIGHT_TOOLS``). A workflow without a folder (``base_dir`` None: given as text) may
     use registered tools only. Anything else is a located issue, and nothing is imported."""
+    loaded, issues, _ = _workflow_modules(workflow, registry, base_dir, source, allowed)
+    return loaded, issues
+
+
+def _workflow_modules(
+    workflow: Workflow,
+    registry: ToolRegistry,
+    base_dir: Path | None,
+    source: Source,
+    allowed: Sequence[str],
+) -> tuple[ToolRegistry, list[PlanIssue], dict[str, str]]:
+    """``registry_for``, and the module that registered each new tool."""
     if not workflow.tools:
-        return registry, []
+        return registry, [], {}
     loaded = registry.copy()
     issues = []
+    origins: dict[str, str] = {}
     for i, module in enumerate(workflow.tools):
         if base_dir is None:
             issues.append(
@@ -68,6 +99,7 @@ def registry_for(
                 )
             )
             continue
+        before = set(loaded.names())
         try:
             loaded.load_module(module, base_dir, importable=module in allowed)
         except (ImportError, DagwrightError, SyntaxError) as exc:
@@ -80,7 +112,38 @@ def registry_for(
                     "or a module listed in DAGWRIGHT_TOOLS",
                 )
             )
-    return loaded, issues
+        origins.update(dict.fromkeys(set(loaded.names()) - before, module))
+    return loaded, issues, origins
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A tool, and where it comes from: ``builtin``, ``DAGWRIGHT_TOOLS:<module>`` or
+    ``workflow:<module>``."""
+
+    tool: Tool
+    source: str
+
+
+def listed_tools(
+    registry: ToolRegistry,
+    modules: Sequence[str],
+    loaded: LoadedWorkflow | None = None,
+) -> tuple[list[Listed], list[PlanIssue]]:
+    """What ``dagwright tools`` lists: ``registry``'s tools, the settings' ``modules``' and,
+    given a ``loaded`` workflow, its ``tools:`` modules' (loaded as a run loads them:
+    ``registry_for``), by name, each with its source; and the issues of the modules that
+    cannot load."""
+    registry, issues, settings = _settings_modules(registry, modules)
+    origins = {name: f"DAGWRIGHT_TOOLS:{module}" for name, module in settings.items()}
+    if loaded is not None:
+        base_dir = loaded.base_dir
+        registry, more, own = _workflow_modules(
+            loaded.workflow, registry, base_dir, loaded.source, modules
+        )
+        issues += more
+        origins.update({name: f"workflow:{module}" for name, module in own.items()})
+    return [Listed(t, origins.get(t.name, "builtin")) for t in registry], issues
 
 
 def _reason(exc: BaseException) -> str:
@@ -105,4 +168,4 @@ def registry_for_run(
     return registry
 
 
-__all__ = ["load_tool_modules", "registry_for", "registry_for_run"]
+__all__ = ["Listed", "listed_tools", "load_tool_modules", "registry_for", "registry_for_run"]
