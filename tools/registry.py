@@ -9,7 +9,6 @@ Only registered tools can run: a workflow or a plan names tools, it never carrie
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
 import importlib.util
 import inspect
 import re
@@ -19,13 +18,13 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from pydantic_core import to_jsonable_python
 
 from dagwright.errors import DagwrightError, ToolNotFound
+from dagwright.tools._importing import import_allowed, imported_from
 
 TOOL_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 
@@ -288,7 +287,7 @@ class ToolRegistry:
             )
         self._load_builtins()
         candidate = local_module_file(module, search_dir) if search_dir is not None else None
-        if candidate is not None and importable and _imported_from(module) == candidate:
+        if candidate is not None and importable and imported_from(module) == candidate:
             candidate = None  # the settings loaded this very file already (DAGWRIGHT_TOOLS)
         if candidate is None and not importable:
             where = f" in {search_dir}" if search_dir is not None else ""
@@ -316,52 +315,6 @@ class ToolRegistry:
                     self._tools.setdefault(t.name, t)
 
 
-def import_allowed(module: str) -> ModuleType:
-    """Import a module the settings allow by name (``DAGWRIGHT_TOOLS``): from the Python path
-    (an installed package, ``PYTHONPATH``), else from the current directory — the one the CLI,
-    the worker or the server was started in, which the console scripts do not put on the path.
-    Raises ModuleNotFoundError saying where it looked, and what to do."""
-    top = module.partition(".")[0]
-    with _cwd_import_lock:
-        if top not in sys.modules and _spec_on_path(top) is None:
-            _import_from(Path.cwd(), top)
-    return importlib.import_module(module)
-
-
-def _import_from(cwd: Path, top: str) -> None:
-    """Import top-level module ``top`` from the folder ``cwd`` (under its own name, so that a
-    later ``import top`` finds it)."""
-    spec = importlib.machinery.PathFinder.find_spec(top, [str(cwd)])
-    if spec is None or spec.loader is None:
-        raise ModuleNotFoundError(
-            f"no module named {top!r}: looked for {top}.py or {top}/__init__.py in the "
-            f"current directory ({cwd}) and on the Python path (installed packages, "
-            "PYTHONPATH); start dagwright (each worker, the server) in the folder that "
-            "holds it, or add that folder to PYTHONPATH, or install it",
-            name=top,
-        )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[top] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(top, None)
-        raise
-
-
-def _spec_on_path(top: str) -> Any:
-    try:
-        return importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-
-
-def _imported_from(module: str) -> Path | None:
-    """The real path of the file ``module`` was imported from, if it was."""
-    file = getattr(sys.modules.get(module), "__file__", None)
-    return Path(file).resolve() if file else None
-
-
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 """What a workflow's ``tools:`` entry may be: a dotted module name, never a path."""
 
@@ -387,7 +340,6 @@ def local_module_file(module: str, folder: Path) -> Path | None:
 
 
 _builtins_lock = threading.RLock()
-_cwd_import_lock = threading.RLock()
 _collect_stack: list[ToolRegistry] = []
 """The registries loading a module of user tools right now (``load_module``)."""
 _module_tools: dict[str, dict[str, Tool]] = {}
