@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -74,7 +74,8 @@ def serve_cmd(
              "trace store)", EXIT_INVALID)  # fmt: skip
     where = "this server's threads" if executor_name == "local" else f"Celery ({settings.broker})"
     err.print(f"dagwright API on http://{host}:{port}  runs on {where}  trace: {settings.db}")
-    common = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 10}
+    common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level,
+                              "timeout_graceful_shutdown": 10}  # fmt: skip
     if workers == 1:
         uvicorn.run(create_app(settings, executor=executor_name), **common)
         return
