@@ -359,16 +359,22 @@ class RunService:
         }
 
     def tools(self) -> dict[str, Any]:
-        """As ``dagwright tools --json``."""
+        """As ``dagwright tools --json``: the built-ins and DAGWRIGHT_TOOLS' (what an inline
+        workflow may use), each with its source."""
+        from dagwright.planner.tool_modules import listed_tools
+        from dagwright.tools import default_registry
+
+        listed, _ = listed_tools(default_registry, self.settings.tools)
         return {
             "tools": [
                 {
-                    "name": t.name,
-                    "description": t.description,
-                    "arguments": t.args_schema(),
-                    "output": t.output_schema,
+                    "name": item.tool.name,
+                    "description": item.tool.description,
+                    "arguments": item.tool.args_schema(),
+                    "output": item.tool.output_schema,
+                    "source": item.source,
                 }
-                for t in sorted(self.registry, key=lambda t: t.name)
+                for item in sorted(listed, key=lambda i: i.tool.name)
             ]
         }
 
