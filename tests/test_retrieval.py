@@ -448,3 +448,23 @@ def test_cli_index_commands_as_installed(tmp_path: Path) -> None:
     bad = cli("index", "build", str(tmp_path / "absent"), "--name", "x", cwd=tmp_path, env=env)
     assert bad.returncode == 1 and "is not a folder" in bad.stderr
     assert "index" in cli("--help", cwd=tmp_path).stdout
+
+
+def test_importing_the_retrieval_parts_loads_nothing_heavy() -> None:
+    """numpy, bm25s, torch and sentence-transformers load on the first build or search only:
+    `dagwright --help`, validation and the tool's registration stay light."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "import dagwright.retrieval, dagwright.tools.retrieve, dagwright.cli.main\n"
+        "from dagwright.tools import default_registry\n"
+        "assert 'retrieve' in default_registry\n"
+        "heavy = ('numpy', 'bm25s', 'torch', 'sentence_transformers', 'transformers')\n"
+        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
