@@ -140,15 +140,16 @@ def test_each_pending_migration_is_applied_once_in_order(
     )
     monkeypatch.setattr(migrations, "MIGRATIONS", counted)
     path = tmp_path / "t.db"
+    every = [m.version for m in counted]
     SqlTraceStore(str(path)).close()
-    assert ran == [1, 2, 3]
+    assert ran == every and every[:3] == [1, 2, 3]
     SqlTraceStore(str(path)).close()
-    assert ran == [1, 2, 3], "an up-to-date store runs no migration"
+    assert ran == every, "an up-to-date store runs no migration"
     with sqlite3.connect(path) as conn:  # as if the store were left at version 1
         conn.execute("DELETE FROM dagwright_schema WHERE version > 1")
     ran.clear()
     SqlTraceStore(str(path)).close()
-    assert ran == [2, 3] and _applied(path) == [1, 2, 3]
+    assert ran == every[1:] and _applied(path) == every
     with sqlite3.connect(path) as conn:  # a newer dagwright migrated it further: still opens
         conn.execute("INSERT INTO dagwright_schema VALUES (99, 'from the future', 0)")
     ran.clear()
