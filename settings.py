@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dagwright.errors import DagwrightError
+from dagwright.secret_values import NO_SECRETS, SECRET_PREFIX, SecretValues, read_secrets
 
 if TYPE_CHECKING:
     from dagwright.planner.limits import Limits
@@ -103,6 +104,11 @@ class Settings(BaseSettings):
     is empty; ``from_env`` falls back to ANTHROPIC_API_KEY."""
     model_seed: int = 0
     """DAGWRIGHT_MODEL_SEED: the seed sent with every model request, where supported."""
+    secrets_file: str = ""
+    """DAGWRIGHT_SECRETS_FILE: a file of secrets that steps read as ``${{ secrets.NAME }}``,
+    one ``NAME=value`` per line (dotenv-style, ``secret_values``); each
+    ``DAGWRIGHT_SECRET_<NAME>`` variable sets one too, and wins over the file."""
+    _step_secrets: SecretValues = PrivateAttr(default=NO_SECRETS)
 
     workflows: str = "workflows"
     """DAGWRIGHT_WORKFLOWS: the folder of known workflows (YAML files, each known by its
@@ -163,9 +169,11 @@ class Settings(BaseSettings):
             if name not in values and env.get(variable):
                 values[name] = env[variable]
         try:
-            return cls(**values)
+            settings = cls(**values)
         except ValidationError as exc:
             raise DagwrightError(_explain(exc, cls.model_fields)) from None
+        settings._step_secrets = read_secrets(env, settings.secrets_file)
+        return settings
 
     def limits(self) -> Limits:
         """The DAGWRIGHT_MAX_* limits, as the value core code receives."""
@@ -179,11 +187,18 @@ class Settings(BaseSettings):
             output_bytes=self.max_output_bytes,
         )
 
+    def step_secrets(self) -> SecretValues:
+        """The secrets steps may read (``${{ secrets.NAME }}``): read by ``from_env`` from the
+        DAGWRIGHT_SECRET_* variables and DAGWRIGHT_SECRETS_FILE; none otherwise."""
+        return self._step_secrets
+
     def secrets(self) -> tuple[str, ...]:
-        """The values that must never be recorded or printed: the API keys, and the passwords
-        in the URLs (trace store, broker, model cache, model endpoint)."""
+        """The values that must never be recorded or printed: the API keys, the passwords
+        in the URLs (trace store, broker, model cache, model endpoint) and the step secrets
+        (as they are and URL-encoded)."""
         keys = [self.model_api_key, self.openai_api_key, self.anthropic_api_key, self.api_token]
         keys += self.api_tokens
+        keys += self._step_secrets.redaction_forms()
         for url in (self.db, self.broker, self.model_cache, self.model_base_url):
             try:
                 password = urlsplit(url).password if "@" in url else None
@@ -230,7 +245,9 @@ def _reject_unknown(env: Mapping[str, str], known: list[str]) -> None:
     unknown = sorted(
         k
         for k in env
-        if k.startswith(PREFIX) and k not in known and not k.startswith(_IGNORED_PREFIX)
+        if k.startswith(PREFIX)
+        and k not in known
+        and not k.startswith((_IGNORED_PREFIX, SECRET_PREFIX))
     )
     if not unknown:
         return
