@@ -80,7 +80,7 @@ class HttpResponse(TypedDict):
     text: NotRequired[str]
 
 
-@tool("http.request")  # replay serves the recorded response: nothing is sent again
+@tool("http.request", secret_args=("headers", "params"))  # replay serves: nothing is sent again
 def http_request(
     url: Annotated[str, Field(min_length=1, max_length=8192, pattern=r"(?i)^https?://")],
     method: Annotated[Method, BeforeValidator(_upper)] = "GET",

@@ -88,6 +88,9 @@ class Tool:
     arguments and the model calls it makes, which replay serves) and check its output."""
     requires: Requires | None = None
     """Optional packages it needs, checked when a workflow using it is validated."""
+    secret_args: tuple[str, ...] = ()
+    """The arguments that may take ``${{ secrets.NAME }}`` (e.g. ``http.request``'s
+    ``headers``); validation refuses a secret anywhere else."""
     _output_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)
 
     def args_schema(self) -> dict[str, Any]:
@@ -118,6 +121,7 @@ def _build_tool(
     description: str | None,
     replay: str = "serve",
     requires: Requires | None = None,
+    secret_args: tuple[str, ...] = (),
 ) -> Tool:
     if replay not in REPLAY_MODES:
         raise DagwrightError(f"tool {name!r}: replay={replay!r}; use 'serve' or 'rerun'")
@@ -151,6 +155,12 @@ def _build_tool(
             fields[f"{pname}_"] = (annotation, Field(default, alias=pname))
         else:
             fields[pname] = (annotation, default)
+    unknown = [a for a in secret_args if a not in fields and f"{a}_" not in fields]
+    if unknown or isinstance(secret_args, str):
+        raise DagwrightError(
+            f"tool {name!r}: secret_args={secret_args!r} must be a tuple of its parameters' "
+            f"names (it has: {', '.join(fields) or 'none'})"
+        )
     model_name = "".join(part.title() for part in re.split(r"[._]", name)) + "Args"
     args_model = create_model(
         model_name, __config__=ConfigDict(extra=extra, populate_by_name=True), **fields
@@ -172,6 +182,7 @@ def _build_tool(
         context_param=context_param,
         replay=replay,
         requires=requires,
+        secret_args=tuple(secret_args),
         _output_adapter=output_adapter,
     )
 
@@ -215,9 +226,10 @@ class ToolRegistry:
         description: str | None = None,
         replay: str = "serve",
         requires: Requires | None = None,
+        secret_args: tuple[str, ...] = (),
     ) -> Tool:
         self._load_builtins()
-        t = _build_tool(fn, name or fn.__name__, description, replay, requires)
+        t = _build_tool(fn, name or fn.__name__, description, replay, requires, secret_args)
         existing = self._tools.get(t.name)
         if existing is not None and existing.fn is not fn:
             same_source = getattr(existing.fn, "__module__", None) == getattr(
@@ -238,9 +250,11 @@ class ToolRegistry:
         description: str | None = None,
         replay: str = "serve",
         requires: Requires | None = None,
+        secret_args: tuple[str, ...] = (),
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(fn, name=name, description=description, replay=replay, requires=requires)
+            self.register(fn, name=name, description=description, replay=replay,
+                          requires=requires, secret_args=secret_args)  # fmt: skip
             return fn
 
         return decorate
@@ -377,6 +391,7 @@ def tool(
     description: str | None = None,
     replay: str = "serve",
     requires: Requires | None = None,
+    secret_args: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function as a tool::
 
@@ -394,14 +409,16 @@ def tool(
 
     ``requires``: optional packages the tool needs (``Requires``); a workflow that uses it while
     one is missing fails validation with the install command.
+
+    ``secret_args``: the parameters that may take ``${{ secrets.NAME }}`` (e.g.
+    ``("headers",)``); a secret in any other argument fails validation.
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         targets = _collect_stack[-1:] or [default_registry]
         for registry in targets:
-            t = registry.register(
-                fn, name=name, description=description, replay=replay, requires=requires
-            )
+            t = registry.register(fn, name=name, description=description, replay=replay,
+                                  requires=requires, secret_args=secret_args)  # fmt: skip
             _module_tools.setdefault(fn.__module__, {})[t.name] = t
         return fn
 
