@@ -7,7 +7,7 @@ cycles) on the parts of the file that did parse.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,11 @@ def _semantic_issues(
     base_dir: Path | None,
     registry: ToolRegistry,
     modules: Sequence[str],
+    secrets: Collection[str] | None = None,
 ) -> tuple[ToolRegistry, list[PlanIssue]]:
     registry, issues = load_tool_modules(registry, modules)
     registry, more = registry_for(wf, registry, base_dir, source, modules)
-    return registry, issues + more + validate(wf, registry, source)
+    return registry, issues + more + validate(wf, registry, source, secrets=secrets)
 
 
 def prepare(
@@ -53,6 +54,7 @@ def prepare(
     inputs_as_text: bool = False,
     allow_tool_modules: bool = True,
     limits: Limits | None = None,
+    secrets: Collection[str] | None = None,
 ) -> Prepared:
     """Everything a run needs from a workflow file; raises PlanError listing every problem.
 
@@ -60,7 +62,8 @@ def prepare(
     ``allow_tool_modules=False``: the workflow's ``tools:`` may name no module, as for a
     workflow given as text (registered tools only); with True (the CLI's, for files), modules
     in the file's folder and ``tool_modules``' (``tool_modules.registry_for``).
-    ``limits`` bound the file, its steps and nesting, and the inputs (default ``Limits()``)."""
+    ``limits`` bound the file, its steps and nesting, and the inputs (default ``Limits()``).
+    ``secrets``: the names of the secrets the run will have, checked (``validate``)."""
     path = Path(path)
     base_dir = path.resolve().parent if allow_tool_modules else None
     return _prepared(
@@ -72,6 +75,7 @@ def prepare(
         inputs_required=inputs_required,
         inputs_as_text=inputs_as_text,
         limits=limits,
+        secrets=secrets,
     )
 
 
@@ -83,6 +87,7 @@ def prepare_text(
     limits: Limits | None = None,
     name: str = "<workflow_yaml>",
     inputs_required: bool = True,
+    secrets: Collection[str] | None = None,
 ) -> Prepared:
     """``prepare`` for a workflow given as YAML text (an API body): registered tools only (its
     ``tools:`` may name no module), inputs as JSON values. ``name`` stands for the file in the
@@ -96,6 +101,7 @@ def prepare_text(
         inputs_required=inputs_required,
         inputs_as_text=False,
         limits=limits,
+        secrets=secrets,
     )
 
 
@@ -116,17 +122,20 @@ def _prepared(
     inputs_required: bool,
     inputs_as_text: bool,
     limits: Limits | None,
+    secrets: Collection[str] | None = None,
 ) -> Prepared:
     try:
         loaded = load()
     except PlanError as exc:
         if isinstance(exc.partial, Workflow) and isinstance(exc.source, Source):
-            _, more = _semantic_issues(exc.partial, exc.source, base_dir, registry, tool_modules)
+            _, more = _semantic_issues(
+                exc.partial, exc.source, base_dir, registry, tool_modules, secrets
+            )
             seen = {(i.line, i.field) for i in exc.issues}
             exc.issues += [i for i in more if (i.line, i.field) not in seen]
         raise
     wf, source = loaded.workflow, loaded.source
-    registry, issues = _semantic_issues(wf, source, base_dir, registry, tool_modules)
+    registry, issues = _semantic_issues(wf, source, base_dir, registry, tool_modules, secrets)
     resolved: dict[str, Any] = {}
     over = inputs_over_limits(wf, inputs or {}, limits or Limits(), inputs_as_text, source)
     issues += over

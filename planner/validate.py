@@ -3,12 +3,14 @@
 Checks: unknown tools, ``with`` arguments against each tool's typed signature, references to
 steps/inputs/output paths that cannot exist, unknown ``needs``, duplicate ids, cycles (printed),
 verify checks that cannot be evaluated, expressions that read what the sandbox refuses
-(``__class__``, ``__globals__``, ``mro``…), input defaults of the wrong type, and — when run inputs
-are given — missing, unknown or ill-typed inputs.
+(``__class__``, ``__globals__``, ``mro``…), secrets read where a tool takes none or under a name
+not set (``planner.secret_refs``), input defaults of the wrong type, and — when run inputs are
+given — missing, unknown or ill-typed inputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,6 +30,7 @@ from dagwright.planner.references import (
 )
 from dagwright.planner.regex import RegexError, compile_regex, schema_problems
 from dagwright.planner.schema import Step, Workflow
+from dagwright.planner.secret_refs import SECRETS, secret_problems, where_secrets_go
 from dagwright.planner.source import Path_, Source, did_you_mean
 from dagwright.tools.registry import Tool, ToolRegistry
 
@@ -35,10 +38,17 @@ from dagwright.tools.registry import Tool, ToolRegistry
 
 
 class _Validator:
-    def __init__(self, workflow: Workflow, registry: ToolRegistry, source: Source) -> None:
+    def __init__(
+        self,
+        workflow: Workflow,
+        registry: ToolRegistry,
+        source: Source,
+        secrets: Collection[str] | None = None,
+    ) -> None:
         self.wf = workflow
         self.registry = registry
         self.source = source
+        self.secrets = None if secrets is None else {s.upper() for s in secrets}
         self.issues: list[PlanIssue] = []
         self.step_ids: dict[str, int] = {}
         self.tools: dict[str, Tool] = {}
@@ -133,7 +143,10 @@ class _Validator:
                     field="needs",
                     hint=hint,
                 )
-        ref_locs = self.check_value(step.with_, (*at, "with"), step=step.id, field="with")
+        ref_locs = self.check_value(
+            step.with_, (*at, "with"), step=step.id, field="with",
+            secret_args=tool.secret_args if tool is not None else None,
+        )  # fmt: skip
         if tool is not None:
             self.check_requires(tool, step, at)
             self.check_args(tool, step, at, ref_locs)
@@ -189,8 +202,18 @@ class _Validator:
                     )
 
     # references
-    def check_value(self, value: Any, at: Path_, *, step: str | None, field: str) -> list[Path_]:
-        """Check every expression in a value; return where the references sit inside it."""
+    def check_value(
+        self,
+        value: Any,
+        at: Path_,
+        *,
+        step: str | None,
+        field: str,
+        secret_args: Collection[str] | None = (),
+    ) -> list[Path_]:
+        """Check every expression in a value; return where the references sit inside it.
+        ``secret_args``: the top-level keys under which a secret may be read (a step's
+        ``with``: its tool's; None: any, its tool being unknown)."""
         locs: list[Path_] = []
         try:
             found = list(expressions_in(value))
@@ -200,15 +223,17 @@ class _Validator:
         for loc, expr in found:
             locs.append(loc)
             where = ".".join([field, *map(str, loc)])
-            self.check_expression(
-                expr, (*at, *loc), step=step, field=where, allowed_roots={"inputs", "steps"}
-            )
+            secret_ok = secret_args is None or (bool(loc) and loc[0] in secret_args)
+            roots = {"inputs", "steps", SECRETS} if secret_ok else {"inputs", "steps"}
+            self.check_expression(expr, (*at, *loc), step=step, field=where, allowed_roots=roots)
         return locs
 
     def check_expression(
         self, expr: Expression, at: Path_, *, step: str | None, field: str, allowed_roots: set[str]
     ) -> None:
-        for name in sorted(expr.names() - set(SAFE_GLOBALS) - allowed_roots):
+        if SECRETS in expr.names():
+            self.check_secret(expr, at, step=step, field=field, allowed=SECRETS in allowed_roots)
+        for name in sorted(expr.names() - set(SAFE_GLOBALS) - allowed_roots - {SECRETS}):
             self.add(
                 f"unknown name {name!r} in ${{{{ {expr.source} }}}}",
                 at,
@@ -236,6 +261,25 @@ class _Validator:
                 problem = self.ref_problem(ref, step)
                 if problem:
                     self.add(problem[0], at, step=step, field=field, hint=problem[1])
+
+    def check_secret(
+        self, expr: Expression, at: Path_, *, step: str | None, field: str, allowed: bool
+    ) -> None:
+        """``${{ secrets.NAME }}`` where a secret may go (``planner.secret_refs``)."""
+        if not allowed:
+            tool = self.tools.get(step) if step is not None else None
+            self.add(
+                f"${{{{ {expr.source} }}}}: a secret may not be used in {field}",
+                at,
+                step=step,
+                field=field,
+                hint=where_secrets_go(
+                    tool.name if tool else None, tool.secret_args if tool else ()
+                ),
+            )
+            return
+        for message, hint in secret_problems(expr, self.secrets):
+            self.add(message, at, step=step, field=field, hint=hint)
 
     def ref_problem(self, ref: Ref, step: str | None) -> tuple[str, str | None] | None:
         if ref.root == "inputs":
@@ -416,14 +460,28 @@ def _schema_summary(tool: Tool) -> str:
 
 
 def validate(
-    workflow: Workflow, registry: ToolRegistry, source: Source | None = None
+    workflow: Workflow,
+    registry: ToolRegistry,
+    source: Source | None = None,
+    *,
+    secrets: Collection[str] | None = None,
 ) -> list[PlanIssue]:
-    """Every problem in a parsed workflow (empty when it is valid)."""
-    return _Validator(workflow, registry, source or Source()).run()
+    """Every problem in a parsed workflow (empty when it is valid).
+
+    ``secrets``: the names of the secrets the run will have (``Settings.step_secrets()``):
+    a ``${{ secrets.NAME }}`` naming another is a problem. None: names are not checked (the
+    secrets are those of the workers that will run the steps), only where secrets are used."""
+    return _Validator(workflow, registry, source or Source(), secrets).run()
 
 
-def check(workflow: Workflow, registry: ToolRegistry, source: Source | None = None) -> None:
-    issues = validate(workflow, registry, source)
+def check(
+    workflow: Workflow,
+    registry: ToolRegistry,
+    source: Source | None = None,
+    *,
+    secrets: Collection[str] | None = None,
+) -> None:
+    issues = validate(workflow, registry, source, secrets=secrets)
     if issues:
         raise PlanError(issues)
 
