@@ -41,11 +41,13 @@ from dagwright.executors.lifecycle import (
 )
 from dagwright.executors.runner import EVAL_TIMEOUT, Attempt
 from dagwright.executors.store.base import TraceStore
+from dagwright.executors.store.redacting import redacting
 from dagwright.planner.inputs import resolve_inputs
 from dagwright.planner.limits import Limits
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
 from dagwright.planner.validate import validate
+from dagwright.secret_values import NO_SECRETS, SecretValues
 from dagwright.tools.registry import ToolRegistry, default_registry
 
 ADMISSION_POLL = 0.2
@@ -78,6 +80,7 @@ class LocalExecutor:
         lease_every: float = 5.0,
         limits: Limits | None = None,
         eval_timeout: float = EVAL_TIMEOUT,
+        secrets: SecretValues = NO_SECRETS,
     ) -> None:
         """``replanner`` (``lifecycle.Replanner``) revises the plan when a step with
         ``on_failure: replan`` fails for good (the CLI wires the planner's model).
@@ -91,9 +94,15 @@ class LocalExecutor:
         ``limits.output_bytes``: an attempt's largest output, as JSON (default ``Limits()``).
 
         ``eval_timeout`` (DAGWRIGHT_EVAL_TIMEOUT): seconds for resolving a step's arguments, and
-        for its checks, when the step has no ``timeout:`` (``runner.Attempt``)."""
+        for its checks, when the step has no ``timeout:`` (``runner.Attempt``).
+
+        ``secrets`` (``Settings.step_secrets()``): what ``${{ secrets.NAME }}`` reads; a run
+        naming another is refused when it starts. Their values are never recorded: the store
+        redacts them (wrapped when it did not already)."""
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
+        self.secrets = secrets
+        store = redacting(store, secrets.redaction_forms())
         self.store = store
         self.registry = registry or default_registry
         self.max_parallel = max_parallel
@@ -155,7 +164,7 @@ class LocalExecutor:
         lineage: dict[str, Any] | None = None,
         priority: int = 0,
     ) -> RunResult:
-        issues = validate(workflow, self.registry)
+        issues = validate(workflow, self.registry, secrets=self.secrets)
         if issues:
             raise PlanError(issues)
         resolved = resolve_inputs(workflow, dict(inputs or {}))  # defaults filled, types checked
@@ -424,26 +433,28 @@ class _Run:
             eval_timeout=self.x.eval_timeout,
             pool=self.pool,
             max_output_bytes=self.x.limits.output_bytes,
+            secrets=self.x.secrets,
         )  # the attempt's time budget starts: resolving, the tool and the checks count
         args, failed = await run.resolve()
+        shown = run.redacted(args)  # as recorded, and compared in a replay: no secret
         replay = self.x.replayer
         rev = self.state.revisions
         if replay is not None and replay.cancelled_before(rev, sid, attempt):
             await self.wait_for_cancel()
-        self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=args))
+        self.emit(self.event(ev.ATTEMPT_STARTED, sid, attempt, attempt_id=attempt_id, inputs=shown))
         if replay is None:
             return failed or await self.call(sid, attempt, tool, args, run)
-        if not failed and replay.cancelled_during(rev, sid, attempt, args):
+        if not failed and replay.cancelled_during(rev, sid, attempt, shown):
             for d in replay.pending():
                 self.emit(Event(ev.REPLAY_DIVERGED, self.run_id, self.x.clock(), sid, attempt,
                                 d.as_dict()))  # fmt: skip
             await self.wait_for_cancel()
-        outcome = failed or replay.served(rev, sid, attempt, tool, args)
+        outcome = failed or replay.served(rev, sid, attempt, tool, shown)
         if outcome is None:
             outcome = await self.call(
                 sid, attempt, tool, args, run, replay.models(rev, sid, attempt)
             )
-        for d in replay.observe(rev, sid, attempt, args, outcome):
+        for d in replay.observe(rev, sid, attempt, shown, outcome):
             at = self.x.clock()
             self.emit(Event(ev.REPLAY_DIVERGED, self.run_id, at, sid, attempt, d.as_dict()))
         return outcome

@@ -47,6 +47,7 @@ from dagwright.executors.lifecycle import abandoned
 from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.limits import Limits
 from dagwright.planner.schema import Workflow
+from dagwright.secret_values import NO_SECRETS, SecretValues
 from dagwright.tools.registry import Tool, ToolRegistry
 
 Key = tuple[int, str, int]  # (plan revision, step, attempt)
@@ -354,12 +355,16 @@ def replay_run(
     limits: Limits | None = None,
     heartbeat: float = 5.0,
     now: float | None = None,
+    secrets: SecretValues = NO_SECRETS,
 ) -> ReplayReport:
     """Replay a recorded run of ``store``; the replay is recorded in ``into`` (default: the
     same store, as a run linked to the recorded one). ``limits``: the settings' limits
     (``Settings.limits()``; default ``Limits()``), e.g. on the output of a tool run again.
     ``heartbeat`` (DAGWRIGHT_HEARTBEAT) and ``now`` tell a local run whose process is gone
-    (``lifecycle.abandoned``): it replays as abandoned, though it was not closed yet."""
+    (``lifecycle.abandoned``): it replays as abandoned, though it was not closed yet.
+    ``secrets`` (``Settings.step_secrets()``): what ``${{ secrets.NAME }}`` reads, as in the
+    recorded run; the recording holds ``[REDACTED]`` where the replay resolves a secret, and
+    the replay compares its inputs redacted the same way."""
     from dagwright.executors.local import LocalExecutor
 
     record = store.get_run(run_id)
@@ -374,6 +379,7 @@ def replay_run(
         replanner=replayer.replanner if replayer.revisions else None,
         replayer=replayer,
         limits=limits,
+        secrets=secrets,
     )
     started = time.perf_counter()
     result = executor.run(
@@ -386,7 +392,7 @@ def replay_run(
     seconds = time.perf_counter() - started
     final = replayer.finish(result.state)
     if final:
-        target.append(result.run_id, [divergence_event(result.run_id, d) for d in final])
+        executor.store.append(result.run_id, [divergence_event(result.run_id, d) for d in final])
     return ReplayReport(
         run_id=result.run_id,
         recorded_run_id=record.run_id,

@@ -12,6 +12,11 @@ through ``run_sync`` on a loop of their thread's own.
 - With no ``timeout:``, the tool is not bounded, but the evaluation is: resolving the arguments
   and running the checks (each run of checks without a model call) get ``eval_timeout``
   seconds each (``DAGWRIGHT_EVAL_TIMEOUT``), else the attempt is ``timed_out`` as well.
+- ``${{ secrets.NAME }}`` in the ``with`` resolves from the attempt's ``secrets`` (the
+  executor's, from the settings), and nothing else can read them (its checks cannot). The
+  tool gets the real values; what the attempt hands back — its output, error and checks, and
+  ``redacted(args)`` for the record — has every secret value replaced by ``[REDACTED]``, so
+  later steps, the trace and a replay's comparison never see one.
 
 Expressions and checks are CPU work that asyncio cannot interrupt, so they run in the thread
 pool while the loop waits with the remaining budget: the loop stays responsive and records the
@@ -43,6 +48,8 @@ from dagwright.executors.engine.outcome import FAILED, SUCCEEDED, TIMED_OUT, Out
 from dagwright.executors.engine.verify import Judge, run_check
 from dagwright.planner.references import ExpressionError, expressions_in
 from dagwright.planner.schema import Check, Step
+from dagwright.planner.secret_refs import SECRETS, secret_names_in
+from dagwright.secret_values import NO_SECRETS, SecretValues
 from dagwright.tools.registry import Tool, ToolContext
 
 T = TypeVar("T")
@@ -63,7 +70,7 @@ class Attempt:
     ``context`` is what the step's references read (its ``with`` and its checks). ``pool`` runs
     plain-function tools, expressions and checks (default: a thread of the attempt's own,
     ``close()`` lets it go). An output bigger than ``max_output_bytes`` as JSON fails the
-    attempt (not retryable)."""
+    attempt (not retryable). ``secrets``: what ``${{ secrets.NAME }}`` in its ``with`` reads."""
 
     def __init__(
         self,
@@ -74,9 +81,12 @@ class Attempt:
         eval_timeout: float = EVAL_TIMEOUT,
         pool: Executor | None = None,
         max_output_bytes: int | None = None,
+        secrets: SecretValues = NO_SECRETS,
     ) -> None:
         self.step = step
         self.context = context
+        self.secrets = secrets
+        self.redactor = secrets.redactor()
         self.number = number
         self.eval_timeout = eval_timeout
         self.max_output_bytes = max_output_bytes
@@ -121,7 +131,15 @@ class Attempt:
 
     def _done(self, outcome: Outcome) -> Outcome:
         outcome.duration = round(time.perf_counter() - self.started, 6)
+        if self.redactor:
+            outcome.output = self.redacted(outcome.output)
+            outcome.error = self.redacted(outcome.error)
+            outcome.checks = self.redacted(outcome.checks)
         return outcome
+
+    def redacted(self, value: Any) -> Any:
+        """``value`` with the secrets' values replaced (``[REDACTED]``): as it is recorded."""
+        return self.redactor.value(value)
 
     def _timed_out(self, doing: str | None, output: Any = None) -> Outcome:
         step = self.step
@@ -142,7 +160,14 @@ class Attempt:
         """The step's ``with`` rendered, or the outcome that ends the attempt (a reference that
         cannot resolve: failed, not retryable; past the budget: timed out)."""
         step = self.step
-        resolve = functools.partial(render_args, step.id, step.with_, self.context)
+        context = self.context
+        wanted = list(dict.fromkeys(secret_names_in(step.with_)))
+        if wanted:
+            missing = [name for name in wanted if name not in self.secrets]
+            if missing:
+                return None, self._done(_no_secret(step, missing))
+            context = {**context, SECRETS: self.secrets}
+        resolve = functools.partial(render_args, step.id, step.with_, context)
         if _plain(step.with_):
             args, failed = resolve()
         else:
@@ -175,7 +200,7 @@ class Attempt:
                 loop = asyncio.get_running_loop()
                 call = loop.run_in_executor(self.pool, functools.partial(tool.fn, **kwargs))
             result = await (asyncio.wait_for(call, limit) if limit is not None else call)
-            output = tool.to_json(result)
+            output = self.redacted(tool.to_json(result))
         except TimeoutError:
             return self._timed_out(None)
         except StepError as exc:
@@ -227,6 +252,18 @@ def _plain(value: Any) -> bool:
         return all(e.is_path for _, e in expressions_in(value))
     except ExpressionError:  # resolving says what is wrong with it
         return True
+
+
+def _no_secret(step: Step, names: list[str]) -> Outcome:
+    """The step reads a secret this process does not have (not retryable)."""
+    msg = (
+        f"step {step.id!r}: secret {', '.join(map(repr, names))} is not set where the step "
+        f"runs: set DAGWRIGHT_SECRET_{names[0]} (or add it to DAGWRIGHT_SECRETS_FILE) in the "
+        "environment of the process that runs steps (each Celery worker reads its own)"
+    )
+    error = error_info(None, kind="error", message=msg, retryable=False)
+    error["type"] = "SecretNotSet"
+    return Outcome(FAILED, error=error)
 
 
 def _batches(checks: list[Check]) -> list[list[tuple[int, Check]]]:

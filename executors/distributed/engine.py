@@ -42,10 +42,12 @@ from dagwright.executors.lifecycle import (
 )
 from dagwright.executors.runner import EVAL_TIMEOUT, Attempt, run_sync
 from dagwright.executors.store.base import RunRecord, TraceStore
+from dagwright.executors.store.redacting import redacting
 from dagwright.planner.inputs import resolve_inputs
 from dagwright.planner.limits import Limits
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
+from dagwright.secret_values import NO_SECRETS, SecretValues
 from dagwright.tools.registry import ToolRegistry
 
 
@@ -89,6 +91,7 @@ class Engine:
         limits: Limits | None = None,
         eval_timeout: float = EVAL_TIMEOUT,
         executor: str = "celery",
+        secrets: SecretValues = NO_SECRETS,
     ) -> None:
         """``executor``: the name recorded with the runs this engine starts; its sweep takes
         only runs of that name (``celery``: Celery workers; ``api``: the API server's own
@@ -98,7 +101,12 @@ class Engine:
         (the Celery app uses it to wake clients waiting for the run).
 
         ``eval_timeout`` (DAGWRIGHT_EVAL_TIMEOUT): seconds for resolving a step's arguments, and
-        for its checks, when the step has no ``timeout:`` (``runner.Attempt``)."""
+        for its checks, when the step has no ``timeout:`` (``runner.Attempt``).
+
+        ``secrets`` (``Settings.step_secrets()``, this process's): what ``${{ secrets.NAME }}``
+        reads in the attempts it executes; never recorded (the store redacts them)."""
+        self.secrets = secrets
+        store = redacting(store, secrets.redaction_forms())
         self.store = store
         self.replanner = replanner
         self.on_finished = on_finished
@@ -371,6 +379,7 @@ class Engine:
             number=d.attempt,
             eval_timeout=self.eval_timeout,
             max_output_bytes=self.limits.output_bytes,
+            secrets=self.secrets,
         )  # the attempt's time budget starts: resolving, the tool and the checks count
         try:
             args, failed = run_sync(attempt.resolve())  # not under the lock: it may be slow
@@ -380,7 +389,7 @@ class Engine:
                 self.clock(),
                 d.step,
                 d.attempt,
-                {"attempt_id": d.attempt_id, "inputs": args},
+                {"attempt_id": d.attempt_id, "inputs": attempt.redacted(args)},
             )
             self._absorb(d.run_id, self.store.append(d.run_id, [started]))
             outcome = failed or self._call(d, plan, registry, state, attempt, args)

@@ -1,11 +1,12 @@
 """A trace store that never keeps a known secret: ``RedactingStore(inner, redactor)`` redacts
 every recorded event's data, every run record and every cached answer before the inner store
-sees them (``open_store(target, secrets=...)`` wraps the store it opens when there are any)."""
+sees them (``open_store(target, secrets=...)`` wraps the store it opens when there are any;
+``redacting(store, secrets)`` makes sure a store an executor was given redacts its secrets)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from dagwright.executors.engine.events import Event
@@ -95,4 +96,18 @@ class RedactingStore:
         self.inner.close()
 
 
-__all__ = ["RedactingStore"]
+def redacting(store: TraceStore, secrets: Iterable[str]) -> TraceStore:
+    """``store``, redacting ``secrets`` too: itself when it redacts them all already (or there
+    are none), else a ``RedactingStore`` over it (one, also when it was one already)."""
+    wanted = Redactor(secrets)
+    if not wanted:
+        return store
+    if isinstance(store, RedactingStore):
+        if set(wanted.secrets) <= set(store.redactor.secrets):
+            return store
+        both = Redactor((*store.redactor.secrets, *wanted.secrets))
+        return RedactingStore(store.inner, both)
+    return RedactingStore(store, wanted)
+
+
+__all__ = ["RedactingStore", "redacting"]
