@@ -42,6 +42,7 @@ def open_service(settings: Settings, *, executor: str = "local") -> RunService:
         "limits": settings.limits(),
         "eval_timeout": settings.eval_timeout,
         "replanner": replanner(None, "", settings),  # DAGWRIGHT_MODEL's, for on_failure: replan
+        "secrets": settings.step_secrets(),  # for the server's own threads' attempts
     }
     runtime: Any
     if executor == "celery":

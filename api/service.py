@@ -29,6 +29,8 @@ from dagwright.executors.wiring import plan_task
 from dagwright.planner.catalog import Catalog
 from dagwright.planner.prepare import prepare, prepare_text
 from dagwright.planner.schema import Workflow
+from dagwright.planner.secret_refs import secret_uses
+from dagwright.planner.source import Source
 from dagwright.redact import Redactor
 from dagwright.settings import Settings
 from dagwright.tools.registry import ToolRegistry
@@ -135,12 +137,15 @@ class RunService:
                 tool_modules=self.settings.tools,
                 inputs=body.inputs,
                 limits=self.limits,
+                # the server's threads run it with its secrets; Celery workers, with theirs
+                secrets=self.settings.step_secrets() if self.executor == "api" else None,
             )
             return Ready(p.workflow, p.inputs, source=str(entry.path))
         if body.workflow_yaml is not None:
             p = prepare_text(
                 body.workflow_yaml, self.registry, inputs=body.inputs, limits=self.limits
             )
+            _no_secrets(p.workflow, p.source, "a workflow given as text")
             return Ready(p.workflow, p.inputs)
         assert body.task is not None
         model = body.model or self.settings.model
@@ -150,6 +155,7 @@ class RunService:
             )
             raise PlanError([issue])
         planned = plan_task(body.task, model, self.registry, self.settings, self.store)
+        _no_secrets(planned.workflow, Source(), "a plan written by a model")
         from dagwright.planner.inputs import resolve_inputs
 
         inputs = resolve_inputs(planned.workflow, body.inputs)
@@ -230,6 +236,8 @@ class RunService:
             heartbeat=self.settings.heartbeat,
             limits=self.limits,
         )
+        if body is not None and body.workflow_yaml is not None:
+            _no_secrets(derivation.workflow, Source(), "a workflow given as text")
         ready = Ready(
             derivation.workflow,
             derivation.inputs,
@@ -340,6 +348,7 @@ class RunService:
             registry,
             limits=self.limits,
             heartbeat=self.settings.heartbeat,
+            secrets=self.settings.step_secrets(),
         )
         return self.redactor.value(report.as_dict())  # type: ignore[no-any-return]
 
@@ -398,6 +407,24 @@ class RunService:
         if stop is not None:
             stop()
         self.store.close()
+
+
+def _no_secrets(workflow: Workflow, source: Source, what: str) -> None:
+    """Secrets go only to the workflows the operator put in DAGWRIGHT_WORKFLOWS: a workflow
+    from a request body (or a model) could send them to any host (docs/security.md)."""
+    issues = [
+        source.issue(
+            f"{what} cannot read secrets",
+            path,
+            step=step,
+            field=field,
+            hint="put the workflow in the server's DAGWRIGHT_WORKFLOWS folder and submit it "
+            "by name",
+        )
+        for path, step, field in secret_uses(workflow)
+    ]
+    if issues:
+        raise PlanError(issues)
 
 
 def _encode_cursor(at: float, run_id: str) -> str:

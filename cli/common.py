@@ -129,8 +129,10 @@ def _parse_inputs(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _prepare(
-    file: Path, pairs: list[str] | None, *, inputs_required: bool
+    file: Path, pairs: list[str] | None, *, inputs_required: bool, check_secrets: bool = True
 ) -> tuple[Workflow, ToolRegistry, dict[str, Any]]:
+    """``check_secrets``: the secrets the workflow reads must be set here (False for a run on
+    Celery workers, whose own settings have them)."""
     from dagwright.planner.prepare import prepare
     from dagwright.tools import default_registry
 
@@ -143,6 +145,7 @@ def _prepare(
         inputs_required=inputs_required,
         inputs_as_text=True,
         limits=settings.limits(),
+        secrets=settings.step_secrets() if check_secrets else None,
     )
     return ready.workflow, ready.registry, ready.inputs
 

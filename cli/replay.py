@@ -18,6 +18,7 @@ from dagwright.cli.common import (
     _exit,
     _json,
     _print_issues,
+    _redacted,
     _settings,
     _store,
     out,
@@ -77,8 +78,10 @@ def replay_cmd(
         into=MemoryTraceStore() if no_record else None,
         limits=settings.limits(),
         heartbeat=settings.heartbeat,
+        secrets=settings.step_secrets(),
     )
     store.close()
+    report.divergences = _redacted(report.divergences)  # what is printed holds no secret
     if as_json:
         _json(report.as_dict())
     else:

@@ -89,7 +89,9 @@ def run_cmd(
             wf, registry, run_inputs, prelude = _plan_for_run(task, model, inputs, db)
         else:
             assert file is not None
-            wf, registry, run_inputs = _prepare(file, inputs, inputs_required=True)
+            wf, registry, run_inputs = _prepare(
+                file, inputs, inputs_required=True, check_secrets=executor_name == "local"
+            )
     except PlanError as exc:
         _invalid(exc, as_json, status="invalid")
     source = str(file.resolve()) if file is not None else None
@@ -162,6 +164,7 @@ def _execute(
             lease_every=settings.heartbeat,
             limits=settings.limits(),
             eval_timeout=settings.eval_timeout,
+            secrets=settings.step_secrets(),
         )
         run_id = run_id or local.id_factory()
         try:

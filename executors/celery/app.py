@@ -148,6 +148,7 @@ class Runtime:
                 on_finished=self._announce,
                 limits=s.limits(),
                 eval_timeout=s.eval_timeout,
+                secrets=s.step_secrets(),  # this worker's: DAGWRIGHT_SECRET_*, SECRETS_FILE
             )
         return self._engines[pid]
 
