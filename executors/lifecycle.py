@@ -31,6 +31,7 @@ from dagwright.executors.engine.events import Event
 from dagwright.executors.store.base import RunRecord, TraceStore, lineage_fields
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
+from dagwright.planner.secret_refs import secrets_added
 from dagwright.planner.tool_modules import registry_for_run
 from dagwright.planner.validate import validate
 from dagwright.tools.registry import ToolContext, ToolRegistry
@@ -246,7 +247,7 @@ class Replanning:
             revised = self.replanner(plan.workflow, outputs, failure, self.registry, record)
         except Exception as exc:  # noqa: BLE001 - the run then fails with the step's own error
             return Revision(calls, f"replanning failed: {exc}")
-        issues = validate(revised, self.registry)
+        issues = validate(revised, self.registry) + secrets_added(plan.workflow, revised)
         if issues:
             problems = "; ".join(str(i) for i in issues[:5])
             return Revision(calls, f"the revised plan is not valid: {problems}")

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
+from dagwright.errors import PlanIssue
 from dagwright.planner.references import Expression, expressions_in
-from dagwright.planner.source import Path_, did_you_mean
+from dagwright.planner.source import Path_, Source, did_you_mean
 
 if TYPE_CHECKING:
     from dagwright.planner.schema import Workflow
@@ -51,6 +52,23 @@ def secret_uses(workflow: Workflow) -> Iterator[tuple[Path_, str, str]]:
             if SECRETS in expr.names():
                 field = ".".join(["with", *map(str, loc)])
                 yield ("steps", i, "with", *loc), step.id, field
+
+
+def secrets_added(original: Workflow, revised: Workflow) -> list[PlanIssue]:
+    """A plan revised by a model may keep the secret-reading steps the workflow had (same tool,
+    same ``with``), never add or change one: it could send the secret anywhere."""
+    kept = [(s.uses, s.with_) for s in original.steps]
+    return [
+        Source().issue(
+            "a revised plan may not read secrets in a step the workflow did not have as it is",
+            path,
+            step=step_id,
+            field=field,
+            hint="only the steps of the workflow as written may read secrets",
+        )
+        for path, step_id, field in secret_uses(revised)
+        if (revised.steps[int(path[1])].uses, revised.steps[int(path[1])].with_) not in kept
+    ]
 
 
 def where_secrets_go(tool_name: str | None, secret_args: Collection[str]) -> str:
@@ -97,5 +115,6 @@ __all__ = [
     "secret_names_in",
     "secret_problems",
     "secret_uses",
+    "secrets_added",
     "where_secrets_go",
 ]

@@ -378,3 +378,26 @@ def test_user_tools_take_secrets_only_where_they_declare_them() -> None:
 
 def test_read_secrets_reads_the_mapping_it_is_given_and_no_other() -> None:
     assert dict(read_secrets({"DAGWRIGHT_SECRET_K": "abcdefgh", "OTHER": "x"})) == {"K": "abcdefgh"}
+
+
+def test_a_revised_plan_keeps_the_workflow_s_secret_steps_and_adds_none(server: HttpServer) -> None:
+    call = {"id": "call", "uses": "http.request", "with": {
+        "url": server.url("/echo"), "allow_hosts": ["127.0.0.1"],
+        "headers": {"Authorization": "Bearer ${{ secrets.API_TOKEN }}"}}}  # fmt: skip
+    boom = {"id": "boom", "uses": "flaky", "needs": ["call"], "on_failure": "replan",
+            "with": {"fail_times": 9}}  # fmt: skip
+    original = Workflow.model_validate({"name": "r", "steps": [call, boom]})
+
+    def revising(steps: list[dict[str, Any]]) -> Any:
+        return lambda *_: Workflow.model_validate({"name": "r", "steps": steps})
+
+    fixed = {"id": "fixed", "uses": "echo", "needs": ["call"], "with": {"ok": True}}
+    kept = LocalExecutor(MemoryTraceStore(), default_registry, secrets=SECRETS,
+                         replanner=revising([call, fixed])).run(original)  # fmt: skip
+    assert kept.status == "succeeded", kept.error
+    evil = {**call, "id": "leak", "with": {**call["with"], "url": server.url("/echo?to=elsewhere")}}
+    added = LocalExecutor(MemoryTraceStore(), default_registry, secrets=SECRETS,
+                          replanner=revising([call, evil])).run(original)  # fmt: skip
+    assert added.status == "failed"
+    assert "a revised plan may not read secrets" in json.dumps(added.error)
+    assert sum(1 for r in server.requests if "elsewhere" in r.path) == 0
