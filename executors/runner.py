@@ -261,8 +261,13 @@ def _no_secret(step: Step, names: list[str]) -> Outcome:
         f"runs: set DAGWRIGHT_SECRET_{names[0]} (or add it to DAGWRIGHT_SECRETS_FILE) in the "
         "environment of the process that runs steps (each Celery worker reads its own)"
     )
-    error = error_info(None, kind="error", message=msg, retryable=False)
-    error["type"] = "SecretNotSet"
+    return _refused("SecretNotSet", msg)
+
+
+def _refused(kind: str, message: str) -> Outcome:
+    """A failed outcome no retry can change, with its error's ``type``."""
+    error = error_info(None, kind="error", message=message, retryable=False)
+    error["type"] = kind
     return Outcome(FAILED, error=error)
 
 
@@ -294,9 +299,7 @@ def _oversize(step: Step, tool: Tool, output: Any, limit: int) -> Outcome | None
         f"than the limit of {limit:,}; have the tool return less (e.g. a file's path), or raise "
         "DAGWRIGHT_MAX_OUTPUT_BYTES"
     )
-    error = error_info(None, kind="error", message=msg, retryable=False)
-    error["type"] = "OutputTooLarge"
-    return Outcome(FAILED, error=error)
+    return _refused("OutputTooLarge", msg)
 
 
 async def execute_attempt(

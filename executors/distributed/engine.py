@@ -294,8 +294,9 @@ class Engine:
         """Append the events that end a run (once: the ``conclude`` claim), then tell."""
         if self.store.append(run_id, events, claims=claims or ["conclude"]) is None:
             return False
-        with self.lock:
-            _, _, state = self.state(run_id)
+        with self.lock:  # its concurrency key (set when it was queued): the cached fold has it
+            cached = self._cached(run_id)
+            state = cached[0] if cached is not None else self.state(run_id)[2]
         admitted = admission.release(self.store, state, self.clock)  # the run's slot, if any
         with self.lock:
             self._next_admitted += admitted
