@@ -4,8 +4,9 @@ CLI and the API — calls these; none copies them.
 - ``new_id``: run and attempt ids.
 - ``run_registry``: the tools a run executes with (base registry, settings' modules, the
   workflow's ``tools:`` next to its file).
-- ``open_run``: record a new run and return its opening events (``run_started``, the model
-  calls that planned it, the outputs a derived run reuses).
+- ``open_run``: record a new run with its opening events (``run_started``, the model calls
+  that planned it, the outputs a derived run reuses) and what its driver decides from them (the
+  first dispatches), in one transaction; returns them as stored.
 - ``tool_context``: what a tool gets for one attempt (previous failure, trace emitter, the
   model-call cache under the retry rule, recorded calls in a replay).
 - ``Replanning``: ask the replanner for a revised plan when a step failed with
@@ -79,6 +80,11 @@ class NewRun:
     """A derived run's parent, mode and ``from`` steps."""
 
 
+First = Callable[[list[Event]], tuple[list[Event], list[str]]]
+"""What a driver records with a new run's opening events: given them, the events (e.g. the
+first ``step_scheduled``) and claims to write in the same transaction."""
+
+
 def open_run(
     store: TraceStore,
     run: NewRun,
@@ -86,31 +92,34 @@ def open_run(
     executor: str,
     clock: Callable[[], float],
     details: dict[str, Any] | None = None,
+    first: First | None = None,
 ) -> list[Event]:
-    """Record the run and return its opening events, for the driver to append: ``run_started``
-    (inputs, executor, ``details``, lineage), the prelude's model calls, the reused steps."""
+    """Record the run with its opening events — ``run_started`` (inputs, executor, ``details``,
+    lineage), the prelude's model calls, the reused steps — and ``first``'s events and claims,
+    all in one transaction (nobody ever sees a run without its opening events). Returns every
+    event recorded, with its ``seq``."""
     wf = run.workflow
-    store.create_run(
-        RunRecord(
-            run_id=run.run_id,
-            workflow_name=wf.name,
-            created_at=clock(),
-            workflow=wf.to_data(),
-            inputs=run.inputs,
-            source=run.source,
-            executor=executor,
-            **lineage_fields(run.lineage),
-        )
+    record = RunRecord(
+        run_id=run.run_id,
+        workflow_name=wf.name,
+        created_at=clock(),
+        workflow=wf.to_data(),
+        inputs=run.inputs,
+        source=run.source,
+        executor=executor,
+        **lineage_fields(run.lineage),
     )
     data: dict[str, Any] = {"inputs": run.inputs, "executor": executor, **(details or {})}
     if run.lineage:
         data["lineage"] = run.lineage
     at = clock()
-    return [
+    opening = [
         Event(ev.RUN_STARTED, run.run_id, at, None, None, data),
         *(Event(ev.MODEL_CALL, run.run_id, at, None, None, dict(c)) for c in run.prelude),
         *decisions.reused_events(run.run_id, at, run.reused),
     ]
+    more, claims = first(opening) if first is not None else ([], [])
+    return store.create_run(record, opening + more, claims=claims)
 
 
 # -- one attempt's tool context ---------------------------------------------------------------

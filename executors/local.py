@@ -303,8 +303,13 @@ class _Run:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         details = {"max_parallel": self.x.max_parallel}
-        self.emit(*open_run(self.x.store, self.new, executor="local", clock=self.x.clock,
-                            details=details))  # fmt: skip
+        opened = open_run(self.x.store, self.new, executor="local", clock=self.x.clock,
+                          details=details)  # fmt: skip
+        for e in opened:  # recorded with the run already
+            self.state = engine.apply(self.state, e)
+        if self.x.on_event is not None:
+            for e in opened:
+                self.x.on_event(e, self.state)
         try:
             await self.wait_for_a_slot()
             self.dispatch()

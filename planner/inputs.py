@@ -13,13 +13,13 @@ from dagwright.errors import PlanError, PlanIssue
 from dagwright.planner.schema import InputSpec, Workflow
 from dagwright.planner.source import Source, did_you_mean
 
-_TYPES: dict[str, Any] = {
-    "string": str,
-    "integer": int,
-    "number": float,
-    "boolean": bool,
-    "object": dict[str, Any],
-    "array": list[Any],
+_TYPES: dict[str, TypeAdapter[Any]] = {  # built once: an adapter costs more than a check
+    "string": TypeAdapter(str),
+    "integer": TypeAdapter(int),
+    "number": TypeAdapter(float),
+    "boolean": TypeAdapter(bool),
+    "object": TypeAdapter(dict[str, Any]),
+    "array": TypeAdapter(list[Any]),
 }
 
 
@@ -45,7 +45,7 @@ def typed_input(spec: InputSpec, value: Any, *, as_text: bool = False) -> Any:
         if as_text and isinstance(value, str):
             value = _parse_text(spec, value)
         strict = not as_text and spec.type != "number"
-        return TypeAdapter(_TYPES[spec.type]).validate_python(value, strict=strict)
+        return _TYPES[spec.type].validate_python(value, strict=strict)
     except ValidationError as exc:
         raise ValueError(exc.errors()[0]["msg"]) from None
 

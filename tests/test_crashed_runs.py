@@ -126,12 +126,12 @@ WF = Workflow.model_validate(
 
 def test_an_abandoned_run_is_closed_once() -> None:
     store = MemoryTraceStore()
-    opening = open_run(store, NewRun(WF, {}, "r1"), executor="local", clock=lambda: 100.0)
+    open_run(store, NewRun(WF, {}, "r1"), executor="local", clock=lambda: 100.0)
     started = [
         ev.Event(ev.STEP_SCHEDULED, "r1", 100.0, "a", 1, {}),
         ev.Event(ev.ATTEMPT_STARTED, "r1", 100.0, "a", 1, {"attempt_id": "x"}),
     ]
-    store.append("r1", [*opening, *started])
+    store.append("r1", started)
     renew_lease(store, "r1", 101.0)
     record = store.get_run("r1")
     state = engine.fold(Plan.from_workflow(WF), "r1", store.events("r1"))
@@ -154,12 +154,12 @@ def test_an_abandoned_run_is_closed_once() -> None:
 
 def _in_flight(store: MemoryTraceStore) -> engine.RunState:
     """Run r1 of WF, its step a running, its lease renewed at 101."""
-    opening = open_run(store, NewRun(WF, {}, "r1"), executor="local", clock=lambda: 100.0)
+    open_run(store, NewRun(WF, {}, "r1"), executor="local", clock=lambda: 100.0)
     started = [
         ev.Event(ev.STEP_SCHEDULED, "r1", 100.0, "a", 1, {}),
         ev.Event(ev.ATTEMPT_STARTED, "r1", 100.0, "a", 1, {"attempt_id": "x", "inputs": {}}),
     ]
-    store.append("r1", [*opening, *started])
+    store.append("r1", started)
     renew_lease(store, "r1", 101.0)
     return engine.fold(Plan.from_workflow(WF), "r1", store.events("r1"))
 

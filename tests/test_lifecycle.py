@@ -148,7 +148,7 @@ def test_follow_gives_up_after_its_timeout() -> None:
 
     store = MemoryTraceStore()
     new = NewRun(ORIGINAL, {}, "stuck")
-    store.append("stuck", open_run(store, new, executor="local", clock=lambda: 1.0))
+    open_run(store, new, executor="local", clock=lambda: 1.0)
     waits: list[float] = []
     with pytest.raises(DagwrightError, match="did not end within"):
         follow(store, "stuck", wait=waits.append, poll=0.5, timeout=0)

@@ -70,6 +70,36 @@ def test_duplicate_run_and_unknown_run_are_refused(store: TraceStore) -> None:
         store.append("no-such-run", [_event("no-such-run", ev.RUN_STARTED)])
 
 
+def test_a_run_is_created_with_its_first_events_and_claims_at_once(store: TraceStore) -> None:
+    run_id = uuid.uuid4().hex
+    record = RunRecord(run_id, "wf", 1000.0, {"name": "wf", "steps": []}, {"x": 1})
+    opening = [_event(run_id, ev.RUN_STARTED), _event(run_id, ev.STEP_SCHEDULED, "a")]
+    stored = store.create_run(record, opening, claims=["dispatch:a:1"])
+    assert [e.seq for e in stored] == [1, 2]
+    assert store.events(run_id) == stored
+    more = store.append(run_id, [_event(run_id, ev.ATTEMPT_STARTED, "a")])
+    assert more is not None and [e.seq for e in more] == [3], "appends follow the opening"
+    assert (
+        store.append(run_id, [_event(run_id, ev.STEP_SCHEDULED, "a")], claims=["dispatch:a:1"])
+        is None
+    )
+    assert len(store.events(run_id)) == 3, "the claim taken at creation holds"
+    with pytest.raises(StoreError, match="exists already"):
+        store.create_run(record, [_event(run_id, ev.RUN_STARTED)])
+    assert len(store.events(run_id)) == 3, "a refused creation writes no event"
+
+
+def test_a_queued_slot_waits_for_its_run_to_be_recorded(store: TraceStore) -> None:
+    """A run takes its place in the key's queue before its record is written: until then
+    no admitter gives it a slot (a crash in between leaves a slot nobody admits)."""
+    key = "k-" + uuid.uuid4().hex
+    early = uuid.uuid4().hex
+    store.queue_run(key, early, 0, 1.0)
+    assert store.admit(key, 1, 2.0) == []
+    store.create_run(RunRecord(early, "wf", 1.0, {"name": "wf"}), [_event(early, ev.RUN_STARTED)])
+    assert store.admit(key, 1, 3.0) == [early]
+
+
 def test_get_run_by_prefix(store: TraceStore) -> None:
     run_id = _run(store)
     assert store.get_run(run_id[:8]).run_id == run_id
@@ -367,7 +397,7 @@ def test_concurrent_admitters_never_exceed_the_limit(
     target = str(tmp_path / "t.db") if kind == "sqlite" else request.getfixturevalue("pg_url")
     stores = [SqlTraceStore(target) for _ in range(4)]
     key = "k-" + uuid.uuid4().hex
-    runs = [uuid.uuid4().hex for _ in range(40)]
+    runs = [_run(stores[0]) for _ in range(40)]
     for i, rid in enumerate(runs):
         stores[0].queue_run(key, rid, 0, float(i))
     admitted: list[str] = []

@@ -218,51 +218,30 @@ class Engine:
             reused=reused or {},
             lineage=lineage,
         )
-        opening = open_run(self.store, new, executor=self.executor, clock=self.clock)
-        queued = admission.queue(
-            self.store, new.run_id, workflow, new.inputs, priority=priority, now=self.clock()
-        )
         run_id = new.run_id
-        if not queued:
-            first = self._first_dispatches(workflow, new, opening)
-            if first is not None:
-                return run_id, first
-        self.store.append(run_id, opening + queued)
-        if not queued:
+        # a run with a concurrency key takes its place in the key's queue first: a slot is
+        # admitted only once its run is recorded (``TraceStore.admit``)
+        queued = admission.queue(
+            self.store, run_id, workflow, new.inputs, priority=priority, now=self.clock()
+        )
+        first = _First(self, workflow, new, queued)
+        stored = open_run(self.store, new, executor=self.executor, clock=self.clock, first=first)
+        if queued:
+            data = queued[0].data
+            for admitted in admission.admit(self.store, data["key"], data["limit"], self.clock):
+                self._next_admitted.append(admitted)
+            return run_id, self._drain_admitted()
+        if first.dispatches is None:  # nothing ready from the opening (e.g. every step reused)
             return run_id, self.advance(run_id)
-        data = queued[0].data
-        for admitted in admission.admit(self.store, data["key"], data["limit"], self.clock):
-            self._next_admitted.append(admitted)
-        return run_id, self._drain_admitted()
-
-    def _first_dispatches(
-        self, workflow: Workflow, new: NewRun, opening: list[Event]
-    ) -> list[Dispatch] | None:
-        """A new run's opening events and the dispatch of its first ready steps, in one append
-        (no one else knows the run yet: nothing to read back); the plan and the folded state
-        are cached for what follows. None when the run does not start that way (nothing ready,
-        e.g. every step reused), or the append lost a claim: the caller goes the general way."""
-        plan = Plan.from_workflow(workflow)
-        state = engine.RunState.initial(plan, new.run_id)
-        for event in opening:
-            state = engine.apply(state, event)
-        ready = engine.ready_steps(plan, state)
-        if not ready:
-            return None
-        registry = run_registry(workflow, self.registry, self.tool_modules, new.source)
-        scheduled = [self._schedule(plan, new.run_id, sid, 1) for sid in ready]
-        claims = [f"dispatch:{sid}:1" for sid in ready]
-        stored = self.store.append(new.run_id, opening + [e for _, e in scheduled], claims=claims)
-        if stored is None:
-            return None
+        assert first.registry is not None
         with self.lock:
             if len(self._plans) > 256:
                 self._plans.clear()
-            self._plans[new.run_id] = (plan, registry)
+            self._plans[run_id] = (first.plan, first.registry)
             if len(self._states) <= 256:
-                self._states[new.run_id] = (engine.RunState.initial(plan, new.run_id), [0])
-        self._absorb(new.run_id, stored)
-        return [d for d, _ in scheduled]
+                self._states[run_id] = (engine.RunState.initial(first.plan, run_id), [0])
+        self._absorb(run_id, stored)
+        return run_id, first.dispatches
 
     # -- the one scheduling function -----------------------------------------------------------------
     def advance(self, run_id: str) -> list[Dispatch]:
@@ -510,6 +489,33 @@ class Engine:
     def refuse(self, run_id: str, problem: PlanError) -> list[Dispatch]:
         """The run's tools cannot load here: it fails, once (``control.refuse``)."""
         return control.refuse(self, run_id, problem)
+
+
+class _First:
+    """What a new run records with its opening events (``open_run``'s ``first``): its
+    ``run_queued`` event when it waits for a concurrency slot, else the dispatch of its first
+    ready steps under their claims (nobody else knows the run yet: nothing to read back)."""
+
+    def __init__(self, eng: Engine, workflow: Workflow, new: NewRun, queued: list[Event]) -> None:
+        self.eng, self.workflow, self.new, self.queued = eng, workflow, new, queued
+        self.plan = Plan.from_workflow(workflow)
+        self.registry: ToolRegistry | None = None
+        self.dispatches: list[Dispatch] | None = None
+
+    def __call__(self, opening: list[Event]) -> tuple[list[Event], list[str]]:
+        if self.queued:
+            return list(self.queued), []
+        state = engine.RunState.initial(self.plan, self.new.run_id)
+        for event in opening:
+            state = engine.apply(state, event)
+        ready = engine.ready_steps(self.plan, state)
+        if not ready:
+            return [], []
+        eng = self.eng
+        self.registry = run_registry(self.workflow, eng.registry, eng.tool_modules, self.new.source)
+        scheduled = [eng._schedule(self.plan, self.new.run_id, sid, 1) for sid in ready]
+        self.dispatches = [d for d, _ in scheduled]
+        return [e for _, e in scheduled], [f"dispatch:{sid}:1" for sid in ready]
 
 
 __all__ = ["Dispatch", "Engine", "Timing"]

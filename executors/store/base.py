@@ -101,8 +101,12 @@ def match_run_id(run_id: str, known: Sequence[str]) -> str:
 
 
 class TraceStore(Protocol):
-    def create_run(self, run: RunRecord) -> None:
-        """Record a new run. A run id that exists already is an error."""
+    def create_run(
+        self, run: RunRecord, events: Sequence[Event] = (), *, claims: Sequence[str] = ()
+    ) -> list[Event]:
+        """Record a new run with its first ``events`` (and ``claims``) in one transaction: all
+        or none, so no reader ever sees a run without its opening events. Returns the events
+        with their ``seq`` (1, 2, …). A run id that exists already is an error."""
 
     def append(
         self,
@@ -172,8 +176,9 @@ class TraceStore(Protocol):
 
     def admit(self, key: str, limit: int, at: float) -> list[str]:
         """Give the key's free slots (``limit`` minus the runs admitted) to its waiting runs,
-        higher priority first, then in order of queueing; atomic across processes. Returns the
-        run ids admitted now."""
+        higher priority first, then in order of queueing; atomic across processes. A waiting run
+        that is not recorded yet (it queues before its record is written) is passed over.
+        Returns the run ids admitted now."""
 
     def release(self, run_id: str) -> None:
         """The run leaves its key's queue or slot (it ended)."""

@@ -28,12 +28,17 @@ class MemoryTraceStore:
         self._slots: dict[str, tuple[str, int, float, float | None]] = {}
         self._lock = threading.Lock()
 
-    def create_run(self, run: RunRecord) -> None:
+    def create_run(
+        self, run: RunRecord, events: Sequence[Event] = (), *, claims: Sequence[str] = ()
+    ) -> list[Event]:
         with self._lock:
             if run.run_id in self._runs:
                 raise StoreError(f"run {run.run_id!r} exists already")
+            stored = [e.with_seq(i + 1) for i, e in enumerate(events)]
             self._runs[run.run_id] = run
-            self._events[run.run_id] = []
+            self._events[run.run_id] = stored
+            self._claims[run.run_id] = set(claims)
+            return list(stored)
 
     def append(
         self,
@@ -136,7 +141,9 @@ class MemoryTraceStore:
         with self._lock:
             mine = [(rid, v) for rid, v in self._slots.items() if v[0] == key]
             free = limit - sum(1 for _, v in mine if v[3] is not None)
-            waiting = sorted((-v[1], v[2], rid) for rid, v in mine if v[3] is None)
+            waiting = sorted(  # a slot is admitted once its run is recorded
+                (-v[1], v[2], rid) for rid, v in mine if v[3] is None and rid in self._runs
+            )
             chosen = [rid for _, _, rid in waiting][: max(0, free)]
             for rid in chosen:
                 k, priority, queued, _ = self._slots[rid]

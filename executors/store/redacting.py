@@ -26,12 +26,14 @@ class RedactingStore:
         data = self.redactor.value(e.data)
         return e if data is e.data else dataclasses.replace(e, data=data)
 
-    def create_run(self, run: RunRecord) -> None:
+    def create_run(
+        self, run: RunRecord, events: Sequence[Event] = (), *, claims: Sequence[str] = ()
+    ) -> list[Event]:
         r = self.redactor
         workflow, inputs = r.value(run.workflow), r.value(run.inputs)
         if workflow is not run.workflow or inputs is not run.inputs:
             run = dataclasses.replace(run, workflow=workflow, inputs=inputs)
-        self.inner.create_run(run)
+        return self.inner.create_run(run, [self._event(e) for e in events], claims=claims)
 
     def append(
         self,

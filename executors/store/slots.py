@@ -10,7 +10,7 @@ import zlib
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from dagwright.executors.store.tables import slots_table
+from dagwright.executors.store.tables import runs_table, slots_table
 
 SLOTS_LOCK = 0x6477_0000  # advisory lock keys: this, plus the key's CRC32 (within int8)
 
@@ -39,8 +39,9 @@ def admit(engine: Engine, key: str, limit: int, at: float) -> list[str]:
     s = slots_table
     with engine.begin() as conn:
         _lock(conn, key)
-        rows = conn.execute(
+        rows = conn.execute(  # a slot is admitted once its run is recorded (a run queues first)
             select(s.c.run_id, s.c.admitted_at)
+            .join(runs_table, runs_table.c.run_id == s.c.run_id)
             .where(s.c.key == key)
             .order_by(s.c.priority.desc(), s.c.queued_at, s.c.run_id)
         ).all()

@@ -8,13 +8,12 @@ workers run on several hosts.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
-from sqlalchemy import and_, bindparam, case, create_engine, delete, event, func, or_, select
+from sqlalchemy import and_, case, create_engine, delete, event, func, or_, select
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -28,6 +27,7 @@ from dagwright.executors.engine.events import (
 )
 from dagwright.executors.store import slots
 from dagwright.executors.store.base import RunRecord, RunSummary, Submission, match_run_id
+from dagwright.executors.store.hot import WRITERS, Statements, Writers
 from dagwright.executors.store.migrations import ensure_schema
 from dagwright.executors.store.tables import (
     cache_table,
@@ -66,18 +66,6 @@ class SqlTraceStore:
         does not exist, or a database without dagwright's tables, raises StoreError
         (``no trace store at …``), and no directory, file or table is created."""
         self.url = store_url(target)
-        self._lock = threading.Lock()
-        self._writer: Any = None  # SQLAlchemy's pooled DBAPI connection, held
-        self._insert_sql = ""
-        self._insert_order: Sequence[str] | None = None
-        self._take_seq_sql = ""
-        self._select_sql = ""
-        self._select_order: Sequence[str] | None = None
-        self._take_seq_order: Sequence[str] | None = None
-        self._take_seq_expect_sql = ""
-        self._take_seq_expect_order: Sequence[str] | None = None
-        self._claim_sql = ""
-        self._claim_positional = False
         if self.url.get_backend_name() == "sqlite" and self.url.database not in (
             None,
             "",
@@ -101,10 +89,15 @@ class SqlTraceStore:
         except BaseException:
             self.engine.dispose()
             raise
+        self._sql = Statements(self.engine)
+        self._writers = Writers(self.engine)
 
     def _engine(self) -> Engine:
         if self.url.get_backend_name() != "sqlite":
-            return create_engine(self.url, pool_pre_ping=True)
+            # the hot path holds up to WRITERS connections; the rest serve reads and claims
+            return create_engine(
+                self.url, pool_pre_ping=True, pool_size=WRITERS + 4, max_overflow=10
+            )
         engine = create_engine(self.url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -125,7 +118,10 @@ class SqlTraceStore:
             return str(self.url.database)
         return self.url.render_as_string(hide_password=True).replace("+psycopg", "")
 
-    def create_run(self, run: RunRecord) -> None:
+    def create_run(
+        self, run: RunRecord, events: Sequence[Event] = (), *, claims: Sequence[str] = ()
+    ) -> list[Event]:
+        stored = [e.with_seq(i + 1) for i, e in enumerate(events)]
         row = {
             "run_id": run.run_id,
             "workflow_name": run.workflow_name,
@@ -134,19 +130,37 @@ class SqlTraceStore:
             "inputs": _dumps(run.inputs),
             "source": run.source,
             "executor": run.executor,
+            "next_seq": len(stored) + 1,
             "parent_run_id": run.parent_run_id,
             "mode": run.mode,
             "from_steps": _dumps(run.from_steps) if run.from_steps else None,
         }
+        sql = self._sql
+        dbapi = self.engine.dialect.loaded_dbapi
         try:
-            with self.engine.begin() as conn:
-                conn.execute(runs_table.insert(), row)
-        except IntegrityError:
+            with self._writers.connection() as raw:
+                cur = raw.cursor()
+                try:
+                    cur.execute(sql.insert_run.sql, sql.insert_run.params(row))
+                    if claims:
+                        cur.executemany(sql.insert_claim.sql, self._claim_rows(run.run_id, claims))
+                    if stored:
+                        cur.executemany(sql.insert_event.sql, self._event_rows(run.run_id, stored))
+                    raw.commit()
+                except BaseException:
+                    raw.rollback()
+                    raise
+                finally:
+                    cur.close()
+        except (IntegrityError, dbapi.IntegrityError):
             raise StoreError(f"run {run.run_id!r} exists already") from None
-        except OperationalError as exc:
+        except (OperationalError, InterfaceError, dbapi.OperationalError,
+                dbapi.InterfaceError) as exc:  # fmt: skip
             raise StoreError(
-                f"cannot write to the trace store {self.location()}: {exc.orig}"
+                f"cannot write to the trace store {self.location()}: "
+                f"{getattr(exc, 'orig', None) or exc}"
             ) from None
+        return stored
 
     def append(
         self,
@@ -159,48 +173,41 @@ class SqlTraceStore:
         if not events and not claims:
             return []
         dbapi = self.engine.dialect.loaded_dbapi
-        with self._lock:
-            try:
-                return self._append(run_id, events, claims, expect_seq)
-            except (IntegrityError, dbapi.IntegrityError):
-                if claims and self._claimed(run_id, claims):
-                    return None  # someone else took the claim first: nothing was written
-                raise StoreError(f"cannot append to run {run_id!r}: conflicting events") from None
-            except (OperationalError, InterfaceError, dbapi.OperationalError,
-                    dbapi.InterfaceError) as exc:  # fmt: skip
-                self._drop_writer(invalidate=True)
-                raise StoreError(
-                    f"cannot write to the trace store {self.location()}: "
-                    f"{getattr(exc, 'orig', None) or exc}"
-                ) from None
+        try:
+            with self._writers.connection() as raw:
+                return self._append(raw, run_id, events, claims, expect_seq)
+        except (IntegrityError, dbapi.IntegrityError):
+            if claims and self._claimed(run_id, claims):
+                return None  # someone else took the claim first: nothing was written
+            raise StoreError(f"cannot append to run {run_id!r}: conflicting events") from None
+        except (OperationalError, InterfaceError, dbapi.OperationalError,
+                dbapi.InterfaceError) as exc:  # fmt: skip
+            raise StoreError(
+                f"cannot write to the trace store {self.location()}: "
+                f"{getattr(exc, 'orig', None) or exc}"
+            ) from None
 
     def _append(
         self,
+        raw: Any,
         run_id: str,
         events: Sequence[Event],
         claims: Sequence[str],
         expect_seq: int | None = None,
     ) -> list[Event]:
-        """The hot path: one transaction on a held DBAPI connection (SQLAlchemy's pooled
-        ``raw_connection``), statements compiled once by SQLAlchemy for this dialect.
-
-        (SQLAlchemy's per-statement result handling and transaction bookkeeping cost more than
-        the SQLite commit itself; workers append twice per step.)"""
-        raw = self._writer_connection()
+        """One transaction on a held connection (``hot.Writers``): the claims first (a lost
+        claim costs nothing else), the run's next ``seq`` numbers, the events."""
+        sql = self._sql
         cur = raw.cursor()
         try:
-            if claims:  # first: a lost claim costs nothing else
-                claim_rows = [
-                    (run_id, k) if self._claim_positional else {"run_id": run_id, "key": k}
-                    for k in claims
-                ]
-                cur.executemany(self._claim_sql, claim_rows)
+            if claims:
+                cur.executemany(sql.insert_claim.sql, self._claim_rows(run_id, claims))
+            take = {"rid": run_id, "n": len(events)}
             if expect_seq is None:
-                sql, params = self._take_seq_sql, self._take_seq_params(run_id, len(events))
+                cur.execute(sql.take_seq.sql, sql.take_seq.params(take))
             else:
-                sql = self._take_seq_expect_sql
-                params = self._take_seq_params(run_id, len(events), expect_seq)
-            cur.execute(sql, params)
+                take["expect"] = expect_seq
+                cur.execute(sql.take_seq_expect.sql, sql.take_seq_expect.params(take))
             row = cur.fetchone()
             if row is None and expect_seq is not None:
                 raise StaleState(f"run {run_id!r} changed since seq {expect_seq - 1}")
@@ -208,12 +215,8 @@ class SqlTraceStore:
                 raise StoreError(f"cannot append to unknown run {run_id!r}")
             start = int(row[0]) - len(events)
             stored = [e.with_seq(start + i) for i, e in enumerate(events)]
-            rows = [self._row(run_id, e) for e in stored]
-            inserts: list[Any] = rows
-            if self._insert_order is not None:
-                inserts = [tuple(r[k] for k in self._insert_order) for r in rows]
-            if inserts:
-                cur.executemany(self._insert_sql, inserts)
+            if stored:
+                cur.executemany(sql.insert_event.sql, self._event_rows(run_id, stored))
             raw.commit()
         except BaseException:
             raw.rollback()
@@ -222,57 +225,13 @@ class SqlTraceStore:
             cur.close()
         return stored
 
-    def _writer_connection(self) -> Any:
-        if self._writer is None:
-            self._writer = self.engine.raw_connection()
-            dialect = self.engine.dialect
-            keys = ["run_id", "seq", "type", "at", "step", "attempt", "status", "data"]
-            compiled = events_table.insert().compile(dialect=dialect, column_keys=keys)
-            self._insert_sql = compiled.string
-            self._insert_order = compiled.positiontup if dialect.positional else None
-            r = runs_table
-            take = (
-                r.update()
-                .where(r.c.run_id == bindparam("rid"))
-                .values(next_seq=r.c.next_seq + bindparam("n"))
-                .returning(r.c.next_seq)
-                .compile(dialect=dialect)
-            )
-            self._take_seq_sql = take.string
-            take_expect = (
-                r.update()
-                .where(r.c.run_id == bindparam("rid"), r.c.next_seq == bindparam("expect"))
-                .values(next_seq=r.c.next_seq + bindparam("n"))
-                .returning(r.c.next_seq)
-                .compile(dialect=dialect)
-            )
-            self._take_seq_expect_sql = take_expect.string
-            self._take_seq_expect_order = take_expect.positiontup if dialect.positional else None
-            claim = claims_table.insert().compile(dialect=dialect, column_keys=["run_id", "key"])
-            self._claim_sql = claim.string
-            self._claim_positional = bool(dialect.positional)
-            assert not self._claim_positional or list(claim.positiontup or []) == ["run_id", "key"]
-            t = events_table
-            select_events = (
-                select(t.c.seq, t.c.type, t.c.at, t.c.step, t.c.attempt, t.c.data)
-                .where(t.c.run_id == bindparam("rid"), t.c.seq > bindparam("after"))
-                .order_by(t.c.seq)
-                .compile(dialect=dialect)
-            )
-            self._select_sql = select_events.string
-            self._select_order = select_events.positiontup if dialect.positional else None
-            self._take_seq_order = take.positiontup if dialect.positional else None
-        return self._writer
+    def _claim_rows(self, run_id: str, claims: Sequence[str]) -> list[Any]:
+        insert = self._sql.insert_claim
+        return [insert.params({"run_id": run_id, "key": k}) for k in claims]
 
-    def _take_seq_params(self, run_id: str, n: int, expect: int | None = None) -> Any:
-        values = {"rid": run_id, "n": n}
-        order = self._take_seq_order
-        if expect is not None:
-            values["expect"] = expect
-            order = self._take_seq_expect_order
-        if order is not None:
-            return tuple(values[k] for k in order)
-        return values
+    def _event_rows(self, run_id: str, events: Sequence[Event]) -> list[Any]:
+        insert = self._sql.insert_event
+        return [insert.params(self._row(run_id, e)) for e in events]
 
     def _claimed(self, run_id: str, claims: Sequence[str]) -> bool:
         c = claims_table
@@ -334,43 +293,29 @@ class SqlTraceStore:
             "data": _dumps(e.data),
         }
 
-    def _drop_writer(self, *, invalidate: bool = False) -> None:
-        if self._writer is not None:
-            try:
-                if invalidate:  # a broken connection must not go back to the pool
-                    self._writer.invalidate()
-                else:
-                    self._writer.close()
-            except Exception:  # noqa: BLE001 - it is being thrown away
-                pass
-            self._writer = None
-
     def events(self, run_id: str, after: int = 0) -> list[Event]:
-        # the hot read path (workers read the new events of a run at every step): the held
-        # DBAPI connection and a statement compiled once
+        # the hot read path (workers read the new events of a run at every step)
         dbapi = self.engine.dialect.loaded_dbapi
-        with self._lock:
-            try:
-                raw = self._writer_connection()
-                params: Any = {"rid": run_id, "after": after}
-                if self._select_order is not None:
-                    params = tuple(params[k] for k in self._select_order)
+        select_events = self._sql.select_events
+        try:
+            with self._writers.connection() as raw:
                 cur = raw.cursor()
                 try:
-                    cur.execute(self._select_sql, params)
+                    cur.execute(
+                        select_events.sql, select_events.params({"rid": run_id, "after": after})
+                    )
                     rows = cur.fetchall()
                 finally:
                     cur.close()
                     # end the read's transaction (PostgreSQL opens one; SQLite does not)
                     if getattr(raw.dbapi_connection, "in_transaction", True):
                         raw.commit()
-            except (OperationalError, InterfaceError, dbapi.OperationalError,
-                    dbapi.InterfaceError) as exc:  # fmt: skip
-                self._drop_writer(invalidate=True)
-                raise StoreError(
-                    f"cannot read the trace store {self.location()}: "
-                    f"{getattr(exc, 'orig', None) or exc}"
-                ) from None
+        except (OperationalError, InterfaceError, dbapi.OperationalError,
+                dbapi.InterfaceError) as exc:  # fmt: skip
+            raise StoreError(
+                f"cannot read the trace store {self.location()}: "
+                f"{getattr(exc, 'orig', None) or exc}"
+            ) from None
         return [
             Event(
                 type=r[1],
@@ -503,8 +448,7 @@ class SqlTraceStore:
         )
 
     def close(self) -> None:
-        with self._lock:
-            self._drop_writer()
+        self._writers.close()
         self.engine.dispose()
 
 

@@ -1,0 +1,148 @@
+"""The SQL store's hot path: held DBAPI connections and statements compiled once.
+
+Appending events, creating a run and reading a run's new events happen at every step and every
+submission. SQLAlchemy's per-statement result handling and transaction bookkeeping cost more than
+a SQLite commit, so these go straight to the DBAPI connection (SQLAlchemy's pooled
+``raw_connection``, held) with SQL that SQLAlchemy compiled once for the dialect.
+
+- SQLite: one held connection, used under a lock (SQLite has one writer at a time anyway).
+- PostgreSQL: up to ``WRITERS`` held connections, so the appends of concurrent threads (the API's
+  submissions, a worker's threads) commit side by side instead of queueing behind one another's
+  round trips; PostgreSQL orders them (the run's ``next_seq`` row lock).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Engine
+
+from dagwright.executors.store.tables import claims_table, events_table, runs_table
+
+WRITERS = 8
+"""Held connections to PostgreSQL for the hot path (SQLite: 1)."""
+
+EVENT_COLUMNS = ("run_id", "seq", "type", "at", "step", "attempt", "status", "data")
+RUN_COLUMNS = (
+    "run_id",
+    "workflow_name",
+    "created_at",
+    "workflow",
+    "inputs",
+    "source",
+    "executor",
+    "next_seq",
+    "parent_run_id",
+    "mode",
+    "from_steps",
+)
+
+
+class Statement:
+    """One statement compiled for a dialect, and how to order its parameters."""
+
+    def __init__(self, compiled: Any, positional: bool) -> None:
+        self.sql: str = compiled.string
+        self.order: Sequence[str] | None = compiled.positiontup if positional else None
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        if self.order is None:
+            return values
+        return tuple(values[k] for k in self.order)
+
+
+class Statements:
+    """The hot path's SQL, compiled once for the engine's dialect."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        positional = bool(dialect.positional)
+
+        def compiled(stmt: Any, **kw: Any) -> Statement:
+            return Statement(stmt.compile(dialect=dialect, **kw), positional)
+
+        r, t = runs_table, events_table
+        self.insert_run = compiled(r.insert(), column_keys=list(RUN_COLUMNS))
+        self.insert_event = compiled(t.insert(), column_keys=list(EVENT_COLUMNS))
+        self.insert_claim = compiled(claims_table.insert(), column_keys=["run_id", "key"])
+        self.take_seq = compiled(
+            r.update()
+            .where(r.c.run_id == bindparam("rid"))
+            .values(next_seq=r.c.next_seq + bindparam("n"))
+            .returning(r.c.next_seq)
+        )
+        self.take_seq_expect = compiled(
+            r.update()
+            .where(r.c.run_id == bindparam("rid"), r.c.next_seq == bindparam("expect"))
+            .values(next_seq=r.c.next_seq + bindparam("n"))
+            .returning(r.c.next_seq)
+        )
+        self.select_events = compiled(
+            select(t.c.seq, t.c.type, t.c.at, t.c.step, t.c.attempt, t.c.data)
+            .where(t.c.run_id == bindparam("rid"), t.c.seq > bindparam("after"))
+            .order_by(t.c.seq)
+        )
+
+
+class Writers:
+    """Held DBAPI connections, lent one at a time (``with writers.connection() as raw``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.size = 1 if engine.dialect.name == "sqlite" else WRITERS
+        self._slots = threading.BoundedSemaphore(self.size)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A held connection for one transaction. When the body raises a connection error
+        (``broken``), the connection is thrown away and a new one made next time."""
+        with self._slots:
+            with self._lock:
+                raw = self._idle.pop() if self._idle else None
+            if raw is None:
+                raw = self.engine.raw_connection()
+            try:
+                yield raw
+            except BaseException as exc:
+                if _broken(exc, self.engine):
+                    _discard(raw, invalidate=True)
+                    raise
+                with self._lock:
+                    self._idle.append(raw)
+                raise
+            with self._lock:
+                self._idle.append(raw)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for raw in idle:
+            _discard(raw, invalidate=False)
+
+
+def _broken(exc: BaseException, engine: Engine) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    dbapi = engine.dialect.loaded_dbapi
+    return isinstance(
+        exc, (OperationalError, InterfaceError, dbapi.OperationalError, dbapi.InterfaceError)
+    )
+
+
+def _discard(raw: Any, *, invalidate: bool) -> None:
+    try:
+        if invalidate:  # a broken connection must not go back to the pool
+            raw.invalidate()
+        else:
+            raw.close()
+    except Exception:  # noqa: BLE001 - it is being thrown away
+        pass
+
+
+__all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "WRITERS", "Statement", "Statements", "Writers"]
