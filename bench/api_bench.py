@@ -215,7 +215,8 @@ class Stack:
 
     def _worker(self, n: int) -> None:
         name = f"worker{n}"
-        cmd = [sys.executable, "-m", "celery", "-A", "dagwright.worker", "worker",
+        nice = ["nice", "-n", str(self.args.worker_nice)] if self.args.worker_nice else []
+        cmd = [*nice, sys.executable, "-m", "celery", "-A", "dagwright.worker", "worker",
                f"--concurrency={self.args.concurrency}", "--pool=prefork", "--loglevel=INFO",
                f"--hostname=bench{n}-{uuid.uuid4().hex[:6]}@%h",
                "--without-gossip", "--without-mingle"]  # fmt: skip
@@ -266,8 +267,13 @@ def body(i: int, known: bool) -> dict[str, Any]:
     return {"workflow_yaml": WORKFLOW, "inputs": {"i": i}}
 
 
-def load(url: str, n: int, clients: int, known: bool) -> dict[str, Any]:
+def load(url: str, n: int, clients: int, known: bool, rate: float | None = None) -> dict[str, Any]:
     """``n`` submissions from ``clients`` concurrent clients; latencies, statuses, run ids.
+
+    Closed loop (``rate`` None): each client sends its next submission when the last one is
+    answered, as fast as the server answers. Open loop (``rate``: submissions per second): the
+    i-th submission is due at ``i / rate`` seconds, whoever sends it; its latency counts from
+    when it was due, so time spent waiting for a free client (a slow server) is counted too.
 
     Each client is a thread with its own keep-alive connection (``http.client``): a light
     client, so that on 2 cores the load generator takes little of the CPU it measures
@@ -293,6 +299,11 @@ def load(url: str, n: int, clients: int, known: bool) -> dict[str, Any]:
                     return
                 payload = json.dumps(body(i, known)).encode()
                 sent = time.perf_counter()
+                if rate is not None:
+                    due = started + i / rate
+                    if due > sent:
+                        time.sleep(due - sent)
+                    sent = due
                 try:
                     conn.request("POST", "/v1/runs", payload, SUBMIT_HEADERS)
                     response = conn.getresponse()
@@ -426,14 +437,16 @@ def profile_submit(args: argparse.Namespace, stack: Stack, count: int = 200) -> 
 
 
 def report(args: argparse.Namespace, loaded: dict[str, Any], drained: dict[str, Any],
-           cpu: dict[str, float]) -> None:  # fmt: skip
+           cpu: dict[str, float], total: dict[str, float]) -> None:  # fmt: skip
     lat = [v * 1000 for v in loaded["latencies"]]
     accepted = len(loaded["run_ids"])
     end = drained["last_end"]
     print(f"\n## {args.executor}: {args.n} submissions, {args.clients} clients"
           + (f", {args.workers} workers x {args.concurrency}" if args.executor == "celery"
              else "") + (", known workflow" if args.known else ", inline workflow")
-          + (", workers started after the load" if args.late_workers else ""))  # fmt: skip
+          + (f", open loop at {args.rate:g}/s" if args.rate else ", closed loop")
+          + (", workers started after the load" if args.late_workers else "")
+          + (f", workers at nice {args.worker_nice}" if args.worker_nice else ""))  # fmt: skip
     print(f"answers:                {dict(loaded['statuses'])}")
     for line in loaded["errors"][:5]:
         print(f"  transport error at {line}")
@@ -448,6 +461,9 @@ def report(args: argparse.Namespace, loaded: dict[str, Any], drained: dict[str, 
     print(f"lost:                   {drained['lost']}")
     print(f"duplicated:             {len(drained['duplicated'])}")
     print("CPU s during the load:  " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+    n = max(1, len(loaded["run_ids"]))
+    print("CPU ms per run, load to last end: "
+          + ", ".join(f"{k} {v / n * 1000:.2f}" for k, v in total.items()))  # fmt: skip
 
 
 def main() -> None:
@@ -466,12 +482,19 @@ def main() -> None:
     )
     parser.add_argument("--late-workers", action="store_true",
                         help="start the workers after the submissions (the API alone)")  # fmt: skip
+    parser.add_argument("--rate", type=float, default=None,
+                        help="open loop: submissions per second, latency from when each was "
+                             "due (default: closed loop, as fast as answered)")  # fmt: skip
+    parser.add_argument("--worker-nice", type=int, default=0,
+                        help="start the workers under nice -n N (the server keeps priority)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed submissions first")
     parser.add_argument("--drain", type=float, default=300.0, help="seconds to wait for ends")
     parser.add_argument("--pg", default=PG, help=f"PostgreSQL URL (default {PG})")
     parser.add_argument("--profile", action="store_true", help="cProfile service.submit")
     parser.add_argument("--profile-lines", type=int, default=25)
     args = parser.parse_args()
+    # a SIGTERM (timeout, kill) stops what the benchmark started too, as an error does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with tempfile.TemporaryDirectory(prefix="dagwright-api-bench-") as folder:
         stack = Stack(args, Path(folder))
@@ -480,12 +503,15 @@ def main() -> None:
             if args.warmup:
                 load(url, args.warmup, min(args.clients, args.warmup), args.known)
             before = stack.cpu()
-            loaded = load(url, args.n, args.clients, args.known)
+            loaded = load(url, args.n, args.clients, args.known, args.rate)
             after = stack.cpu()
             if args.late_workers and args.executor == "celery":
                 stack.start_workers()
             drained = drain(stack.env["DAGWRIGHT_DB"], loaded["run_ids"], args.drain)
-            report(args, loaded, drained, {k: after[k] - before.get(k, 0.0) for k in after})
+            ended = stack.cpu()
+            ended.pop("client", None)  # the client's own CPU includes the drain's polling
+            report(args, loaded, drained, {k: after[k] - before.get(k, 0.0) for k in after},
+                   {k: ended[k] - before.get(k, 0.0) for k in ended})  # fmt: skip
             if args.profile:
                 profile_submit(args, stack)
         except BaseException:

@@ -7,6 +7,8 @@ cycles) on the parts of the file that did parse.
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,65 @@ def _semantic_issues(
     return registry, issues + more + validate(wf, registry, source, secrets=secrets)
 
 
+_CHECKED_SIZE = 128
+_checked_lock = threading.Lock()
+# key → (the parse, the registry given, the registry checked with, the problems); the entry
+# holds the parse and the registry given, so their ids in the key stay theirs
+_checked: OrderedDict[
+    tuple[Any, ...], tuple[LoadedWorkflow, ToolRegistry, ToolRegistry, list[PlanIssue]]
+] = OrderedDict()
+
+
+def _checked_issues(
+    loaded: LoadedWorkflow,
+    base_dir: Path | None,
+    registry: ToolRegistry,
+    modules: Sequence[str],
+    secrets: Collection[str] | None,
+) -> tuple[ToolRegistry, list[PlanIssue]]:
+    """``_semantic_issues`` of a parsed workflow, kept while the parse and the registry are the
+    same objects and the registry is unchanged: a server submitting one workflow again and
+    again (a known file, or the same text) validates it once. Loading reuses parses
+    (``_parsed``, ``_loaded_file``), so the same workflow comes back as the same object."""
+    key = (
+        id(loaded),
+        id(registry),
+        registry.version,
+        tuple(modules),
+        base_dir,
+        None if secrets is None else frozenset(secrets),
+    )
+    with _checked_lock:
+        hit = _checked.get(key)
+        if hit is not None and hit[0] is loaded and hit[1] is registry:
+            _checked.move_to_end(key)
+            return hit[2], list(hit[3])
+    checked, issues = _semantic_issues(
+        loaded.workflow, loaded.source, base_dir, registry, modules, secrets
+    )
+    with _checked_lock:
+        _checked[key] = (loaded, registry, checked, list(issues))
+        while len(_checked) > _CHECKED_SIZE:
+            _checked.popitem(last=False)
+    return checked, issues
+
+
+def _loaded_file(path: Path, limits: Limits | None) -> LoadedWorkflow:
+    """A workflow file, parsed again only when it changed (modification time and size)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return load_workflow(path, limits)  # the error, located
+    return _parsed_file(path, path.resolve(), st.st_mtime_ns, st.st_size, limits or Limits())
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_file(
+    path: Path, _where: Path, _mtime_ns: int, _size: int, limits: Limits
+) -> LoadedWorkflow:
+    return load_workflow(path, limits)  # problems name the path as the caller gave it
+
+
 def prepare(
     path: str | Path,
     registry: ToolRegistry,
@@ -67,7 +128,7 @@ def prepare(
     path = Path(path)
     base_dir = path.resolve().parent if allow_tool_modules else None
     return _prepared(
-        lambda: load_workflow(path, limits),
+        lambda: _loaded_file(path, limits),
         base_dir,
         registry,
         tool_modules=tool_modules,
@@ -135,7 +196,7 @@ def _prepared(
             exc.issues += [i for i in more if (i.line, i.field) not in seen]
         raise
     wf, source = loaded.workflow, loaded.source
-    registry, issues = _semantic_issues(wf, source, base_dir, registry, tool_modules, secrets)
+    registry, issues = _checked_issues(loaded, base_dir, registry, tool_modules, secrets)
     resolved: dict[str, Any] = {}
     over = inputs_over_limits(wf, inputs or {}, limits or Limits(), inputs_as_text, source)
     issues += over

@@ -200,6 +200,9 @@ class ToolRegistry:
         self._tools: dict[str, Tool] = dict(tools or {})
         self._pending = builtins
         self._loading = False
+        self.version = 0
+        """Counts registrations: what was checked against this registry holds while it is
+        unchanged (``planner.prepare`` keeps validations by it)."""
 
     def _load_builtins(self) -> None:
         """Import the built-in modules once; other threads wait until they are registered
@@ -241,6 +244,7 @@ class ToolRegistry:
                     f"{existing.fn.__module__}.{existing.fn.__qualname__}; pick another name"
                 )
         self._tools[t.name] = t
+        self.version += 1
         return t
 
     def tool(

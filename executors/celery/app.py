@@ -170,6 +170,8 @@ class Runtime:
             if d.timeout:
                 options["time_limit"] = d.timeout + 30  # the runner stops waiting at `timeout`
             args = (d.run_id, d.step, d.attempt, d.attempt_id, d.timeout)
+            # short strings and numbers: repr() is safe, and saves Celery's saferepr per send
+            options["argsrepr"], options["kwargsrepr"] = repr(args), "{}"
             try:
                 self.app.send_task(
                     ATTEMPT_TASK,
