@@ -128,3 +128,38 @@ def test_a_revision_recorded_first_wins(tmp_path: Path, registry: ToolRegistry) 
     revision = next(e for e in events if e.type == ev.PLAN_REVISED)
     assert revision.data["kept"] == ["a"] and revision.data["failed_step"] == "b"
     assert events[-1].data["status"] == "succeeded" and events[-1].data["output"] == {"c": {"y": 2}}
+
+
+def test_a_worker_compiles_a_workflow_once_for_all_its_runs(
+    tmp_path: Path, registry: ToolRegistry, monkeypatch: Any
+) -> None:
+    """A worker that meets many runs of one workflow (each run's first step is dispatched by
+    another process) compiles its plan once; the runs' traces are each their own."""
+    from dagwright.planner import plan as plan_module
+
+    db = str(tmp_path / "t.db")
+    submitter, worker = Engine(SqlTraceStore(db), registry), Engine(SqlTraceStore(db), registry)
+    wf = Workflow.model_validate({"name": "two", "inputs": {"x": {"type": "integer"}}, "steps": [
+        {"id": "a", "uses": "echo", "with": {"x": "${{ inputs.x }}"}},
+        {"id": "b", "uses": "echo", "with": {"y": "${{ steps.a.output.x }}"}},
+    ]})  # fmt: skip
+    compiled: list[str] = []
+    real = plan_module.Plan.from_workflow.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: Any, workflow: Workflow) -> Any:
+        compiled.append(workflow.name)
+        return real(cls, workflow)
+
+    monkeypatch.setattr(plan_module.Plan, "from_workflow", classmethod(counted))
+    runs = [submitter.start(wf, {"x": i}) for i in range(5)]
+    compiled.clear()  # the submitter compiled each run's plan as it started it
+    for _run_id, first in runs:
+        (after_a,) = worker.execute(first[0])
+        assert worker.execute(after_a) == []
+    assert compiled == ["two"], "one compile for the five runs"
+    for i, (run_id, _) in enumerate(runs):
+        events = worker.store.events(run_id)
+        assert events[-1].type == ev.RUN_FINISHED
+        assert events[-1].data["status"] == "succeeded"
+        outputs = [e.data["output"] for e in events if e.type == ev.STEP_FINISHED]
+        assert outputs == [{"x": i}, {"y": i}]

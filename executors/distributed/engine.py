@@ -16,8 +16,10 @@ may run twice, but only one outcome per attempt enters the trace.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +75,21 @@ class Timing:
         return 3 * self.heartbeat
 
 
+PLANS_KEPT = 4096
+"""Runs whose compiled plan a process keeps (references to a shared plan: cheap)."""
+WORKFLOWS_KEPT = 128
+"""Distinct workflows whose compiled plan a process keeps."""
+STATES_KEPT = 1024
+"""Runs whose folded state a process keeps (the others are folded again from their trace)."""
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size:
+        cache.popitem(last=False)
+
+
 class Engine:
     """The distributed engine over one trace store, shared by every worker and client."""
 
@@ -119,29 +136,44 @@ class Engine:
         self.clock = clock
         self.id_factory = id_factory
         self.cache = cache if cache is not None else StoreCache(store)
-        self._plans: dict[str, tuple[Plan, ToolRegistry]] = {}
+        # compiled plans: by run (recently used first out), and by workflow (the runs of one
+        # workflow share one compiled plan), so a worker compiles a workflow once, not per run
+        self._plans: OrderedDict[str, tuple[Plan, ToolRegistry]] = OrderedDict()
+        self._compiled: OrderedDict[tuple[str, str | None], tuple[Plan, ToolRegistry]] = (
+            OrderedDict()
+        )
         # folded states of the runs this process works on, under one lock: a threads-pool
         # worker runs many attempts at once, and decisions must not see a half-applied event
-        self._states: dict[str, tuple[engine.RunState, list[int]]] = {}
+        self._states: OrderedDict[str, tuple[engine.RunState, list[int]]] = OrderedDict()
         self.lock = threading.RLock()
         self._beats = recovery.HeartbeatPump(self)
         self._next_admitted: list[str] = []  # runs admitted by this process, to start
 
     # -- reading ---------------------------------------------------------------------------------
     def plan_of(self, run_id: str) -> tuple[Plan, ToolRegistry]:
-        cached = self._plans.get(run_id)
-        if cached is None:
-            record = self.store.get_run(run_id)
-            cached = self._compile(record)
-            if len(self._plans) > 256:
-                self._plans.clear()
-            self._plans[run_id] = cached
+        with self.lock:
+            cached = self._plans.get(run_id)
+            if cached is not None:
+                self._plans.move_to_end(run_id)
+                return cached
+        cached = self._compile(self.store.get_run(run_id))
+        with self.lock:
+            _remember(self._plans, run_id, cached, PLANS_KEPT)
         return cached
 
     def _compile(self, record: RunRecord) -> tuple[Plan, ToolRegistry]:
+        key = (json.dumps(record.workflow, sort_keys=True, separators=(",", ":")), record.source)
+        with self.lock:
+            compiled = self._compiled.get(key)
+            if compiled is not None:
+                self._compiled.move_to_end(key)
+                return compiled
         workflow = Workflow.model_validate(record.workflow)
         registry = run_registry(workflow, self.registry, self.tool_modules, record.source)
-        return Plan.from_workflow(workflow), registry
+        compiled = (Plan.from_workflow(workflow), registry)
+        with self.lock:
+            _remember(self._compiled, key, compiled, WORKFLOWS_KEPT)
+        return compiled
 
     def state(self, run_id: str) -> tuple[Plan, ToolRegistry, engine.RunState]:
         """The run's state, folded incrementally from the events this process has not seen.
@@ -164,9 +196,10 @@ class Engine:
                 break
             seen[0] = event.seq
             state = engine.apply(state, event)
-        states[run_id] = (state, seen)
-        if state.status in engine.FINAL or len(states) > 256:
+        if state.status in engine.FINAL:
             states.pop(run_id, None)
+        else:
+            _remember(states, run_id, (state, seen), STATES_KEPT)
         return state
 
     def _absorb(self, run_id: str, stored: list[Event] | None) -> None:
@@ -235,11 +268,13 @@ class Engine:
             return run_id, self.advance(run_id)
         assert first.registry is not None
         with self.lock:
-            if len(self._plans) > 256:
-                self._plans.clear()
-            self._plans[run_id] = (first.plan, first.registry)
-            if len(self._states) <= 256:
-                self._states[run_id] = (engine.RunState.initial(first.plan, run_id), [0])
+            _remember(self._plans, run_id, (first.plan, first.registry), PLANS_KEPT)
+            _remember(
+                self._states,
+                run_id,
+                (engine.RunState.initial(first.plan, run_id), [0]),
+                STATES_KEPT,
+            )
         self._absorb(run_id, stored)
         return run_id, first.dispatches
 

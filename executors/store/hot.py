@@ -81,6 +81,7 @@ class Statements:
             .values(next_seq=r.c.next_seq + bindparam("n"))
             .returning(r.c.next_seq)
         )
+        self.select_run = compiled(select(r).where(r.c.run_id == bindparam("rid")))
         self.select_events = compiled(
             select(t.c.seq, t.c.type, t.c.at, t.c.step, t.c.attempt, t.c.data)
             .where(t.c.run_id == bindparam("rid"), t.c.seq > bindparam("after"))

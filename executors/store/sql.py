@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
@@ -330,6 +331,9 @@ class SqlTraceStore:
         ]
 
     def get_run(self, run_id: str) -> RunRecord:
+        found = self._run_row(run_id)  # a full id: the hot path (workers, at every new run)
+        if found is not None:
+            return self._record(found)
         r = runs_table
         with self.engine.connect() as conn:
             row = conn.execute(select(r).where(r.c.run_id == run_id)).first()
@@ -346,6 +350,29 @@ class SqlTraceStore:
                 full = match_run_id(run_id, list(ids))
                 row = conn.execute(select(r).where(r.c.run_id == full)).one()
         return self._record(row)
+
+    def _run_row(self, run_id: str) -> Any:
+        """The run's row by its full id on a held connection, or None."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        select_run = self._sql.select_run
+        try:
+            with self._writers.connection() as raw:
+                cur = raw.cursor()
+                try:
+                    cur.execute(select_run.sql, select_run.params({"rid": run_id}))
+                    values = cur.fetchone()
+                    names = [c[0] for c in cur.description or ()]
+                finally:
+                    cur.close()
+                    if getattr(raw.dbapi_connection, "in_transaction", True):
+                        raw.commit()
+        except (OperationalError, InterfaceError, dbapi.OperationalError,
+                dbapi.InterfaceError) as exc:  # fmt: skip
+            raise StoreError(
+                f"cannot read the trace store {self.location()}: "
+                f"{getattr(exc, 'orig', None) or exc}"
+            ) from None
+        return None if values is None else SimpleNamespace(**dict(zip(names, values, strict=True)))
 
     @staticmethod
     def _record(row: Any) -> RunRecord:
