@@ -87,7 +87,7 @@ class RunService:
     def submit(self, body: SubmitRun, key: str | None) -> Accepted:
         """Validate, record and enqueue a run (422: nothing recorded). With an idempotency
         key: the run the key already names (409 for another body with the key)."""
-        fp = fingerprint(body.model_dump(mode="json"))
+        fp = fingerprint(body.model_dump(mode="json")) if key is not None else ""
         if key is not None:
             held = self._held(key, fp)
             if held is not None:

@@ -47,6 +47,15 @@ def _dumps(value: Any) -> str:
         raise StoreError(f"cannot record a value that is not JSON data: {exc}") from None
 
 
+def _insert(cur: Any, sql: str, rows: list[Any]) -> None:
+    """Insert rows: one alone as a plain statement (psycopg runs ``executemany`` in pipeline
+    mode, which costs more than it saves for a single row)."""
+    if len(rows) == 1:
+        cur.execute(sql, rows[0])
+    else:
+        cur.executemany(sql, rows)
+
+
 def store_url(target: str) -> URL:
     """A SQLAlchemy URL from a file path or a URL (``postgresql://`` uses psycopg 3)."""
     if "://" not in target:
@@ -144,9 +153,9 @@ class SqlTraceStore:
                 try:
                     cur.execute(sql.insert_run.sql, sql.insert_run.params(row))
                     if claims:
-                        cur.executemany(sql.insert_claim.sql, self._claim_rows(run.run_id, claims))
+                        _insert(cur, sql.insert_claim.sql, self._claim_rows(run.run_id, claims))
                     if stored:
-                        cur.executemany(sql.insert_event.sql, self._event_rows(run.run_id, stored))
+                        _insert(cur, sql.insert_event.sql, self._event_rows(run.run_id, stored))
                     raw.commit()
                 except BaseException:
                     raw.rollback()
@@ -202,7 +211,7 @@ class SqlTraceStore:
         cur = raw.cursor()
         try:
             if claims:
-                cur.executemany(sql.insert_claim.sql, self._claim_rows(run_id, claims))
+                _insert(cur, sql.insert_claim.sql, self._claim_rows(run_id, claims))
             take = {"rid": run_id, "n": len(events)}
             if expect_seq is None:
                 cur.execute(sql.take_seq.sql, sql.take_seq.params(take))
@@ -217,7 +226,7 @@ class SqlTraceStore:
             start = int(row[0]) - len(events)
             stored = [e.with_seq(start + i) for i, e in enumerate(events)]
             if stored:
-                cur.executemany(sql.insert_event.sql, self._event_rows(run_id, stored))
+                _insert(cur, sql.insert_event.sql, self._event_rows(run_id, stored))
             raw.commit()
         except BaseException:
             raw.rollback()
