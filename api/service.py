@@ -369,23 +369,12 @@ class RunService:
 
     def tools(self) -> dict[str, Any]:
         """As ``dagwright tools --json``: the built-ins and DAGWRIGHT_TOOLS' (what an inline
-        workflow may use), each with its source."""
+        workflow may use), each with its source, secret arguments and required packages."""
         from dagwright.planner.tool_modules import listed_tools
         from dagwright.tools import default_registry
 
         listed, _ = listed_tools(default_registry, self.settings.tools)
-        return {
-            "tools": [
-                {
-                    "name": item.tool.name,
-                    "description": item.tool.description,
-                    "arguments": item.tool.args_schema(),
-                    "output": item.tool.output_schema,
-                    "source": item.source,
-                }
-                for item in sorted(listed, key=lambda i: i.tool.name)
-            ]
-        }
+        return {"tools": [item.as_dict() for item in sorted(listed, key=lambda i: i.tool.name)]}
 
     def ready(self) -> tuple[bool, dict[str, str]]:
         checks: dict[str, str] = {}

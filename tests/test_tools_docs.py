@@ -5,6 +5,7 @@ print. (The model-calling example runs against the local OpenAI-compatible test 
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,36 @@ def test_a_settings_module_missing_from_the_current_directory_says_where_it_look
     shown = console("DAGWRIGHT_TOOLS=my_tools dagwright tools")
     expected = [line.replace("/home/me/elsewhere", str(tmp_path)) for line in shown]
     assert proc.stderr.splitlines()[: len(expected)] == expected
+
+
+def test_the_listing_of_secrets_and_optional_packages_is_what_tools_prints(tmp_path: Path) -> None:
+    sample = next(b for b in blocks("console") if b.splitlines()[0].strip() == "$ dagwright tools")
+    hide = tmp_path / "site"  # as where the retrieval extra is not installed
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['sentence_transformers'] = None\n"
+    )
+    proc = cli("tools", cwd=tmp_path, env={"PYTHONPATH": str(hide)})
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout.splitlines()
+    exact = [line for line in sample.splitlines()[1:] if "…" not in line]
+    assert len(exact) == 7 and [line for line in exact if line in printed] == exact
+
+
+def test_a_tool_that_requires_a_missing_package_is_refused_with_its_install_command(
+    tmp_path: Path,
+) -> None:
+    sample = next(b for b in blocks("python") if "requires=Requires(" in b)
+    (tmp_path / "pdf_tools.py").write_text(textwrap.dedent(sample))
+    (tmp_path / "pdf.yaml").write_text(
+        "name: pdf\ntools: [pdf_tools]\nsteps:\n  - {id: read, uses: pdf.text, with: {path: a.pdf}}\n"
+    )
+    listed = {t["name"]: t for t in as_json(cli("tools", "pdf.yaml", "--json", cwd=tmp_path))}
+    requires = listed["pdf.text"]["requires"]
+    assert requires["modules"] == ["pypdf"] and requires["install"] == "pip install pypdf"
+    if requires["missing"] != ["pypdf"]:
+        pytest.skip("pypdf is installed here")
+    proc = cli("validate", "pdf.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "pdf.yaml:4, step 'read', field 'uses': tool 'pdf.text' needs pypdf" in proc.stderr
+    assert "install it: pip install pypdf" in proc.stderr

