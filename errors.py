@@ -119,12 +119,19 @@ class ReplayMismatch(DagwrightError):
     """A replayed step did not reproduce its recorded output."""
 
 
+class SecretNotSet(DagwrightError):
+    """A secret (``${{ secrets.NAME }}``) that must be used here is not set here
+    (``DAGWRIGHT_SECRET_<NAME>``, ``DAGWRIGHT_SECRETS_FILE``): e.g. a replay that runs again a
+    tool that reads it."""
+
+
 __all__ = [
     "DagwrightError",
     "PlanError",
     "PlanIssue",
     "ReplayMismatch",
     "RunNotFound",
+    "SecretNotSet",
     "StepError",
     "StepTimeout",
     "StaleState",

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 from dagwright.errors import DagwrightError
-from dagwright.redact import MIN_LENGTH, Redactor
+from dagwright.redact import MIN_LENGTH, REDACTED, Redactor
 
 SECRET_PREFIX = "DAGWRIGHT_SECRET_"
 """``DAGWRIGHT_SECRET_API_TOKEN=…`` is the secret ``API_TOKEN``."""
@@ -35,11 +35,23 @@ class SecretValues(Mapping[str, str]):
     """Secret name (upper-case; looked up case-insensitively) → value. Read-only; its repr
     and str show the names, never the values."""
 
-    __slots__ = ("_values", "_redactor")
+    __slots__ = ("_values", "_redactor", "_stand_ins")
 
     def __init__(self, values: Mapping[str, str] | None = None) -> None:
         self._values = {name.upper(): value for name, value in (values or {}).items()}
         self._redactor: Redactor | None = None
+        self._stand_ins: frozenset[str] = frozenset()
+
+    def with_stand_ins(self, names: Iterable[str]) -> SecretValues:
+        """These secrets, and ``[REDACTED]`` for each of ``names`` not set (for a replay: a
+        step whose tool is served reads a secret as its recording holds it). A stand-in is
+        not a value: nothing is redacted for it."""
+        missing = {name.upper() for name in names} - set(self._values)
+        if not missing:
+            return self
+        values = SecretValues({**self._values, **dict.fromkeys(missing, REDACTED)})
+        values._stand_ins = frozenset(missing)
+        return values
 
     def __getitem__(self, name: str) -> str:
         if not isinstance(name, str):
@@ -62,7 +74,7 @@ class SecretValues(Mapping[str, str]):
 
     def redaction_forms(self) -> tuple[str, ...]:
         """Every value, as it is and URL-encoded: what must never be recorded or printed."""
-        return redaction_forms(self._values.values())
+        return redaction_forms(v for k, v in self._values.items() if k not in self._stand_ins)
 
     def redactor(self) -> Redactor:
         """Replaces every ``redaction_forms`` value by ``[REDACTED]`` (made once)."""

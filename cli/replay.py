@@ -23,7 +23,7 @@ from dagwright.cli.common import (
     _store,
     out,
 )
-from dagwright.errors import PlanError
+from dagwright.errors import PlanError, SecretNotSet
 
 
 def replay_cmd(
@@ -50,8 +50,11 @@ def replay_cmd(
     (echo, llm.generate, …) run again, their model calls served from the trace. The replay is
     recorded as a run linked to RUN_ID. A cancelled run replays to the point where it was
     cancelled and is cancelled there (its running steps are not executed); so does an abandoned
-    one (its process stopped), to where it stopped. Exit 0: reproduced; 1: diverged (the first
-    divergence is shown with a diff of recorded vs replayed)."""
+    one (its process stopped), to where it stopped. Secrets (${{ secrets.NAME }}) need not be
+    set: served steps compare them as recorded, [REDACTED]; a step whose tool runs again needs
+    its secrets set. Exit 0: reproduced; 1: diverged (the first divergence is shown with a diff
+    of recorded vs replayed); 2: nothing replayed (a tool module that cannot load, an unknown
+    --rerun tool, a secret a re-run tool needs)."""
     from dagwright.executors.lifecycle import run_registry
     from dagwright.executors.replay import replay_run
     from dagwright.executors.store.memory import MemoryTraceStore
@@ -70,16 +73,19 @@ def replay_cmd(
     unknown = [t for t in rerun or [] if t not in registry]
     if unknown:
         _die(f"--rerun {', '.join(unknown)}: no such tool (see `dagwright tools`)", EXIT_INVALID)
-    report = replay_run(
-        store,
-        record.run_id,
-        registry,
-        rerun=rerun or (),
-        into=MemoryTraceStore() if no_record else None,
-        limits=settings.limits(),
-        heartbeat=settings.heartbeat,
-        secrets=settings.step_secrets(),
-    )
+    try:
+        report = replay_run(
+            store,
+            record.run_id,
+            registry,
+            rerun=rerun or (),
+            into=MemoryTraceStore() if no_record else None,
+            limits=settings.limits(),
+            heartbeat=settings.heartbeat,
+            secrets=settings.step_secrets(),
+        )
+    except SecretNotSet as exc:  # a tool that runs again would need it: nothing was recorded
+        _die(str(exc), EXIT_INVALID)
     store.close()
     report.divergences = _redacted(report.divergences)  # what is printed holds no secret
     if as_json:

@@ -47,6 +47,7 @@ from dagwright.executors.lifecycle import abandoned
 from dagwright.executors.store.base import RunRecord, TraceStore
 from dagwright.planner.limits import Limits
 from dagwright.planner.schema import Workflow
+from dagwright.planner.secret_refs import replay_secrets
 from dagwright.secret_values import NO_SECRETS, SecretValues
 from dagwright.tools.registry import Tool, ToolRegistry
 
@@ -364,13 +365,18 @@ def replay_run(
     (``lifecycle.abandoned``): it replays as abandoned, though it was not closed yet.
     ``secrets`` (``Settings.step_secrets()``): what ``${{ secrets.NAME }}`` reads, as in the
     recorded run; the recording holds ``[REDACTED]`` where the replay resolves a secret, and
-    the replay compares its inputs redacted the same way."""
+    the replay compares its inputs redacted the same way. A secret that is not set is needed
+    only by a step whose tool runs again (``replay_secrets``): raises SecretNotSet, before
+    anything is recorded, naming it."""
     from dagwright.executors.local import LocalExecutor
 
     record = store.get_run(run_id)
     events = store.events(record.run_id)
     when = time.time() if now is None else now
     replayer = Replayer(record, _closed(store, record, events, when, heartbeat), rerun=rerun)
+    ran = {sid for _, sid, _ in replayer.attempts}
+    plans = [replayer.workflow(), *replayer.revisions]
+    secrets = replay_secrets(plans, ran, registry, replayer.rerun_tools, secrets)
     target = into if into is not None else store
     executor = LocalExecutor(
         target,

@@ -9,19 +9,23 @@
   longer the value that redaction looks for.
 - Names are case-insensitive (``secrets.api_token`` is ``API_TOKEN``), and resolved at attempt
   time from the executor's secrets (``Settings.step_secrets()``).
+- A replay needs a secret only where the tool that reads it is called again
+  (``replay_secrets``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from dagwright.errors import PlanIssue
+from dagwright.errors import PlanIssue, SecretNotSet
 from dagwright.planner.references import Expression, expressions_in
 from dagwright.planner.source import Path_, Source, did_you_mean
 
 if TYPE_CHECKING:
     from dagwright.planner.schema import Workflow
+    from dagwright.secret_values import SecretValues
+    from dagwright.tools.registry import ToolRegistry
 
 SECRETS = "secrets"
 """The root that reads a secret."""
@@ -71,6 +75,44 @@ def secrets_added(original: Workflow, revised: Workflow) -> list[PlanIssue]:
     ]
 
 
+def replay_secrets(
+    workflows: Iterable[Workflow],
+    ran: Collection[str],
+    registry: ToolRegistry,
+    rerun: Collection[str],
+    secrets: SecretValues,
+) -> SecretValues:
+    """The secrets a replay of a run of ``workflows`` (the plan, then its revisions) resolves:
+    ``secrets``, and a ``[REDACTED]`` stand-in for each one not set here that only served
+    steps read: they are not called, their recorded inputs hold ``[REDACTED]`` and compare
+    equal. Raises SecretNotSet, naming the secret and where to set it, when a step of ``ran``
+    (the steps with recorded attempts) reads one not set here and its tool runs again
+    (``replay="rerun"``, or named in ``rerun``: ``--rerun TOOL``): it would be called with it."""
+    stand_ins: list[str] = []
+    for workflow in workflows:
+        for step in workflow.steps:
+            names = [n for n in secret_names_in(step.with_) if n not in secrets]
+            tool = registry.get(step.uses) if names and step.uses in registry else None
+            if (
+                tool is not None
+                and step.id in ran
+                and (tool.replay == "rerun" or tool.name in rerun)
+            ):
+                how = (
+                    f"or replay without --rerun {tool.name} to serve its recorded outcome"
+                    if tool.replay == "serve"
+                    else f'as tool {tool.name!r} runs again in every replay (replay="rerun")'
+                )
+                raise SecretNotSet(
+                    f"step {step.id!r} reads secret {names[0]!r}, which is not set here, and "
+                    f"its tool {tool.name!r} would be called with it: set "
+                    f"DAGWRIGHT_SECRET_{names[0]} (or add {names[0]}=… to the "
+                    f"DAGWRIGHT_SECRETS_FILE) where you replay, {how}"
+                )
+            stand_ins += names
+    return secrets.with_stand_ins(stand_ins)
+
+
 def where_secrets_go(tool_name: str | None, secret_args: Collection[str]) -> str:
     """The hint for a secret in the wrong place."""
     general = "secrets may appear only in a step's `with`, in an argument its tool declares "
@@ -111,6 +153,7 @@ def secret_problems(
 
 __all__ = [
     "SECRETS",
+    "replay_secrets",
     "secret_name",
     "secret_names_in",
     "secret_problems",

@@ -19,7 +19,7 @@ from clitools import as_json, cli
 from conftest import Workers, celery_env, flush_broker
 from http_server import HttpServer
 
-from dagwright.errors import DagwrightError, PlanError
+from dagwright.errors import DagwrightError, PlanError, SecretNotSet
 from dagwright.executors.local import LocalExecutor
 from dagwright.executors.replay import replay_run
 from dagwright.executors.runner import Attempt, run_sync
@@ -255,6 +255,83 @@ def test_a_cli_run_sends_the_token_and_the_sqlite_trace_and_output_never_hold_it
     assert tmp_path / "trace.db" in files
     for file in files:
         nowhere(file.read_bytes(), file.name)
+
+
+def test_a_replay_needs_no_secret_for_served_steps_and_names_it_for_a_rerun(
+    tmp_path: Path, server: HttpServer
+) -> None:
+    """Served steps are not called: a replay without the secret reproduces, comparing the
+    recorded [REDACTED]. A step whose tool runs again would be called with the secret: without
+    it, the replay is refused in one line naming the secret and the setting, recording nothing."""
+    path = write_workflow(tmp_path)
+    db = {"DAGWRIGHT_DB": str(tmp_path / "trace.db")}
+    ran = cli("run", str(path), "-i", f"url={server.url('/echo')}", "--json", cwd=tmp_path,
+              env={**ENV, **db})  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    received_the_token(server)
+    assert len(server.requests) == 1
+    run_id = as_json(ran)["run_id"]
+    replayed = cli("replay", run_id, "--json", cwd=tmp_path, env=db)  # no secret set
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    report = as_json(replayed)
+    assert report["reproduced"] is True and report["attempts_compared"] == 2
+    assert len(server.requests) == 1, "served: the service was not called"
+    trace = as_json(cli("trace", report["run_id"], "--json", cwd=tmp_path, env=db))
+    (started,) = [e for e in trace if e["type"] == "attempt_started" and e["step"] == "call"]
+    assert started["data"]["inputs"]["headers"] == {
+        "Authorization": "Bearer [REDACTED]", "X-Echo": "[REDACTED]"
+    }  # fmt: skip
+    runs = len(as_json(cli("runs", "--json", cwd=tmp_path, env=db)))
+
+    refused = cli("replay", run_id, "--rerun", "http.request", cwd=tmp_path, env=db)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "error: step 'call' reads secret 'API_TOKEN', which is not set here, and its tool "
+        "'http.request' would be called with it: set DAGWRIGHT_SECRET_API_TOKEN (or add "
+        "API_TOKEN=… to the DAGWRIGHT_SECRETS_FILE) where you replay, or replay without --rerun "
+        "http.request to serve its recorded outcome"
+    ]
+    assert len(as_json(cli("runs", "--json", cwd=tmp_path, env=db))) == runs, "nothing recorded"
+    assert len(server.requests) == 1
+
+    # with the secret set, --rerun calls the service with it
+    rerun = cli("replay", run_id, "--rerun", "http.request", "--json", cwd=tmp_path,
+                env={**ENV, **db})  # fmt: skip
+    assert rerun.returncode in (0, 1), rerun.stderr  # 1 when the response's timing differs
+    assert len(server.requests) == 2
+    received_the_token(server)
+    nowhere(replayed.stdout + refused.stderr + rerun.stdout + rerun.stderr, "the replays' output")
+
+
+def test_a_tool_that_reruns_in_every_replay_needs_its_secret_there() -> None:
+    registry = ToolRegistry()
+    calls: list[str] = []
+
+    @registry.tool("svc.sign", secret_args=("key",), replay="rerun")
+    def sign(text: str, key: str) -> dict[str, int]:
+        calls.append(key)
+        return {"length": len(text)}
+
+    wf = Workflow.model_validate({"name": "sign", "steps": [
+        {"id": "sign", "uses": "svc.sign",
+         "with": {"text": "hello", "key": "${{ secrets.API_TOKEN }}"}}]})  # fmt: skip
+    store = MemoryTraceStore()
+    result = LocalExecutor(store, registry, secrets=SECRETS).run(wf)
+    assert result.status == "succeeded" and calls == [TOKEN]
+    with pytest.raises(SecretNotSet) as refused:
+        replay_run(store, result.run_id, registry)
+    assert str(refused.value) == (
+        "step 'sign' reads secret 'API_TOKEN', which is not set here, and its tool 'svc.sign' "
+        "would be called with it: set DAGWRIGHT_SECRET_API_TOKEN (or add API_TOKEN=… to the "
+        "DAGWRIGHT_SECRETS_FILE) where you replay, as tool 'svc.sign' runs again in every "
+        'replay (replay="rerun")'
+    )
+    assert len(store.list_runs()) == 1 and calls == [TOKEN], "nothing recorded, nothing called"
+    report = replay_run(store, result.run_id, registry, secrets=SECRETS)
+    assert report.divergences == [] and calls == [TOKEN, TOKEN]
+    stood_in = SECRETS.with_stand_ins(["api_token", "other"])  # what a served step reads
+    assert stood_in["other"] == "[REDACTED]" and stood_in["API_TOKEN"] == TOKEN
+    assert stood_in.redaction_forms() == SECRETS.redaction_forms(), "a stand-in is no value"
 
 
 def test_an_executor_given_a_plain_store_still_records_no_secret(
