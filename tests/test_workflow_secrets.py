@@ -8,6 +8,7 @@ compares redacted inputs and reproduces; Celery workers read their own."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from urllib.parse import quote_plus
 import pytest
 from apitools import Server, wait_final
 from clitools import as_json, cli
-from conftest import Workers, celery_env, flush_broker
+from conftest import TESTS, Workers, celery_env, flush_broker
 from http_server import HttpServer
 
 from dagwright.errors import DagwrightError, PlanError, SecretNotSet
@@ -380,6 +381,58 @@ def test_a_postgresql_store_holds_the_secret_in_no_row(
                 rows += 1
                 nowhere(row, f"table {table}")
     assert rows > 10
+
+
+SIGN_TOOLS = '''
+from dagwright import tool
+
+
+@tool("svc.sign", secret_args=("key",), replay="rerun")
+def sign(text: str, key: str) -> dict[str, int]:
+    """Sign a text (a deterministic stand-in)."""
+    return {"length": len(text)}
+'''
+SIGN = """\
+name: sign
+steps:
+  - id: sign
+    uses: svc.sign
+    with: {text: hello, key: "${{ secrets.API_TOKEN }}"}
+"""
+
+
+def test_the_api_replays_served_steps_without_the_secret_and_refuses_a_rerun_naming_it(
+    tmp_path: Path, server: HttpServer
+) -> None:
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    write_workflow(folder)
+    (folder / "sign.yaml").write_text(SIGN)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sign_tools.py").write_text(SIGN_TOOLS)
+    settings = {"DAGWRIGHT_WORKFLOWS": str(folder), "DAGWRIGHT_TOOLS": "sign_tools",
+                "PYTHONPATH": os.pathsep.join([str(site), str(TESTS)])}  # fmt: skip
+    api = Server(tmp_path, **settings, **ENV)
+    with api, api.client() as client:
+        ids = {}
+        for body in ({"workflow": "secret-call", "inputs": {"url": server.url("/echo")}},
+                     {"workflow": "sign"}):  # fmt: skip
+            accepted = client.post("/v1/runs", json=body)
+            assert accepted.status_code == 202, accepted.text
+            ids[body["workflow"]] = run_id = accepted.json()["run_id"]
+            assert wait_final(client, run_id)["status"] == "succeeded"
+    api.env.pop("DAGWRIGHT_SECRET_API_TOKEN")  # the same server, started without the secret
+    with api, api.client() as client:
+        served = client.post(f"/v1/runs/{ids['secret-call']}/replay")
+        assert served.status_code == 200, served.text
+        assert served.json()["reproduced"] is True and len(server.requests) == 1
+        before = client.get("/v1/runs").json()
+        refused = client.post(f"/v1/runs/{ids['sign']}/replay")
+        assert refused.status_code == 409, refused.text
+        assert "step 'sign' reads secret 'API_TOKEN', which is not set here" in refused.text
+        assert "DAGWRIGHT_SECRET_API_TOKEN" in refused.text
+        assert client.get("/v1/runs").json() == before, "nothing recorded"
 
 
 def test_the_api_runs_a_named_workflow_with_its_secrets_and_never_answers_them(
