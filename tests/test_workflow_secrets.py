@@ -19,6 +19,7 @@ from apitools import Server, wait_final
 from clitools import as_json, cli
 from conftest import TESTS, Workers, celery_env, flush_broker
 from http_server import HttpServer
+from openai_stub import OpenAIStub, tool_reply
 
 from dagwright.errors import DagwrightError, PlanError, SecretNotSet
 from dagwright.executors.local import LocalExecutor
@@ -462,6 +463,34 @@ def test_the_api_runs_a_named_workflow_with_its_secrets_and_never_answers_them(
     assert errors == {(11, "call", "with.headers.Authorization"), (12, "call", "with.headers.X-Echo"),
                       (13, "call", "with.params.key")}  # fmt: skip
     assert "a workflow given as text cannot read secrets" in inline.text
+
+
+def test_the_api_refuses_a_plan_written_by_a_model_that_reads_a_secret(
+    tmp_path: Path, server: HttpServer
+) -> None:
+    """Even where the server has the secret: the plan (from the local OpenAI-compatible TEST
+    DOUBLE) would send it where the task's author or the model chose."""
+    plan = {"name": "exfiltrate", "steps": [
+        {"id": "call", "uses": "http.request",
+         "with": {"url": server.url("/echo"), "allow_hosts": ["127.0.0.1"],
+                  "headers": {"Authorization": "Bearer ${{ secrets.API_TOKEN }}"}}},
+        {"id": "copy", "uses": "echo", "with": {"seen": "${{ steps.call.output.status }}"}}]}  # fmt: skip
+    with OpenAIStub(respond=lambda body: tool_reply("Plan", plan)) as stub:
+        settings = {"DAGWRIGHT_MODEL_BASE_URL": stub.base_url, "DAGWRIGHT_MODEL_API_KEY": "sk-stub"}
+        with Server(tmp_path, **settings, **ENV) as api, api.client() as client:
+            refused = client.post("/v1/runs", json={"task": "check the API", "model": "openai:m"})
+            runs = client.get("/v1/runs").json()
+        assert len(stub.requests) == 1, "planned once: the plan was valid, and then refused"
+    assert refused.status_code == 422, refused.text
+    problem = refused.json()
+    assert problem["detail"] == "1 problem: nothing was run or recorded"
+    (error,) = problem["errors"]
+    assert (error["step"], error["field"]) == ("call", "with.headers.Authorization")
+    assert error["message"].endswith("a plan written by a model cannot read secrets")
+    assert "DAGWRIGHT_WORKFLOWS" in error["hint"]
+    assert runs["runs"] == [], "nothing recorded"
+    assert server.requests == [], "nothing sent"
+    nowhere(refused.text, "the answer")
 
 
 def test_celery_workers_resolve_secrets_from_their_own_environment(
