@@ -26,10 +26,10 @@ from dagwright.executors.lifecycle import fold_run, seen_status
 from dagwright.executors.store import TraceStore
 from dagwright.executors.summary import iso, run_summary
 from dagwright.executors.wiring import plan_task
+from dagwright.planner import operator_only
 from dagwright.planner.catalog import Catalog
 from dagwright.planner.prepare import prepare, prepare_text
 from dagwright.planner.schema import Workflow
-from dagwright.planner.secret_refs import secret_uses
 from dagwright.planner.source import Source
 from dagwright.redact import Redactor
 from dagwright.settings import Settings
@@ -145,7 +145,7 @@ class RunService:
             p = prepare_text(
                 body.workflow_yaml, self.registry, inputs=body.inputs, limits=self.limits
             )
-            _no_secrets(p.workflow, p.source, "a workflow given as text")
+            _operator_only(p.workflow, p.source, "a workflow given as text")
             return Ready(p.workflow, p.inputs)
         assert body.task is not None
         model = body.model or self.settings.model
@@ -155,7 +155,7 @@ class RunService:
             )
             raise PlanError([issue])
         planned = plan_task(body.task, model, self.registry, self.settings, self.store)
-        _no_secrets(planned.workflow, Source(), "a plan written by a model")
+        _operator_only(planned.workflow, Source(), "a plan written by a model")
         from dagwright.planner.inputs import resolve_inputs
 
         inputs = resolve_inputs(planned.workflow, body.inputs)
@@ -222,7 +222,7 @@ class RunService:
         from dagwright.executors.derived import derived_run
 
         workflow_file = self._workflow_file(body)
-        _parent, derivation, _registry, source, child = derived_run(
+        parent, derivation, _registry, source, child = derived_run(
             self.store,
             run_id,
             mode=mode,
@@ -237,7 +237,12 @@ class RunService:
             limits=self.limits,
         )
         if body is not None and body.workflow_yaml is not None:
-            _no_secrets(derivation.workflow, Source(), "a workflow given as text")
+            _operator_only(derivation.workflow, Source(), "a workflow given as text")
+        elif sets:  # a caller's edits: the parent's operator-only steps stay as they were
+            original = Workflow.model_validate(parent.workflow)
+            issues = operator_only.changed(original, derivation.workflow, "a fork's edits")
+            if issues:
+                raise PlanError(issues)
         ready = Ready(
             derivation.workflow,
             derivation.inputs,
@@ -398,20 +403,11 @@ class RunService:
         self.store.close()
 
 
-def _no_secrets(workflow: Workflow, source: Source, what: str) -> None:
-    """Secrets go only to the workflows the operator put in DAGWRIGHT_WORKFLOWS: a workflow
-    from a request body (or a model) could send them to any host (docs/security.md)."""
-    issues = [
-        source.issue(
-            f"{what} cannot read secrets",
-            path,
-            step=step,
-            field=field,
-            hint="put the workflow in the server's DAGWRIGHT_WORKFLOWS folder and submit it "
-            "by name",
-        )
-        for path, step, field in secret_uses(workflow)
-    ]
+def _operator_only(workflow: Workflow, source: Source, what: str) -> None:
+    """Secrets and internal hosts go only to the workflows the operator put in
+    DAGWRIGHT_WORKFLOWS: a workflow from a request body (or a model) could send a secret, or a
+    request, anywhere (docs/security.md)."""
+    issues = operator_only.refused(workflow, source, what)
     if issues:
         raise PlanError(issues)
 

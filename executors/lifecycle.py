@@ -30,9 +30,9 @@ from dagwright.executors.engine import decisions
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
 from dagwright.executors.store.base import RunRecord, TraceStore, lineage_fields
+from dagwright.planner.operator_only import changed
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
-from dagwright.planner.secret_refs import secrets_added
 from dagwright.planner.tool_modules import registry_for_run
 from dagwright.planner.validate import validate
 from dagwright.tools.registry import ToolContext, ToolRegistry
@@ -256,7 +256,9 @@ class Replanning:
             revised = self.replanner(plan.workflow, outputs, failure, self.registry, record)
         except Exception as exc:  # noqa: BLE001 - the run then fails with the step's own error
             return Revision(calls, f"replanning failed: {exc}")
-        issues = validate(revised, self.registry) + secrets_added(plan.workflow, revised)
+        issues = validate(revised, self.registry) + changed(
+            plan.workflow, revised, "a revised plan"
+        )
         if issues:
             problems = "; ".join(str(i) for i in issues[:5])
             return Revision(calls, f"the revised plan is not valid: {problems}")

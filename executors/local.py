@@ -46,6 +46,7 @@ from dagwright.planner.inputs import resolve_inputs
 from dagwright.planner.limits import Limits
 from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
+from dagwright.planner.secret_refs import reused_stand_ins
 from dagwright.planner.validate import validate
 from dagwright.secret_values import NO_SECRETS, SecretValues
 from dagwright.tools.registry import ToolRegistry, default_registry
@@ -164,7 +165,8 @@ class LocalExecutor:
         lineage: dict[str, Any] | None = None,
         priority: int = 0,
     ) -> RunResult:
-        issues = validate(workflow, self.registry, secrets=self.secrets)
+        names = reused_stand_ins(workflow, self.secrets, reused or {})  # reused: not called
+        issues = validate(workflow, self.registry, secrets=names)
         if issues:
             raise PlanError(issues)
         resolved = resolve_inputs(workflow, dict(inputs or {}))  # defaults filled, types checked

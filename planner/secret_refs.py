@@ -15,12 +15,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dagwright.errors import PlanIssue, SecretNotSet
+from dagwright.errors import SecretNotSet
 from dagwright.planner.references import Expression, expressions_in
-from dagwright.planner.source import Path_, Source, did_you_mean
+from dagwright.planner.source import did_you_mean
+from dagwright.redact import REDACTED
 
 if TYPE_CHECKING:
     from dagwright.planner.schema import Workflow
@@ -29,6 +30,29 @@ if TYPE_CHECKING:
 
 SECRETS = "secrets"
 """The root that reads a secret."""
+
+
+class _AsRecorded(Mapping[str, str]):
+    """Any name: ``[REDACTED]``."""
+
+    def __getitem__(self, name: str) -> str:
+        if not isinstance(name, str):
+            raise KeyError(name)
+        return REDACTED
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+AS_RECORDED: Mapping[str, str] = _AsRecorded()
+"""Every secret as a recording holds it, ``[REDACTED]``: what ``secrets`` reads where recorded
+inputs are compared without the values (a resume's or a fork's reuse check)."""
 
 
 def secret_name(expr: Expression) -> str | None:
@@ -49,30 +73,15 @@ def secret_names_in(value: Any) -> Iterator[str]:
             yield name
 
 
-def secret_uses(workflow: Workflow) -> Iterator[tuple[Path_, str, str]]:
-    """Where a workflow's steps read secrets: (YAML path, step id, field) of each."""
-    for i, step in enumerate(workflow.steps):
-        for loc, expr in expressions_in(step.with_):
-            if SECRETS in expr.names():
-                field = ".".join(["with", *map(str, loc)])
-                yield ("steps", i, "with", *loc), step.id, field
-
-
-def secrets_added(original: Workflow, revised: Workflow) -> list[PlanIssue]:
-    """A plan revised by a model may keep the secret-reading steps the workflow had (same tool,
-    same ``with``), never add or change one: it could send the secret anywhere."""
-    kept = [(s.uses, s.with_) for s in original.steps]
-    return [
-        Source().issue(
-            "a revised plan may not read secrets in a step the workflow did not have as it is",
-            path,
-            step=step_id,
-            field=field,
-            hint="only the steps of the workflow as written may read secrets",
-        )
-        for path, step_id, field in secret_uses(revised)
-        if (revised.steps[int(path[1])].uses, revised.steps[int(path[1])].with_) not in kept
-    ]
+def reused_stand_ins(
+    workflow: Workflow, secrets: SecretValues, reused: Collection[str]
+) -> SecretValues:
+    """``secrets``, and a stand-in for each secret not set that only ``reused`` steps read (a
+    resume or a fork reuses their recorded outputs: they are not called, and need no value);
+    for validation: the attempts of the steps that run read ``secrets`` alone."""
+    running = {n for s in workflow.steps if s.id not in reused for n in secret_names_in(s.with_)}
+    read = {n for s in workflow.steps if s.id in reused for n in secret_names_in(s.with_)}
+    return secrets.with_stand_ins(read - running)
 
 
 def replay_secrets(
@@ -152,12 +161,12 @@ def secret_problems(
 
 
 __all__ = [
+    "AS_RECORDED",
     "SECRETS",
     "replay_secrets",
+    "reused_stand_ins",
     "secret_name",
     "secret_names_in",
     "secret_problems",
-    "secret_uses",
-    "secrets_added",
     "where_secrets_go",
 ]

@@ -24,6 +24,7 @@ from dagwright.executors.engine.outcome import SUCCEEDED
 from dagwright.planner.plan import Plan
 from dagwright.planner.references import ExpressionError, render
 from dagwright.planner.schema import Workflow
+from dagwright.planner.secret_refs import AS_RECORDED, SECRETS
 from dagwright.planner.source import Source
 
 RESUME, FORK, REPLAY = "resume", "fork", "replay"
@@ -132,7 +133,8 @@ def derive(
             continue
         recorded = records[sid].get("inputs")
         try:
-            now = render(plan.steps[sid].with_, {"inputs": inputs, "steps": outputs})
+            context = {"inputs": inputs, "steps": outputs, SECRETS: AS_RECORDED}
+            now = render(plan.steps[sid].with_, context)
         except ExpressionError as exc:
             now = f"<cannot resolve: {exc}>"
         if recorded is not None and now != recorded:
