@@ -181,8 +181,10 @@ def describe_tools(registry: ToolRegistry) -> str:
 
 
 def example_plans(registry: ToolRegistry, folder: Path | None = None, limit: int = 2) -> list[str]:
-    """Plans worth showing the model: example workflows whose tools are all registered."""
+    """Plans worth showing the model: example workflows whose tools are all registered, and
+    that neither read secrets nor name ``allow_hosts`` (a plan a model writes may not)."""
     from dagwright.planner.loader import dump_workflow, load_workflow
+    from dagwright.planner.operator_only import operator_only_uses
 
     folder = folder or Path(__file__).resolve().parent.parent / "workflows" / "examples"
     found = []
@@ -191,7 +193,7 @@ def example_plans(registry: ToolRegistry, folder: Path | None = None, limit: int
             wf = load_workflow(path).workflow
         except PlanError:
             continue
-        if all(step.uses in registry for step in wf.steps):
+        if all(step.uses in registry for step in wf.steps) and not any(operator_only_uses(wf)):
             found.append(dump_workflow(wf))
         if len(found) >= limit:
             break

