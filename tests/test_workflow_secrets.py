@@ -19,7 +19,7 @@ from apitools import Server, wait_final
 from clitools import as_json, cli
 from conftest import TESTS, Workers, celery_env, flush_broker
 from http_server import HttpServer
-from openai_stub import OpenAIStub, tool_reply
+from openai_stub import OpenAIStub, text_reply, tool_reply
 
 from dagwright.errors import DagwrightError, PlanError, SecretNotSet
 from dagwright.executors.local import LocalExecutor
@@ -373,6 +373,86 @@ def test_a_tool_that_reruns_in_every_replay_needs_its_secret_there() -> None:
     stood_in = SECRETS.with_stand_ins(["api_token", "other"])  # what a served step reads
     assert stood_in["other"] == "[REDACTED]" and stood_in["API_TOKEN"] == TOKEN
     assert stood_in.redaction_forms() == SECRETS.redaction_forms(), "a stand-in is no value"
+
+
+LEAKY_TOOLS = '''
+import time
+
+from dagwright import StepError, ToolContext, tool
+from dagwright.tools.llm import generate
+
+
+@tool("leaky.ask", secret_args=("key",), replay="rerun")
+def ask(key: str, ctx: ToolContext) -> dict[str, str]:
+    """Ask a model about the key: the model call carries it."""
+    return {"answer": generate(prompt=f"Is {key} a good key?", ctx=ctx), "key": key}
+
+
+@tool("leaky.fail", secret_args=("key",))
+def fail(key: str, how: str) -> None:
+    if how == "step_error":
+        raise StepError(f"the service refused {key}", retryable=False)
+    raise ValueError(f"the service refused {key}")
+
+
+@tool("leaky.stamp", secret_args=("key",), replay="rerun")
+def stamp(key: str) -> dict[str, object]:
+    """Not deterministic: its replay diverges, and the diff shows its output."""
+    return {"key": key, "at": time.time_ns()}
+'''
+LEAKY = """\
+name: leaky
+tools: [leaky_tools]
+steps:
+  - {id: ask, uses: leaky.ask, with: {key: "${{ secrets.API_TOKEN }}"}}
+  - id: refused
+    uses: leaky.fail
+    with: {key: "${{ secrets.API_TOKEN }}", how: step_error}
+    on_failure: continue
+  - id: crashed
+    uses: leaky.fail
+    with: {key: "${{ secrets.API_TOKEN }}", how: exception}
+    retry: {max_attempts: 1}
+    on_failure: continue
+  - {id: stamp, uses: leaky.stamp, needs: [ask], with: {key: "${{ secrets.API_TOKEN }}"}}
+"""
+
+
+def test_a_step_secret_is_redacted_from_errors_model_calls_and_replay_diffs(
+    tmp_path: Path,
+) -> None:
+    """Tools that put the secret everywhere they can: a model call's prompt, a StepError's
+    message, an exception's message and traceback, an output whose replay diverges."""
+    (tmp_path / "leaky_tools.py").write_text(LEAKY_TOOLS)
+    (tmp_path / "leaky.yaml").write_text(LEAKY)
+    with OpenAIStub(respond=lambda body: text_reply("It is long enough.")) as stub:
+        env = {**ENV, "DAGWRIGHT_DB": str(tmp_path / "trace.db"),
+               "DAGWRIGHT_MODEL": "openai:stub", "DAGWRIGHT_MODEL_BASE_URL": stub.base_url,
+               "DAGWRIGHT_MODEL_API_KEY": "sk-stub-key"}  # fmt: skip
+        ran = cli("run", "leaky.yaml", "--json", cwd=tmp_path, env=env)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert TOKEN in json.dumps(stub.requests), "the model was asked with the real value"
+    run = as_json(ran)
+    steps = run["steps"]
+    assert steps["refused"]["error"] == "the service refused [REDACTED]"
+    assert "the service refused [REDACTED]" in steps["crashed"]["error"]
+    assert run["output"]["stamp"]["key"] == "[REDACTED]"
+    trace = cli("trace", run["run_id"], "--json", cwd=tmp_path, env=env)
+    (call,) = [e["data"] for e in as_json(trace) if e["type"] == "model_call"]
+    assert "Is [REDACTED] a good key?" in json.dumps(call["request"])
+    tracebacks = [e["data"]["error"].get("traceback") or "" for e in as_json(trace)
+                  if e["type"] == "attempt_finished" and e["step"] == "crashed"]  # fmt: skip
+    assert "ValueError: the service refused [REDACTED]" in tracebacks[0]
+    replayed = cli("replay", run["run_id"], cwd=tmp_path, env=env)  # model calls served
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert "step 'stamp' attempt 1: output differs" in replayed.stdout
+    assert '"key": "[REDACTED]"' in replayed.stdout, "the diff shows the output, redacted"
+    outputs = [ran.stdout, ran.stderr, trace.stdout, replayed.stdout, replayed.stderr]
+    outputs.append(cli("show", run["run_id"], cwd=tmp_path, env=env).stdout)
+    for i, text in enumerate(outputs):
+        nowhere(text, f"output {i}")
+    for file in tmp_path.glob("trace.db*"):
+        nowhere(file.read_bytes(), file.name)
 
 
 def test_an_executor_given_a_plain_store_still_records_no_secret(
