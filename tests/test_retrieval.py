@@ -199,6 +199,35 @@ def test_each_mode_finds_the_expected_document(
     assert doc[passages[0]["start"] : passages[0]["end"]] == passages[0]["text"]
 
 
+def test_any_sentence_transformers_model_by_name(minilm: Any, tmp_path: Path) -> None:
+    """A model given by name (here a local folder: no download) is recorded in the index and
+    embeds its queries; the packaged model, saved there, finds what it finds by default."""
+    folder = tmp_path / "my-model"
+    minilm.model.save(str(folder))
+    (tmp_path / "docs").mkdir()
+    for name in ("error-codes.md", "warranty.md", "storm-mode.md"):
+        shutil.copy(CORPUS / name, tmp_path / "docs" / name)
+    root = tmp_path / "indexes"
+    report = build_index("mine", tmp_path / "docs", root, model=str(folder))
+    assert report.embedded > 0
+    index = open_index("mine", root)
+    assert index.manifest["model"] == str(folder)
+    found = index.search("the battery got too hot and stopped charging", k=2, mode="dense")
+    assert found[0]["doc_id"] == "error-codes.md", found
+    assert index.embedder is not None and index.embedder.name == str(folder)
+
+
+def test_indexes_live_beside_the_sqlite_trace_store_unless_dagwright_index_dir() -> None:
+    from dagwright.retrieval.store import DEFAULT_ROOT, index_root
+
+    assert index_root(".dagwright/trace.db") == Path(".dagwright/indexes")
+    assert index_root("/srv/dw/trace.db") == Path("/srv/dw/indexes")
+    assert index_root("sqlite:////srv/dw/t.db?mode=rwc") == Path("/srv/dw/indexes")
+    assert index_root("postgresql://u@db/dagwright") == DEFAULT_ROOT == Path(".dagwright/indexes")
+    assert index_root("postgresql://u@db/dagwright", "/shared/idx") == Path("/shared/idx")
+    assert index_root("/srv/dw/trace.db", "/shared/idx") == Path("/shared/idx")
+
+
 def test_bm25_returns_only_chunks_that_share_a_term(index_root: Path) -> None:
     index = open_index("kestrel", index_root)
     assert index.search("xylophone zeppelin", k=5, mode="bm25") == []
