@@ -30,7 +30,7 @@ $(VENV)/.all: pyproject.toml $(VENV)/.core
 	# torch first, pinned: the CPU build; an unpinned torch pulled in by transformers or
 	# outlines would download several GB of CUDA
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,local,retrieval]'
+	$(PIP) -e '.[dev,local,retrieval,agents]'
 	touch $@
 
 demo: setup

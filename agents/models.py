@@ -43,9 +43,17 @@ class ModelCall:
     """The parameters the step asked with (temperature, seed, max_tokens)."""
     replayed: bool = False
     """Served from a recorded trace by ``dagwright replay``: no provider was called."""
+    agent: str | None = None
+    """In an ``agents.team`` step: the agent that asked (``selector`` for the speaker choice)."""
+    turn: int | None = None
+    """In an ``agents.team`` step: the turn of the exchange the call belongs to (1 = the first
+    agent's answer to the task)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.agent is None and self.turn is None:  # not a team's call: as before
+            del data["agent"], data["turn"]
+        return data
 
 
 Recorder = Callable[[ModelCall], None]
@@ -107,6 +115,17 @@ class Provider(Protocol):
         self, messages: list[dict[str, Any]], *, record: Recorder, purpose: str = ""
     ) -> str: ...
 
+    def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, record: Recorder,
+        purpose: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        """One turn of a conversation in which the model may call ``tools`` (OpenAI-style
+        function schemas: ``{"name", "description", "parameters"}``). ``messages`` are
+        OpenAI-style (``system``, ``user``, ``assistant`` with ``tool_calls``, ``tool``).
+        Returns ``{"content": str, "tool_calls": [{"id", "name", "arguments"}]}`` (arguments
+        as JSON text), parsed from the raw response the way ``agents.replay`` parses it."""
+        ...
+
 
 class ModelError(DagwrightError):
     """A model gave no usable answer (after its retries), or could not be reached."""
@@ -129,6 +148,13 @@ def provider(prefix: str) -> Callable[[ProviderFactory], ProviderFactory]:
         return factory
 
     return register
+
+
+def providers() -> list[str]:
+    """The provider prefixes a model string may start with (``openai``, ``anthropic``, ``hf``)."""
+    from dagwright.agents import providers as _  # noqa: F401  (registers the adapters)
+
+    return sorted(_PROVIDERS)
 
 
 def connect(model: str, settings: ModelSettings | None = None) -> Provider:
@@ -196,6 +222,15 @@ class _Redacted:
         except ModelError as exc:
             raise self._error(exc) from None
 
+    def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, record: Recorder,
+        purpose: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        try:
+            return self._inner.chat(messages, tools, record=self._record(record), purpose=purpose)
+        except ModelError as exc:
+            raise self._error(exc) from None
+
 
 @dataclass
 class CallTimer:
@@ -222,4 +257,5 @@ __all__ = [
     "connect",
     "discard",
     "provider",
+    "providers",
 ]

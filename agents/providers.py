@@ -199,6 +199,14 @@ class OpenAIProvider(_InstructorProvider):
         )
         return text
 
+    def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, record: Recorder,
+        purpose: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        from dagwright.agents.chat import openai_chat
+
+        return openai_chat(self, messages, tools, record, purpose)
+
 
 def _last_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
@@ -264,6 +272,14 @@ class AnthropicProvider(_InstructorProvider):
             record, response=_dump(response), model_id=response.model, usage=_dump(response.usage)
         )
         return text
+
+    def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, record: Recorder,
+        purpose: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        from dagwright.agents.chat import anthropic_chat
+
+        return anthropic_chat(self, messages, tools, record, purpose)
 
 
 @provider("anthropic")
@@ -374,6 +390,15 @@ class OutlinesProvider:
         )
         timer.done(record, response=text, model_id=self.model_id)
         return text
+
+    def chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, record: Recorder,
+        purpose: str = "",
+    ) -> dict[str, Any]:  # fmt: skip
+        raise ModelError(
+            f"hf:{self.model}: local models cannot call tools (give tools to an openai: or "
+            "anthropic: agent)"
+        )
 
 
 @functools.lru_cache(maxsize=4)

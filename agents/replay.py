@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from dagwright.agents.chat import CHAT_ANSWERS
 from dagwright.agents.models import ModelCall, Recorder
 from dagwright.errors import ReplayMismatch, StepError
 
@@ -58,13 +59,22 @@ _FIELDS = {f.name for f in dataclasses.fields(ModelCall)}
 
 
 class ModelReplay:
-    """The recorded model calls of one attempt, served in order."""
+    """The recorded model calls of one attempt, served in order; for an ``agents.team`` step
+    also its recorded exchange (``team``: its agents' messages and tool calls)."""
 
-    def __init__(self, calls: list[dict[str, Any]], report: Report) -> None:
+    def __init__(
+        self,
+        calls: list[dict[str, Any]],
+        report: Report,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.calls = calls
         self.report = report
         self.pos = 0
         self.served = 0
+        self.team = TeamReplay(messages or [], tool_calls or [], self._diverge)
 
     def _next(self) -> dict[str, Any] | None:
         return self.calls[self.pos] if self.pos < len(self.calls) else None
@@ -87,17 +97,23 @@ class ModelReplay:
         answer_model: type[BaseModel] | None,
         purpose: str,
         record: Recorder,
+        *,
+        chat: bool = False,
+        where: str = "",
     ) -> Any:
-        """What ``tools.llm`` gets instead of a provider's answer."""
+        """What ``agents.calls.ask`` gets instead of a provider's answer (``chat``: a
+        tool-calling turn's ``{"content", "tool_calls"}``; ``where``: the agent and turn of a
+        team's call, named by a divergence)."""
         asked = {"model": model, "messages": messages, "purpose": purpose}
+        at = f" ({where})" if where else ""
         if self.pos >= len(self.calls):
-            self._diverge("model call", None, asked, "the recorded attempt made no more calls")
+            self._diverge("model call", None, asked, f"the recorded attempt made no more calls{at}")
         first = self.calls[self.pos]
         recorded_key = first.get("request_key") or (first.get("request") or {}).get("key")
         if recorded_key is not None and recorded_key != key:
             expected = {"model": first.get("model"), "purpose": first.get("purpose"),
                         **_messages_of(first)}  # fmt: skip
-            self._diverge("model request", expected, asked, "the model request differs")
+            self._diverge("model request", expected, asked, f"the model request differs{at}")
         group = [first]
         self.pos += 1
         if not first.get("cache_hit"):  # a provider's own re-asks belong to the same request
@@ -109,7 +125,7 @@ class ModelReplay:
             record(_replayed(call))
         if first.get("cache_hit"):
             return (first.get("response") or {}).get("value")
-        return _answer(model, str(first.get("provider")), group, answer_model)
+        return _answer(model, str(first.get("provider")), group, answer_model, chat)
 
     def _diverge(self, what: str, expected: Any, actual: Any, message: str) -> None:
         self.report(what, expected, actual, message)
@@ -129,9 +145,16 @@ def _replayed(call: dict[str, Any]) -> ModelCall:
 
 
 def _answer(
-    model: str, provider: str, group: list[dict[str, Any]], answer_model: type[BaseModel] | None
+    model: str,
+    provider: str,
+    group: list[dict[str, Any]],
+    answer_model: type[BaseModel] | None,
+    chat: bool = False,
 ) -> Any:
     parse = ANSWERS.get(provider)
+    if chat:
+        read = CHAT_ANSWERS.get(provider)
+        parse = (lambda response, _: read(response)) if read is not None else None
     if parse is None:
         raise ReplayDiverged(f"replay cannot read recorded answers of provider {provider!r}")
     last_error = ""
@@ -152,4 +175,63 @@ def _answer(
     )
 
 
-__all__ = ["ANSWERS", "ModelReplay", "ReplayDiverged"]
+class TeamReplay:
+    """The recorded exchange of an ``agents.team`` attempt: each message its agents said and
+    each tool call they made, in order. The replayed exchange is compared with it message by
+    message; a difference is a divergence naming the agent and the turn."""
+
+    def __init__(
+        self,
+        messages: list[dict[str, Any]],
+        tool_calls: list[dict[str, Any]],
+        diverge: Callable[[str, Any, Any, str], None],
+    ) -> None:
+        self.messages, self.tool_calls = messages, tool_calls
+        self._diverge = diverge
+        self.said = 0
+        self.called = 0
+
+    def message(self, entry: dict[str, Any]) -> None:
+        """The replayed exchange said ``entry`` (``{"turn", "agent", "kind", "text", …}``)."""
+        where = f"agent {entry.get('agent')!r}, turn {entry.get('turn')}"
+        if self.said >= len(self.messages):
+            self._diverge("agent message", None, entry,
+                          f"{where}: the recorded exchange had ended here")  # fmt: skip
+        recorded = self.messages[self.said]
+        self.said += 1
+        if _said(recorded) != _said(entry):
+            self._diverge("agent message", _said(recorded), _said(entry),
+                          f"{where}: the message differs from the recorded one")  # fmt: skip
+
+    def tool_call(
+        self, agent: str, turn: int, tool: str, arguments: Any
+    ) -> dict[str, Any]:  # fmt: skip
+        """The recorded call this one replays (same agent, turn, tool and arguments)."""
+        where = f"agent {agent!r}, turn {turn}"
+        asked = {"agent": agent, "turn": turn, "tool": tool, "arguments": arguments}
+        if self.called >= len(self.tool_calls):
+            self._diverge(
+                "tool call", None, asked, f"{where}: the recording made no more tool calls"
+            )
+        recorded = self.tool_calls[self.called]
+        self.called += 1
+        expected = {k: recorded.get(k) for k in asked}
+        if expected != asked:
+            self._diverge("tool call", expected, asked, f"{where}: the tool call differs")
+        return recorded
+
+    def tool_result(self, recorded: dict[str, Any], result: dict[str, Any]) -> None:
+        """A tool run again (``replay="rerun"``) must give what it gave."""
+        expected = {k: recorded.get(k) for k in ("output", "error")}
+        actual = {k: result.get(k) for k in ("output", "error")}
+        if expected != actual:
+            where = f"agent {recorded.get('agent')!r}, turn {recorded.get('turn')}"
+            self._diverge("tool result", expected, actual,
+                          f"{where}: tool {recorded.get('tool')!r} gave another result")  # fmt: skip
+
+
+def _said(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: entry.get(k) for k in ("turn", "agent", "kind", "text")}
+
+
+__all__ = ["ANSWERS", "ModelReplay", "ReplayDiverged", "TeamReplay"]

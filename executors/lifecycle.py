@@ -168,9 +168,11 @@ def tool_context(
     emit: Callable[[str, dict[str, Any]], None] | None,
     cache: Cache | None,
     replay: Any = None,
+    tools: ToolRegistry | None = None,
 ) -> ToolContext:
     """What the tool of step ``sid`` gets for attempt ``attempt``. ``cache`` is used when the
-    step has ``cache: true`` and this is not a replay (a replay serves recorded calls)."""
+    step has ``cache: true`` and this is not a replay (a replay serves recorded calls);
+    ``tools``: the run's registry (the tools an ``agents.team`` step's agents may call)."""
     step = state.current_plan.steps[sid]
     use_cache = cache is not None and step.cache and replay is None
     return ToolContext(
@@ -181,6 +183,7 @@ def tool_context(
         emit=emit,
         cache=AttemptCache(cache, read=attempt == 1) if use_cache and cache else None,
         replay=replay,
+        tools=tools,
     )
 
 

@@ -472,7 +472,8 @@ class _Run:
         """Call the tool and verify (``models``: recorded model calls to serve, in a replay)."""
         await self.durable()  # the attempt is on record before the tool is called
         emit = self.tool_emitter(sid, attempt)
-        ctx = tool_context(self.state, sid, attempt, emit=emit, cache=self.x.cache, replay=models)
+        ctx = tool_context(self.state, sid, attempt, emit=emit, cache=self.x.cache, replay=models,
+                           tools=self.x.registry)  # fmt: skip
         outcome = await run.execute(tool, args, ctx)
         settle_cache(ctx, outcome)
         return outcome

@@ -109,6 +109,8 @@ class Replayer:
         self.rerun_tools = set(rerun)
         self.attempts: dict[Key, _Recorded] = {}
         self.calls: dict[Key, list[dict[str, Any]]] = {}
+        self.exchanges: dict[Key, dict[str, list[dict[str, Any]]]] = {}
+        """An ``agents.team`` attempt's recorded messages and tool calls, by event type."""
         self.revisions: list[Workflow] = []
         self.revised = 0  # revisions served so far
         self.divergences: list[Divergence] = []
@@ -136,6 +138,7 @@ class Replayer:
             if e.type == ev.ATTEMPT_STARTED:  # (again, when its worker was lost: start over)
                 self.attempts[key] = _Recorded(inputs=e.data.get("inputs"))
                 self.calls[key] = []
+                self.exchanges.pop(key, None)
             elif e.type == ev.ATTEMPT_FINISHED and key in self.attempts:
                 rec = self.attempts[key]
                 rec.status, rec.output = e.data.get("status"), e.data.get("output")
@@ -143,6 +146,8 @@ class Replayer:
                 rec.duration = e.data.get("duration") or 0.0
             elif e.type == ev.MODEL_CALL:
                 self.calls.setdefault(key, []).append(e.data)
+            elif e.type in (ev.AGENT_MESSAGE, ev.TOOL_CALL):
+                self.exchanges.setdefault(key, {}).setdefault(e.type, []).append(e.data)
 
     # -- what the replayed run starts with -----------------------------------------------------
     def workflow(self) -> Workflow:
@@ -227,7 +232,14 @@ class Replayer:
         def report(what: str, expected: Any, actual: Any, message: str) -> None:
             self._diverge(sid, attempt, what, expected, actual, message)
 
-        replay = ModelReplay(list(self.calls.get((rev, sid, attempt), [])), report)
+        key = (rev, sid, attempt)
+        exchange = self.exchanges.get(key, {})
+        replay = ModelReplay(
+            list(self.calls.get(key, [])),
+            report,
+            messages=list(exchange.get(ev.AGENT_MESSAGE, [])),
+            tool_calls=list(exchange.get(ev.TOOL_CALL, [])),
+        )
         self.served_calls.append(replay)
         return replay
 

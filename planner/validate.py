@@ -150,6 +150,7 @@ class _Validator:
         if tool is not None:
             self.check_requires(tool, step, at)
             self.check_args(tool, step, at, ref_locs)
+            self.check_tool_rules(tool, step, at)
         for j, check in enumerate(step.verify):
             self.check_verify(check, (*at, "verify", j), step)
 
@@ -163,6 +164,19 @@ class _Validator:
                 step=step.id,
                 field="uses",
                 hint=f"install it: {tool.requires.install}",
+            )
+
+    def check_tool_rules(self, tool: Tool, step: Step, at: Path_) -> None:
+        """The tool's own checks of its arguments (``@tool(check=...)``)."""
+        if tool.check is None or not isinstance(step.with_, dict):
+            return
+        for where, message, hint in tool.check(step.with_, self.registry):
+            self.add(
+                message,
+                (*at, "with", *where),
+                step=step.id,
+                field=".".join(["with", *map(str, where)]),
+                hint=hint,
             )
 
     def check_args(self, tool: Tool, step: Step, at: Path_, ref_locs: list[Path_]) -> None:

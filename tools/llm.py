@@ -82,56 +82,11 @@ def _ask(
     schema: Any = None,
     max_tokens: int = 1024,
 ) -> Any:
-    """One recorded, cached model request: text, or a structured answer as plain data."""
-    from dagwright.agents.cache import request_key
-    from dagwright.agents.models import ModelCall, ModelError, ModelSettings, connect
-    from dagwright.settings import Settings
+    """One recorded, cached model request: text, or a structured answer as plain data
+    (``agents.calls.ask``, the path every model call of a step takes)."""
+    from dagwright.agents.calls import ask
 
-    settings = Settings.from_env()
-    replay = ctx.replay  # dagwright replay: the recording's model and parameters, not this env's
-    model = model or settings.model or (replay.model() if replay is not None else "")
-    if not model:
-        raise StepError(
-            f"{purpose} needs a model: set its model or DAGWRIGHT_MODEL", retryable=False
-        )
-    params = {"temperature": 0, "seed": settings.model_seed, "max_tokens": max_tokens}
-    if replay is not None:
-        params = replay.params() or params
-    shape = (
-        schema
-        if schema is not None
-        else (answer_model.model_json_schema() if answer_model else None)
-    )
-    key = request_key(model, messages, shape, params)
-
-    def record(call: ModelCall) -> None:
-        call.request_key, call.params = key, params
-        if ctx.emit is not None:
-            ctx.emit("model_call", call.as_dict())
-
-    if replay is not None:  # the recorded answer: no provider is called
-        return replay.ask(key, model, messages, answer_model, purpose, record)
-    if ctx.cache is not None:
-        hit = ctx.cache.get(key)
-        if hit is not None:
-            record(ModelCall(model=model, provider=model.partition(":")[0], request={"key": key},
-                             response=hit, cache_hit=True, purpose=purpose))  # fmt: skip
-            return hit["value"]
-    provider = connect(model, ModelSettings.from_settings(settings, max_tokens=max_tokens))
-    value: dict[str, Any] | str
-    try:
-        if answer_model is not None:
-            parsed = provider.structured(
-                messages, answer_model, max_retries=1, record=record, purpose=purpose
-            )
-            value = parsed.model_dump(mode="json")
-        else:
-            value = provider.text(messages, record=record, purpose=purpose)
-    except ModelError as exc:
-        raise StepError(str(exc)) from None
-    if ctx.cache is not None:
-        ctx.cache.put(key, {"value": value})
-    return value
+    return ask(ctx, model, messages, answer_model, purpose, schema=schema, max_tokens=max_tokens)
 
 
 class Verdict(BaseModel):

@@ -45,9 +45,17 @@ class ToolContext:
     replay: Any = field(default=None, compare=False)
     """In ``dagwright replay``: the attempt's recorded model calls, served instead of calling a
     provider (``tools.llm`` asks it; a tool that calls models must go through ``tools.llm``)."""
+    tools: Any = field(default=None, compare=False)
+    """The run's tool registry (the built-ins, DAGWRIGHT_TOOLS, the workflow's ``tools:``):
+    where ``agents.team`` finds the tools its agents may call. None: the default registry."""
 
 
 REPLAY_MODES = ("serve", "rerun")
+
+ArgProblem = tuple[tuple[str | int, ...], str, str | None]
+"""``(where under with, message, hint)``: what a tool's ``check`` finds wrong in a step's
+arguments beyond their types."""
+ArgsCheck = Callable[[dict[str, Any], "ToolRegistry"], list[ArgProblem]]
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,10 @@ class Tool:
     secret_args: tuple[str, ...] = ()
     """The arguments that may take ``${{ secrets.NAME }}`` (e.g. ``http.request``'s
     ``headers``); validation refuses a secret anywhere else."""
+    check: ArgsCheck | None = None
+    """Checks of a step's ``with`` beyond their types, run by validation with the run's
+    registry (e.g. ``agents.team``: its agents' tools exist); values that are references are
+    left to the attempt."""
     _output_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)
 
     def args_schema(self) -> dict[str, Any]:
@@ -125,6 +137,7 @@ def _build_tool(
     replay: str = "serve",
     requires: Requires | None = None,
     secret_args: tuple[str, ...] = (),
+    check: ArgsCheck | None = None,
 ) -> Tool:
     if replay not in REPLAY_MODES:
         raise DagwrightError(f"tool {name!r}: replay={replay!r}; use 'serve' or 'rerun'")
@@ -186,6 +199,7 @@ def _build_tool(
         replay=replay,
         requires=requires,
         secret_args=tuple(secret_args),
+        check=check,
         _output_adapter=output_adapter,
     )
 
@@ -233,9 +247,10 @@ class ToolRegistry:
         replay: str = "serve",
         requires: Requires | None = None,
         secret_args: tuple[str, ...] = (),
+        check: ArgsCheck | None = None,
     ) -> Tool:
         self._load_builtins()
-        t = _build_tool(fn, name or fn.__name__, description, replay, requires, secret_args)
+        t = _build_tool(fn, name or fn.__name__, description, replay, requires, secret_args, check)
         existing = self._tools.get(t.name)
         if existing is not None and existing.fn is not fn:
             same_source = getattr(existing.fn, "__module__", None) == getattr(
@@ -258,10 +273,11 @@ class ToolRegistry:
         replay: str = "serve",
         requires: Requires | None = None,
         secret_args: tuple[str, ...] = (),
+        check: ArgsCheck | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.register(fn, name=name, description=description, replay=replay,
-                          requires=requires, secret_args=secret_args)  # fmt: skip
+                          requires=requires, secret_args=secret_args, check=check)  # fmt: skip
             return fn
 
         return decorate
@@ -386,10 +402,11 @@ BUILTIN_TOOL_MODULES = (
     "dagwright.tools.llm",
     "dagwright.tools.http",
     "dagwright.tools.retrieve",  # registers without its optional extra (Requires)
+    "dagwright.tools.team",  # agents.team: registers without its optional extra (Requires)
 )
 default_registry = ToolRegistry(builtins=BUILTIN_TOOL_MODULES)
 """Every registered tool: the built-ins (echo, sleep, flaky, llm.generate, http.request,
-retrieve; loaded on first use) and every ``@tool`` function imported since."""
+retrieve, agents.team; loaded on first use) and every ``@tool`` function imported since."""
 
 
 def tool(
@@ -399,6 +416,7 @@ def tool(
     replay: str = "serve",
     requires: Requires | None = None,
     secret_args: tuple[str, ...] = (),
+    check: ArgsCheck | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function as a tool::
 
@@ -419,13 +437,16 @@ def tool(
 
     ``secret_args``: the parameters that may take ``${{ secrets.NAME }}`` (e.g.
     ``("headers",)``); a secret in any other argument fails validation.
+
+    ``check``: ``check(with_, registry) -> [(where, message, hint)]``, what validation finds
+    wrong in a step's arguments beyond their types (each a located problem).
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         targets = _collect_stack[-1:] or [default_registry]
         for registry in targets:
             t = registry.register(fn, name=name, description=description, replay=replay,
-                                  requires=requires, secret_args=secret_args)  # fmt: skip
+                                  requires=requires, secret_args=secret_args, check=check)  # fmt: skip
             _module_tools.setdefault(fn.__module__, {})[t.name] = t
         return fn
 

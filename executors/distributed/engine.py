@@ -429,7 +429,9 @@ class Engine:
             )
 
         with self.lock:
-            ctx = tool_context(state, d.step, d.attempt, emit=emit, cache=self.cache)
+            ctx = tool_context(
+                state, d.step, d.attempt, emit=emit, cache=self.cache, tools=registry
+            )
         tool = registry.get(plan.steps[d.step].uses)
         with self._beats.beating(d):
             outcome = run_sync(attempt.execute(tool, args, ctx))

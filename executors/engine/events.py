@@ -18,6 +18,12 @@ RUN_QUEUED = "run_queued"
 """The run waits for a slot of its concurrency key (data: ``key``, ``limit``, ``priority``)."""
 RUN_ADMITTED = "run_admitted"
 """The run holds a slot of its concurrency key: its steps may start."""
+AGENT_MESSAGE = "agent_message"
+"""One message of an ``agents.team`` step's exchange (data: ``turn``, ``agent``, ``kind``,
+``text``, ``tokens``), recorded as it is said."""
+TOOL_CALL = "tool_call"
+"""A registry tool called by an agent of an ``agents.team`` step (data: ``agent``, ``turn``,
+``tool``, ``arguments``, ``output`` or ``error``, ``duration``)."""
 
 EVENT_TYPES = (
     RUN_STARTED,
@@ -31,6 +37,8 @@ EVENT_TYPES = (
     REPLAY_DIVERGED,
     RUN_QUEUED,
     RUN_ADMITTED,
+    AGENT_MESSAGE,
+    TOOL_CALL,
 )
 
 
@@ -62,6 +70,7 @@ class Event:
 
 
 __all__ = [
+    "AGENT_MESSAGE",
     "ATTEMPT_FINISHED",
     "ATTEMPT_STARTED",
     "EVENT_TYPES",
@@ -73,4 +82,5 @@ __all__ = [
     "RUN_STARTED",
     "STEP_FINISHED",
     "STEP_SCHEDULED",
+    "TOOL_CALL",
 ]

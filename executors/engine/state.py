@@ -106,7 +106,7 @@ class RunState:
         return [sid for sid, s in self.steps.items() if s.status in ACTIVE]
 
 
-_NOT_FOLDED = frozenset({ev.MODEL_CALL, ev.REPLAY_DIVERGED})
+_NOT_FOLDED = frozenset({ev.MODEL_CALL, ev.REPLAY_DIVERGED, ev.AGENT_MESSAGE, ev.TOOL_CALL})
 _RUN_EVENTS = frozenset({ev.RUN_STARTED, ev.RUN_QUEUED, ev.RUN_ADMITTED, ev.RUN_FINISHED})
 
 
@@ -135,8 +135,8 @@ def apply(state: RunState, event: Event) -> RunState:
     Most events update ``state`` in place and return it; ``plan_revised`` returns a new state
     under the revised plan (``state.plan``): callers always go on with the returned state.
     Events after ``run_finished`` (a worker's late report on a cancelled run) stay in the trace
-    but do not change the run's state; model calls and replay divergences are kept for
-    inspection and replay only."""
+    but do not change the run's state; model calls, a team's messages and tool calls, and
+    replay divergences are kept for inspection and replay only."""
     kind = event.type
     if state.status in FINAL or kind in _NOT_FOLDED:
         return state

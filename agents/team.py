@@ -1,0 +1,422 @@
+"""An ``agents.team`` step, run: AutoGen AgentChat agents exchanging messages until the team's
+goal or one of its limits, as one attempt of one step.
+
+The exchange is recorded as it happens, in the attempt's trace: every message an agent says
+(``agent_message``: turn, agent, kind, text, tokens), every model call (``model_call``,
+labelled with the agent and the turn) and every registry tool an agent calls (``tool_call``).
+Turn 0 is the task; each agent's answer is the next turn. In ``dagwright replay`` the model
+calls are served from the recording, tools are served or run again by their ``replay`` mode,
+and each message is compared with the recorded one as it is said: the first difference is a
+divergence naming the agent and the turn, and ends the replayed exchange.
+
+The step's output: ``answer`` (the final message's text, or the value parsed into
+``output_schema``), who gave it, why the exchange stopped, its turns, the transcript and the
+token usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from dagwright.agents.team_spec import AgentSpec, AnsweredBy, Said, TeamOutput, Termination, Usage
+from dagwright.errors import ReplayMismatch, StepError
+
+if TYPE_CHECKING:
+    from autogen_agentchat.base import TerminationCondition
+
+    from dagwright.agents.models import ModelCall
+    from dagwright.tools.registry import Tool, ToolContext, ToolRegistry
+
+INSTALL = "pip install 'dagwright[agents]'"
+MAX_TOOL_TEXT = 16_000
+"""The most characters of a tool's result (or error) an agent is shown, and the trace keeps."""
+CHAT_KINDS = ("text", "answer", "tool_summary")
+"""The kinds of message an agent answers a turn with (the others happen within a turn)."""
+
+
+class Exchange:
+    """One attempt's exchange: the turn it is at, what was said, the first failure (which
+    ends it), and the recording or replay of each message and tool call."""
+
+    def __init__(self, ctx: ToolContext, registry: ToolRegistry) -> None:
+        self.ctx = ctx
+        self.registry = registry
+        self.replay = ctx.replay.team if ctx.replay is not None else None
+        self.tool_ctx = dataclasses.replace(ctx, previous_failure=None)
+        self.turn = 0
+        self.transcript: list[Said] = []
+        self.failure: StepError | None = None
+        self.usage = Usage(prompt_tokens=0, completion_tokens=0, model_calls=0)
+        self._tools_lock = asyncio.Lock()  # an agent's parallel tool calls run one at a time
+
+    # -- failures -------------------------------------------------------------------------------
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def fail(self, exc: StepError, agent: str, turn: int) -> StepError:
+        """The exchange's failure (the first one wins): a replay divergence as it is, any
+        other failure named by its agent and turn."""
+        if self.failure is None:
+            if isinstance(exc, ReplayMismatch):
+                self.failure = exc
+            else:
+                self.failure = StepError(
+                    f"agent {agent!r}, turn {turn}: {exc}", retryable=exc.retryable, kind=exc.kind
+                )
+        return self.failure
+
+    # -- what was said ----------------------------------------------------------------------------
+    def begin(self) -> int:
+        self.turn += 1
+        return self.turn
+
+    def say(self, entry: Said) -> None:
+        self.transcript.append(entry)
+        if self.ctx.emit is not None:
+            self.ctx.emit("agent_message", dict(entry))
+        if self.replay is not None:
+            try:
+                self.replay.message(dict(entry))
+            except StepError as exc:
+                raise self.fail(exc, entry["agent"], entry["turn"]) from None
+
+    def count_calls(self, calls: list[ModelCall]) -> None:
+        from dagwright.agents.autogen_bridge import _tokens
+
+        tokens = _tokens(calls)
+        self.usage["prompt_tokens"] += tokens.prompt_tokens
+        self.usage["completion_tokens"] += tokens.completion_tokens
+        self.usage["model_calls"] += len(calls)
+
+    def heard(self, agent: str, turn: int, item: Any) -> None:
+        """Record what an agent's turn yielded (its inner events, then its answer)."""
+        from autogen_agentchat.base import Response
+        from autogen_agentchat.messages import (
+            StructuredMessage,
+            TextMessage,
+            ThoughtEvent,
+            ToolCallExecutionEvent,
+            ToolCallRequestEvent,
+            ToolCallSummaryMessage,
+        )
+
+        message = item.chat_message if isinstance(item, Response) else item
+        usage = getattr(message, "models_usage", None)
+        tokens = None
+        if usage is not None:
+            tokens = {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens}
+        kind, text = "", ""
+        if isinstance(message, StructuredMessage):
+            value = message.content.model_dump(mode="json").get("value")
+            kind, text = "answer", json.dumps(value, ensure_ascii=False, sort_keys=True)
+        elif isinstance(message, TextMessage):
+            kind, text = "text", message.content
+        elif isinstance(message, ToolCallSummaryMessage):
+            kind, text = "tool_summary", message.content
+        elif isinstance(message, ToolCallRequestEvent):
+            kind = "tool_call"
+            text = "\n".join(f"{c.name.replace('-', '.')}({c.arguments})" for c in message.content)
+        elif isinstance(message, ToolCallExecutionEvent):
+            kind = "tool_result"
+            text = "\n".join(
+                f"{r.name.replace('-', '.')} → {'error: ' if r.is_error else ''}{r.content}"
+                for r in message.content
+            )
+        elif isinstance(message, ThoughtEvent):
+            kind, text = "thought", message.content
+        if kind:
+            self.say(Said(turn=turn, agent=agent, kind=kind, text=text, tokens=tokens))
+
+    # -- tools ----------------------------------------------------------------------------------
+    async def call_tool(self, agent: str, tool: Tool, args: dict[str, Any]) -> str:
+        """An agent's call of a registry tool: made (or in a replay served, for tools that
+        replay ``serve``), recorded as a ``tool_call`` event, its result shown to the agent
+        (an error too: the agent may recover)."""
+        async with self._tools_lock:
+            self.check()
+            turn = self.turn
+            recorded = None
+            if self.replay is not None:
+                try:
+                    recorded = self.replay.tool_call(agent, turn, tool.name, args)
+                except StepError as exc:
+                    raise self.fail(exc, agent, turn) from None
+            started = time.perf_counter()
+            if recorded is not None and tool.replay == "serve":
+                result = {"output": recorded.get("output"), "error": recorded.get("error")}
+            else:
+                result = await self._run(agent, turn, tool, args)
+                if recorded is not None:
+                    try:
+                        self.replay.tool_result(recorded, result)  # type: ignore[union-attr]
+                    except StepError as exc:
+                        raise self.fail(exc, agent, turn) from None
+            data = {"agent": agent, "turn": turn, "tool": tool.name, "arguments": args, **result,
+                    "duration": round(time.perf_counter() - started, 6),
+                    "served": recorded is not None and tool.replay == "serve"}  # fmt: skip
+            if self.ctx.emit is not None:
+                self.ctx.emit("tool_call", data)
+        if result["error"] is not None:
+            raise ToolFailed(str(result["error"]))
+        return str(result["output"])
+
+    async def _run(
+        self, agent: str, turn: int, tool: Tool, args: dict[str, Any]
+    ) -> dict[str, Any]:  # fmt: skip
+        from pydantic import ValidationError
+
+        try:
+            kwargs = tool.bind(args, self.tool_ctx)
+            value = await tool.fn(**kwargs) if tool.is_async else tool.fn(**kwargs)
+            text = json.dumps(tool.to_json(value), ensure_ascii=False, default=str)
+            return {"output": _bounded(text), "error": None}
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()
+            )
+            return {"output": None, "error": _bounded(f"invalid arguments: {problems}")}
+        except StepError as exc:
+            if isinstance(exc, ReplayMismatch):  # a model call of the tool diverged
+                raise self.fail(exc, agent, turn) from None
+            return {"output": None, "error": _bounded(str(exc))}
+        except Exception as exc:  # noqa: BLE001 - a tool's failure, told to the agent
+            return {"output": None, "error": _bounded(f"{type(exc).__name__}: {exc}")}
+
+
+class ToolFailed(Exception):
+    """A registry tool failed: AutoGen shows the agent the message as the tool's result."""
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_TOOL_TEXT:
+        return text
+    return text[:MAX_TOOL_TEXT] + f"… [{len(text) - MAX_TOOL_TEXT} more characters cut]"
+
+
+# -- the team ---------------------------------------------------------------------------------------
+
+
+def run_team(
+    ctx: ToolContext,
+    *,
+    task: str,
+    agents: list[AgentSpec],
+    max_turns: int,
+    team: str,
+    selector_model: str,
+    termination: Termination | None,
+    answer_from: str | None,
+    output_schema: dict[str, Any] | None,
+    max_tokens: int,
+) -> TeamOutput:
+    """Run the exchange to its end on an event loop of this thread's own; the step's output."""
+    try:
+        import autogen_agentchat  # noqa: F401
+    except ImportError:
+        raise StepError(f"agents.team needs AutoGen: {INSTALL}", retryable=False) from None
+    from dagwright.tools.registry import default_registry
+
+    _quiet_autogen_logs()
+    exchange = Exchange(ctx, ctx.tools if ctx.tools is not None else default_registry)
+    if ctx.previous_failure:  # a failed verify or error: tell the team what to fix
+        task += f"\n\nA previous attempt was rejected: {ctx.previous_failure}\nFix that."
+    ending = termination or Termination()
+    built = _build(exchange, agents, max_turns, team, selector_model, ending, output_schema,
+                   max_tokens)  # fmt: skip
+    exchange.say(Said(turn=0, agent="user", kind="task", text=task, tokens=None))
+    try:
+        result = asyncio.run(built.run(task=task))
+    except Exception as exc:  # AutoGen wraps what an agent raised in a RuntimeError
+        if exchange.failure is not None:
+            raise exchange.failure from None
+        raise StepError(
+            f"agents.team: the exchange failed at turn {exchange.turn}: {exc}"
+        ) from None
+    exchange.check()  # a failure AutoGen swallowed (a tool call that diverged in a replay)
+    return _output(exchange, result.stop_reason or "", ending, answer_from, output_schema)
+
+
+def _build(
+    exchange: Exchange, agents: list[AgentSpec], max_turns: int, team: str,
+    selector_model: str, ending: Termination, output_schema: dict[str, Any] | None,
+    max_tokens: int,
+) -> Any:  # fmt: skip
+    from autogen_agentchat.teams import RoundRobinGroupChat, SelectorGroupChat
+
+    from dagwright.agents.autogen_bridge import ModelClient, RegistryTool
+    from dagwright.tools.llm import json_schema_answer
+
+    members = []
+    for spec in agents:
+        final = spec.name == ending.final_answer
+        answer_type = json_schema_answer(output_schema) if final and output_schema else None
+        client = ModelClient(exchange, spec.name, spec.model, max_tokens=max_tokens,
+                             answer_schema=output_schema if final else None)  # fmt: skip
+        tools = [RegistryTool(exchange, spec.name, _tool(exchange, spec, t)) for t in spec.tools]
+        members.append(
+            _agent_class()(
+                exchange, spec.name, client,
+                tools=tools or None,
+                description=spec.description or spec.system[:500] or spec.name,
+                system_message=spec.system or None,
+                reflect_on_tool_use=False,
+                max_tool_iterations=spec.max_tool_iterations,
+                output_content_type=answer_type,
+            )
+        )  # fmt: skip
+    condition = _termination([a.name for a in agents], ending)
+    if team == "selector":
+        chooser = ModelClient(exchange, "selector", selector_model, max_tokens=max_tokens)
+        return SelectorGroupChat(members, chooser, termination_condition=condition,
+                                 max_turns=max_turns)  # fmt: skip
+    return RoundRobinGroupChat(members, termination_condition=condition, max_turns=max_turns)
+
+
+def _tool(exchange: Exchange, spec: AgentSpec, name: str) -> Tool:
+    if name == "agents.team" or name not in exchange.registry:
+        raise StepError(f"agent {spec.name!r}: no tool {name!r} in this run", retryable=False)
+    return exchange.registry.get(name)
+
+
+def _agent_class() -> type[Any]:
+    """An AssistantAgent whose every turn is numbered and recorded as it happens (a group
+    chat runs one speaker at a time, so turns are in a fixed order)."""
+    from autogen_agentchat.agents import AssistantAgent
+    from autogen_agentchat.base import Response
+    from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
+    from autogen_core import CancellationToken
+
+    class TeamAgent(AssistantAgent):
+        def __init__(self, exchange: Exchange, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._exchange = exchange
+
+        async def on_messages_stream(
+            self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
+        ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
+            exchange = self._exchange
+            exchange.check()
+            turn = exchange.begin()
+            async for item in super().on_messages_stream(messages, cancellation_token):
+                exchange.heard(self.name, turn, item)
+                yield item
+
+    return TeamAgent
+
+
+def _termination(names: list[str], ending: Termination) -> TerminationCondition | None:
+    from autogen_agentchat.conditions import (
+        FunctionalTermination,
+        MaxMessageTermination,
+        SourceMatchTermination,
+    )
+    from autogen_agentchat.messages import BaseAgentEvent, BaseChatMessage
+
+    conditions: list[TerminationCondition] = []
+    mention = ending.text_mention
+    if mention is not None:
+
+        def mentioned(messages: Sequence[BaseAgentEvent | BaseChatMessage]) -> bool:
+            return any(isinstance(m, BaseChatMessage) and m.source in names
+                       and mention in m.to_text() for m in messages)  # fmt: skip
+
+        conditions.append(FunctionalTermination(mentioned))
+    if ending.max_messages is not None:
+        conditions.append(MaxMessageTermination(ending.max_messages))
+    if ending.final_answer is not None:
+        conditions.append(SourceMatchTermination([ending.final_answer]))
+    if not conditions:
+        return None
+    combined = conditions[0]
+    for condition in conditions[1:]:
+        combined = combined | condition
+    return combined
+
+
+# -- the output -------------------------------------------------------------------------------------
+
+
+def _output(
+    exchange: Exchange, autogen_reason: str, ending: Termination, answer_from: str | None,
+    output_schema: dict[str, Any] | None,
+) -> TeamOutput:  # fmt: skip
+    said = [e for e in exchange.transcript if e["kind"] in CHAT_KINDS]
+    last = said[-1] if said else None
+    turns = exchange.turn
+    reason = f"{turns} turn(s): {autogen_reason or 'the team stopped'}"
+    if ending.final_answer is not None and last is not None and last["kind"] == "answer":
+        reason = f"agent {last['agent']!r} gave the final answer"
+    elif (
+        ending.text_mention is not None and last is not None and ending.text_mention in last["text"]
+    ):
+        reason = f"agent {last['agent']!r} said {ending.text_mention!r}"
+    elif ending.final_answer is not None or ending.text_mention is not None:
+        goal = (f"a final answer from {ending.final_answer!r}" if ending.final_answer
+                else f"an agent saying {ending.text_mention!r}")  # fmt: skip
+        raise StepError(
+            f"agents.team: the exchange stopped without {goal} ({reason}); raise max_turns, "
+            "or tell the agents how to finish"
+        )
+    source = [e for e in said if answer_from is None or e["agent"] == answer_from]
+    if not source:
+        raise StepError(f"agents.team: agent {answer_from!r} said nothing to answer with")
+    final = source[-1]
+    answer: Any = final["text"]
+    if final["kind"] == "answer":
+        answer = json.loads(final["text"])
+    elif output_schema is not None:
+        answer = _parsed(final, output_schema)
+    return TeamOutput(
+        answer=answer,
+        answered_by=AnsweredBy(agent=final["agent"], turn=final["turn"]),
+        stop_reason=reason,
+        turns=turns,
+        transcript=list(exchange.transcript),
+        usage=exchange.usage,
+    )
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.S)
+
+
+def _parsed(final: Said, schema: dict[str, Any]) -> Any:
+    """The final message as JSON that follows ``schema`` (a code fence around it is fine)."""
+    from dagwright.planner.regex import schema_validator
+
+    text = final["text"]
+    fenced = _FENCE.match(text)
+    try:
+        value = json.loads(fenced.group(1) if fenced else text)
+    except ValueError as exc:
+        raise StepError(
+            f"agents.team: the answer of agent {final['agent']!r} (turn {final['turn']}) is not "
+            f"JSON: {exc}; output_schema wants JSON (or use termination.final_answer)"
+        ) from None
+    errors = sorted(schema_validator(schema).iter_errors(value), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(map(str, errors[0].absolute_path)) or "(root)"
+        raise StepError(
+            f"agents.team: the answer of agent {final['agent']!r} (turn {final['turn']}) does "
+            f"not follow output_schema: at {where}: {errors[0].message}"
+        )
+    return value
+
+
+def _quiet_autogen_logs() -> None:
+    """AutoGen logs every message it delivers at INFO (its event loggers): the trace records
+    the exchange, so a worker's log (INFO) does not repeat it, unless a user set a level."""
+    for name in ("autogen_core.events", "autogen_agentchat.events", "autogen_core"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
+__all__ = ["Exchange", "run_team"]
