@@ -249,15 +249,19 @@ def _build(
     selector_model: str, ending: Termination, output_schema: dict[str, Any] | None,
     max_tokens: int,
 ) -> Any:  # fmt: skip
+    from autogen_agentchat.messages import StructuredMessage
     from autogen_agentchat.teams import RoundRobinGroupChat, SelectorGroupChat
 
     from dagwright.agents.autogen_bridge import ModelClient, RegistryTool
     from dagwright.tools.llm import json_schema_answer
 
     members = []
+    custom: list[Any] = []  # a structured answer's message type, registered with the team
     for spec in agents:
         final = spec.name == ending.final_answer
         answer_type = json_schema_answer(output_schema) if final and output_schema else None
+        if answer_type is not None:
+            custom.append(StructuredMessage[answer_type])  # type: ignore[valid-type]
         client = ModelClient(exchange, spec.name, spec.model, max_tokens=max_tokens,
                              answer_schema=output_schema if final else None)  # fmt: skip
         tools = [RegistryTool(exchange, spec.name, _tool(exchange, spec, t)) for t in spec.tools]
@@ -276,8 +280,9 @@ def _build(
     if team == "selector":
         chooser = ModelClient(exchange, "selector", selector_model, max_tokens=max_tokens)
         return SelectorGroupChat(members, chooser, termination_condition=condition,
-                                 max_turns=max_turns)  # fmt: skip
-    return RoundRobinGroupChat(members, termination_condition=condition, max_turns=max_turns)
+                                 max_turns=max_turns, custom_message_types=custom or None)  # fmt: skip
+    return RoundRobinGroupChat(members, termination_condition=condition, max_turns=max_turns,
+                               custom_message_types=custom or None)  # fmt: skip
 
 
 def _tool(exchange: Exchange, spec: AgentSpec, name: str) -> Tool:

@@ -79,7 +79,9 @@ def show_cmd(
             ),
         )
     out.print(table)
-    _print_revisions_and_calls(store.events(record.run_id))
+    events = store.events(record.run_id)
+    _print_revisions_and_calls(events)
+    _print_exchanges(events)
     for sid, step in summary["steps"].items():
         for attempt in step["attempt_details"]:
             if attempt["status"] != outcome.SUCCEEDED:
@@ -119,6 +121,55 @@ def _print_revisions_and_calls(events: list[Any]) -> None:
         hits = sum(bool(e.data.get("cache_hit")) for e in calls)
         failed = sum(bool(e.data.get("error")) for e in calls)
         out.print(f"\nmodel calls: {len(calls)} ({hits} from the cache, {failed} with an error)")
+
+
+def _print_exchanges(events: list[Any]) -> None:
+    """Each ``agents.team`` attempt's exchange, message by message: turn, agent, kind,
+    tokens (prompt → completion), text (a long one clipped)."""
+    from dagwright.executors.engine import events as ev
+
+    exchanges: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    counts: dict[tuple[str, int, str], int] = {}
+    for e in events:
+        if e.step is None or e.attempt is None:
+            continue
+        if e.type == ev.AGENT_MESSAGE:
+            exchanges.setdefault((e.step, e.attempt), []).append(e.data)
+        elif e.type in (ev.MODEL_CALL, ev.TOOL_CALL) and e.data.get("agent") is not None:
+            key = (e.step, e.attempt, e.type)
+            counts[key] = counts.get(key, 0) + 1
+    for (sid, attempt), said in exchanges.items():
+        tokens = [m.get("tokens") or {} for m in said]
+        prompt = sum(t.get("prompt", 0) for t in tokens)
+        completion = sum(t.get("completion", 0) for t in tokens)
+        turns = max((m.get("turn") or 0 for m in said), default=0)
+        out.print(
+            f"\n[bold]{escape(sid)}[/bold] attempt {attempt}: exchange of {turns} turn(s), "
+            f"{counts.get((sid, attempt, ev.MODEL_CALL), 0)} model call(s), "
+            f"{counts.get((sid, attempt, ev.TOOL_CALL), 0)} tool call(s), "
+            f"{prompt} → {completion} tokens"
+        )
+        table = Table(box=None, header_style="bold", padding=(0, 1))
+        for col in ("turn", "agent", "kind", "tokens"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("text", overflow="fold")
+        for m in said:
+            t = m.get("tokens")
+            table.add_row(
+                str(m.get("turn")),
+                escape(str(m.get("agent"))),
+                str(m.get("kind")),
+                f"{t.get('prompt', 0)} → {t.get('completion', 0)}" if t else "",
+                escape(_clipped(str(m.get("text", "")))),
+            )
+        out.print(table)
+
+
+def _clipped(text: str, limit: int = 400) -> str:
+    """A long message (a task carrying passages) as its start; the trace holds all of it."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters: dagwright trace --json)"
 
 
 def _print_failed_attempt(sid: str, a: dict[str, Any]) -> None:
@@ -181,12 +232,30 @@ def _trace_line(e: Any, t0: float) -> list[str]:
         bits += [str(data.get("purpose") or ""), str(data.get("model_id") or data.get("model"))]
         bits += ["cache hit"] if data.get("cache_hit") else []
         bits += [f"error: {str(data['error'])[:120]}"] if data.get("error") else []
+    bits += _team_bits(e)
     if e.type == ev.REPLAY_DIVERGED:
         bits.append(str(data.get("message", "")))
     if e.type == ev.PLAN_REVISED:
         bits.append(
             f"revision {data.get('revision')}, kept: {', '.join(data.get('kept') or []) or 'none'}"
         )
+    return bits
+
+
+def _team_bits(e: Any) -> list[str]:
+    """An ``agents.team`` step's events: who said or called what, at which turn."""
+    from dagwright.executors.engine import events as ev
+
+    data, bits = e.data, []
+    if e.type in (ev.MODEL_CALL, ev.TOOL_CALL) and data.get("agent") is not None:
+        bits.append(f"agent {data['agent']} turn {data.get('turn')}")
+    if e.type == ev.TOOL_CALL:
+        args = json.dumps(data.get("arguments"), ensure_ascii=False)[:80]
+        bits.append(f"{data.get('tool')}({args})")
+        bits += [f"error: {str(data['error'])[:120]}"] if data.get("error") else []
+    if e.type == ev.AGENT_MESSAGE:
+        bits += [f"turn {data.get('turn')}", str(data.get("agent")), str(data.get("kind"))]
+        bits.append(str(data.get("text", "")).replace("\n", " ")[:120])
     return bits
 
 

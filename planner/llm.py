@@ -172,17 +172,19 @@ def describe_tools(registry: ToolRegistry) -> str:
         lines.append(
             f"- {tool.name}: {tool.description.splitlines()[0] if tool.description else ''}"
         )
-        lines.append(
-            f"  arguments: {json.dumps(tool.args_schema().get('properties', {}), sort_keys=True)}"
-        )
+        schema = tool.args_schema()
+        lines.append(f"  arguments: {json.dumps(schema.get('properties', {}), sort_keys=True)}")
+        if schema.get("$defs"):  # the types its arguments refer to ($ref), e.g. a team's agents
+            lines.append(f"  where: {json.dumps(schema['$defs'], sort_keys=True)}")
         if tool.output_schema:
             lines.append(f"  returns: {json.dumps(tool.output_schema, sort_keys=True)}")
     return "\n".join(lines)
 
 
 def example_plans(registry: ToolRegistry, folder: Path | None = None, limit: int = 2) -> list[str]:
-    """Plans worth showing the model: example workflows whose tools are all registered, and
-    that neither read secrets nor name ``allow_hosts`` (a plan a model writes may not)."""
+    """Plans worth showing the model: example workflows that are valid with these tools (all
+    registered, their extras installed, an ``agents.team`` step's agent tools too), and that
+    neither read secrets nor name ``allow_hosts`` (a plan a model writes may not)."""
     from dagwright.planner.loader import dump_workflow, load_workflow
     from dagwright.planner.operator_only import operator_only_uses
 
@@ -193,7 +195,8 @@ def example_plans(registry: ToolRegistry, folder: Path | None = None, limit: int
             wf = load_workflow(path).workflow
         except PlanError:
             continue
-        if all(step.uses in registry for step in wf.steps) and not any(operator_only_uses(wf)):
+        usable = all(step.uses in registry for step in wf.steps) and not validate(wf, registry)
+        if usable and not any(operator_only_uses(wf)):
             found.append(dump_workflow(wf))
         if len(found) >= limit:
             break

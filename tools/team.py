@@ -41,12 +41,14 @@ def team_step(
     output_schema: Annotated[dict[str, Any], Field(max_length=50)] | None = None,
     max_tokens: Annotated[int, Field(ge=1, le=32_000)] = 1024,
 ) -> TeamOutput:
-    """A team of agents (AutoGen) works on `task` in turns — `round_robin`, or `selector` (a
-    model picks who speaks next) — until `termination` (an agent says `text_mention`, the
-    `final_answer` agent answers in `output_schema`, or `max_messages`) or `max_turns`
-    (required, at most 50). Output: `answer` (the last message, or `answer_from`'s; parsed
-    into `output_schema` when given), `answered_by`, `stop_reason`, `turns`, `transcript`
-    (turn, agent, kind, text, tokens) and `usage`."""
+    """Agents (AutoGen) exchange messages on a task, for critique, review or debate.
+
+    They speak in turns — `round_robin`, or `selector` (a model picks who speaks next) — until
+    `termination` (an agent says `text_mention`; the `final_answer` agent answers in
+    `output_schema`; `max_messages`) or `max_turns` (required, at most 50). Output: `answer`
+    (the last message, or `answer_from`'s; parsed into `output_schema` when given),
+    `answered_by`, `stop_reason`, `turns`, `transcript` (turn, agent, kind, text, tokens) and
+    `usage`."""
     from dagwright.agents.team import run_team
 
     return run_team(
