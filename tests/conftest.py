@@ -127,6 +127,7 @@ RESILIENCE_DB = 3  # tests/test_celery_resilience.py
 MODEL_CACHE_DB = 4  # the Redis model-cache test in tests/test_llm_steps.py
 REPLAN_DB = 5  # tests/test_celery_replan.py
 API_CELERY_DB = 6  # tests/test_api_celery.py (the API server and its workers)
+AGENTS_DB = 7  # tests/test_agents_team_celery.py
 
 
 def redis_server_binary() -> str:

@@ -8,20 +8,45 @@ The writer's system message starts "You answer", the critic's "You check" (as in
 workflows/examples/critique.yaml).
 
 - the writer drafts an answer without a citation; once the critic has asked for one, it
-  answers again citing the first passage of the task (``[doc_id#chunk]``);
+  answers again citing the task's passage about the warranty (``[doc_id#chunk]``);
 - the critic first counts the draft's words with the ``text.word_count`` tool, then, seeing
   the count, says APPROVED if the draft cites a passage, else asks for a citation.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from typing import Any
 
+import pytest
 from openai_stub import text_reply, tool_reply
 
 DRAFT = "The battery warranty lasts ten years."
 ASK = "Cite the passage you used as [doc_id#chunk]."
+EXCHANGE = [  # (turn, agent, kind) of each message, as the double makes the team talk
+    (0, "user", "task"),
+    (1, "writer", "text"),
+    (2, "critic", "tool_call"),
+    (2, "critic", "tool_result"),
+    (2, "critic", "text"),
+    (3, "writer", "text"),
+    (4, "critic", "tool_call"),
+    (4, "critic", "tool_result"),
+    (4, "critic", "text"),
+]
+
+
+def require(*modules: str) -> None:
+    """Skip without the extras on a laptop; fail in CI, which installs them."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    message = f"not installed: {', '.join(missing)}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + ": CI installs the agents and retrieval extras (make test)")
+    pytest.skip(message + ": pip install -e '.[agents,retrieval]'")
 
 
 def _system(body: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ skip on a laptop and fail in CI (CI=true), where `make test` installs both.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 from clitools import REPO, as_json, cli
 from openai_stub import OpenAIStub, text_reply, tool_reply
-from team_double import ASK, DRAFT, WriterCritic
+from team_double import ASK, DRAFT, EXCHANGE, WriterCritic, require
 
 from dagwright.executors.engine import events as ev
 from dagwright.executors.local import LocalExecutor
@@ -37,28 +36,7 @@ from dagwright.tools import ToolRegistry, default_registry
 
 EXAMPLES = REPO / "workflows" / "examples"
 KEY = "sk-team-test-5c1d0e9a77"
-EXCHANGE = [
-    (0, "user", "task"),
-    (1, "writer", "text"),
-    (2, "critic", "tool_call"),
-    (2, "critic", "tool_result"),
-    (2, "critic", "text"),
-    (3, "writer", "text"),
-    (4, "critic", "tool_call"),
-    (4, "critic", "tool_result"),
-    (4, "critic", "text"),
-]
 CALLS = [("writer", 1), ("critic", 2), ("critic", 2), ("writer", 3), ("critic", 4), ("critic", 4)]
-
-
-def require(*modules: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if not missing:
-        return
-    message = f"not installed: {', '.join(missing)}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + ": CI installs the agents and retrieval extras (make test)")
-    pytest.skip(message + ": pip install -e '.[agents,retrieval]'")
 
 
 def clean_env(mp: pytest.MonkeyPatch) -> None:
