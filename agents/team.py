@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -46,18 +47,29 @@ class Exchange:
     ends it), and the recording or replay of each message and tool call."""
 
     def __init__(self, ctx: ToolContext, registry: ToolRegistry) -> None:
-        self.ctx = ctx
         self.registry = registry
         self.replay = ctx.replay.team if ctx.replay is not None else None
-        self.tool_ctx = dataclasses.replace(ctx, previous_failure=None)
+        self._emit = ctx.emit
+        self.aborted = False
+        """The attempt ended (its step's timeout, a cancelled run): nothing more is asked,
+        called or recorded; what is in flight finishes and is dropped."""
+        self.ctx = dataclasses.replace(ctx, emit=self.emit)
+        """The attempt's context, as the agents' model calls see it (``agents.calls.ask``)."""
+        self.tool_ctx = dataclasses.replace(self.ctx, previous_failure=None)
         self.turn = 0
         self.transcript: list[Said] = []
         self.failure: StepError | None = None
         self.usage = Usage(prompt_tokens=0, completion_tokens=0, model_calls=0)
         self._tools_lock = asyncio.Lock()  # an agent's parallel tool calls run one at a time
 
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        if self._emit is not None and not self.aborted:
+            self._emit(kind, data)
+
     # -- failures -------------------------------------------------------------------------------
     def check(self) -> None:
+        if self.aborted:
+            raise StepError("agents.team: the attempt ended", retryable=False)
         if self.failure is not None:
             raise self.failure
 
@@ -80,8 +92,7 @@ class Exchange:
 
     def say(self, entry: Said) -> None:
         self.transcript.append(entry)
-        if self.ctx.emit is not None:
-            self.ctx.emit("agent_message", dict(entry))
+        self.emit("agent_message", dict(entry))
         if self.replay is not None:
             try:
                 self.replay.message(dict(entry))
@@ -162,8 +173,7 @@ class Exchange:
             data = {"agent": agent, "turn": turn, "tool": tool.name, "arguments": args, **result,
                     "duration": round(time.perf_counter() - started, 6),
                     "served": recorded is not None and tool.replay == "serve"}  # fmt: skip
-            if self.ctx.emit is not None:
-                self.ctx.emit("tool_call", data)
+            self.emit("tool_call", data)
         if result["error"] is not None:
             raise ToolFailed(str(result["error"]))
         return str(result["output"])
@@ -175,7 +185,10 @@ class Exchange:
 
         try:
             kwargs = tool.bind(args, self.tool_ctx)
-            value = await tool.fn(**kwargs) if tool.is_async else tool.fn(**kwargs)
+            if tool.is_async:
+                value = await tool.fn(**kwargs)
+            else:  # in a thread: the event loop (the executor's, other steps') stays free
+                value = await asyncio.to_thread(functools.partial(tool.fn, **kwargs))
             text = json.dumps(tool.to_json(value), ensure_ascii=False, default=str)
             return {"output": _bounded(text), "error": None}
         except ValidationError as exc:
@@ -204,7 +217,7 @@ def _bounded(text: str) -> str:
 # -- the team ---------------------------------------------------------------------------------------
 
 
-def run_team(
+async def run_team(
     ctx: ToolContext,
     *,
     task: str,
@@ -217,9 +230,12 @@ def run_team(
     output_schema: dict[str, Any] | None,
     max_tokens: int,
 ) -> TeamOutput:
-    """Run the exchange to its end on an event loop of this thread's own; the step's output."""
+    """Run the exchange to its end; the step's output. It runs on the attempt's event loop
+    (model calls and plain-function tools in threads): when the attempt is cancelled (its
+    step's timeout, a cancelled run), the exchange is aborted — nothing more is asked or
+    recorded."""
     try:
-        import autogen_agentchat  # noqa: F401
+        from autogen_core import CancellationToken
     except ImportError:
         raise StepError(f"agents.team needs AutoGen: {INSTALL}", retryable=False) from None
     from dagwright.tools.registry import default_registry
@@ -232,8 +248,15 @@ def run_team(
     built = _build(exchange, agents, max_turns, team, selector_model, ending, output_schema,
                    max_tokens)  # fmt: skip
     exchange.say(Said(turn=0, agent="user", kind="task", text=task, tokens=None))
+    token = CancellationToken()
+    running = asyncio.ensure_future(built.run(task=task, cancellation_token=token))
+    running.add_done_callback(_retrieved)
     try:
-        result = asyncio.run(built.run(task=task))
+        result = await asyncio.shield(running)
+    except asyncio.CancelledError:
+        exchange.aborted = True
+        token.cancel()
+        raise
     except Exception as exc:  # AutoGen wraps what an agent raised in a RuntimeError
         if exchange.failure is not None:
             raise exchange.failure from None
@@ -242,6 +265,12 @@ def run_team(
         ) from None
     exchange.check()  # a failure AutoGen swallowed (a tool call that diverged in a replay)
     return _output(exchange, result.stop_reason or "", ending, answer_from, output_schema)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """An aborted exchange ends on its own, with an error no one waits for: taken here."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _build(

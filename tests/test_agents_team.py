@@ -444,3 +444,78 @@ def test_resume_reuses_a_succeeded_team_and_runs_a_failed_one_from_the_start(
     said = [(e.data["turn"], e.data["agent"]) for e in of(store, again.run_id, ev.AGENT_MESSAGE)]
     assert said[:3] == [(0, "user"), (1, "writer"), (2, "critic")]
     assert len(stub.requests) == 6 + 2 + 6, "the whole exchange again, from the first turn"
+
+
+def test_a_team_past_its_step_timeout_is_stopped_and_records_nothing_more(
+    double: tuple[OpenAIStub, WriterCritic], tools: ToolRegistry
+) -> None:
+    import threading
+
+    stub, writer_critic = double
+    release = threading.Event()
+
+    def slow_critic(body: dict[str, Any]) -> dict[str, Any]:
+        if str(body["messages"][0]["content"]).startswith("You check"):
+            release.wait(30)  # answers only once the test is over
+        return writer_critic(body)
+
+    stub.respond = slow_critic
+    store = MemoryTraceStore()
+    try:
+        result = LocalExecutor(store, tools).run(workflow(team_step(timeout=1)))
+    finally:
+        release.set()
+    assert result.status == "failed"
+    attempt = result.state.steps["refine"].attempts[0]
+    assert attempt.status == "timed_out" and attempt.error["kind"] == "timeout"
+    calls = [(e.data["agent"], e.data["turn"]) for e in of(store, result.run_id, ev.MODEL_CALL)]
+    assert calls == [("writer", 1)], "the critic's call, still waiting, was not recorded"
+    assert len(stub.requests) == 2
+
+
+def test_anthropic_agents_call_tools_and_replay(
+    double: tuple[OpenAIStub, WriterCritic], tools: ToolRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openai_stub import anthropic_tool_reply
+
+    require("anthropic")
+    stub, _ = double
+    monkeypatch.setenv("DAGWRIGHT_MODEL_BASE_URL", stub.root_url)
+
+    def text(said: str) -> dict[str, Any]:
+        return {"id": "msg_t", "type": "message", "role": "assistant", "model": "claude-stub",
+                "content": [{"type": "text", "text": said}], "stop_reason": "end_turn",
+                "stop_sequence": None, "usage": {"input_tokens": 30, "output_tokens": 7}}  # fmt: skip
+
+    def respond(body: dict[str, Any]) -> dict[str, Any]:
+        if str(body.get("system", "")).startswith("You answer"):
+            return text(DRAFT)
+        last = body["messages"][-1]["content"]
+        if any(b.get("type") == "tool_result" for b in last):
+            return text("APPROVED")
+        return anthropic_tool_reply("text-word_count", {"text": DRAFT})
+
+    stub.respond = respond
+    step = team_step()
+    for agent in step["with"]["agents"]:
+        agent["model"] = "anthropic:claude-stub"
+    store = MemoryTraceStore()
+    result = LocalExecutor(store, tools).run(workflow(step))
+    assert result.status == "succeeded", result.error
+    team = result.state.steps["refine"].output
+    assert team["answer"] == DRAFT and team["stop_reason"] == "agent 'critic' said 'APPROVED'"
+    assert [(m["turn"], m["agent"], m["kind"]) for m in team["transcript"]] == [
+        (0, "user", "task"), (1, "writer", "text"), (2, "critic", "tool_call"),
+        (2, "critic", "tool_result"), (2, "critic", "text"),
+    ]  # fmt: skip
+    second = stub.requests[-1]["body"]
+    assert second["tools"][0]["name"] == "text-word_count"
+    assert second["tools"][0]["input_schema"]["required"] == ["text"]
+    roles = [(m["role"], [b["type"] for b in m["content"]]) for m in second["messages"]]
+    assert roles == [("user", ["text", "text"]), ("assistant", ["tool_use"]),
+                     ("user", ["tool_result"])]  # fmt: skip
+    assert second["messages"][0]["content"][1]["text"] == f"writer: {DRAFT}"
+
+    report = replay_run(store, result.run_id, tools, into=MemoryTraceStore())
+    assert report.divergences == [] and report.model_calls_served == 3
+    assert len(stub.requests) == 3

@@ -29,7 +29,7 @@ EXTRA = Requires(
 
 
 @tool("agents.team", replay="rerun", requires=EXTRA, check=team_problems)  # its calls are served
-def team_step(
+async def team_step(
     task: Annotated[str, Field(min_length=1, max_length=20_000)],
     agents: Annotated[list[AgentSpec], Field(min_length=1, max_length=MAX_AGENTS)],
     max_turns: Annotated[int, Field(ge=1, le=MAX_TURNS)],
@@ -51,7 +51,7 @@ def team_step(
     `usage`."""
     from dagwright.agents.team import run_team
 
-    return run_team(
+    return await run_team(
         ctx,
         task=task,
         agents=agents,
