@@ -445,12 +445,14 @@ def _parsed(final: Said, schema: dict[str, Any]) -> Any:
 
 
 def _quiet_autogen_logs() -> None:
-    """AutoGen logs every message it delivers at INFO (its event loggers): the trace records
-    the exchange, so a worker's log (INFO) does not repeat it, unless a user set a level."""
-    for name in ("autogen_core.events", "autogen_agentchat.events", "autogen_core"):
+    """AutoGen logs every message it delivers (INFO) and, with a traceback, every error an
+    agent raised (ERROR). The trace records the exchange, and such an error is the step's own
+    (recorded, with the agent and the turn): a worker's log, or the terminal of
+    `dagwright replay`, does not repeat them. A level a user set on these loggers is kept."""
+    for name in ("autogen_core", "autogen_agentchat"):
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
-            logger.setLevel(logging.WARNING)
+            logger.setLevel(logging.CRITICAL)
 
 
 __all__ = ["Exchange", "run_team"]

@@ -32,7 +32,8 @@ def show_cmd(
     as_json: JsonOption = False,
     db: DbOption = None,
 ) -> None:
-    """Show a run: its steps, attempts, timings, errors and output."""
+    """Show a run: its steps, attempts, timings, errors, each agents.team step's exchange
+    (turn, agent, kind, tokens, text) and its output."""
     from dagwright.executors.engine import outcome
     from dagwright.executors.lifecycle import seen_status
     from dagwright.executors.summary import run_summary, state_of

@@ -230,7 +230,8 @@ class Replayer:
 
     def models(self, rev: int, sid: str, attempt: int) -> ModelReplay:
         def report(what: str, expected: Any, actual: Any, message: str) -> None:
-            self._diverge(sid, attempt, what, expected, actual, message)
+            where = f"step {sid!r} attempt {attempt}: "
+            self._diverge(sid, attempt, what, expected, actual, where + message)
 
         key = (rev, sid, attempt)
         exchange = self.exchanges.get(key, {})

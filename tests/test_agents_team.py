@@ -201,7 +201,9 @@ def test_a_tampered_recording_makes_replay_name_the_agent_and_the_turn(
     report = replay_run(SqlTraceStore(str(db)), critique.run_id, registry, into=MemoryTraceStore())
     first = report.divergences[0]
     assert (first["step"], first["attempt"], first["what"]) == ("refine", 1, "agent message")
-    assert first["message"].startswith("agent 'critic', turn 4: the message differs")
+    assert first["message"] == (
+        "step 'refine' attempt 1: agent 'critic', turn 4: the message differs from the recorded one"
+    )
     assert first["expected"]["text"] == "APPROVED" and first["actual"]["text"] == "Still not cited."
     assert '-  "text": "APPROVED"' in first["diff"]
 
@@ -212,7 +214,7 @@ def test_a_tampered_recording_makes_replay_name_the_agent_and_the_turn(
             lambda m: m.update(text="An edited draft."))  # fmt: skip
     report = replay_run(SqlTraceStore(str(db)), critique.run_id, registry, into=MemoryTraceStore())
     first = report.divergences[0]
-    assert first["message"].startswith("agent 'writer', turn 1: the message differs")
+    assert first["message"].startswith("step 'refine' attempt 1: agent 'writer', turn 1: ")
     assert report.model_calls_served == 1, "the replayed exchange ended there"
 
 
@@ -229,6 +231,15 @@ def test_show_prints_the_exchange(critique: Recorded, tmp_path: Path) -> None:
     assert f'2 critic tool_call 100 → 50 text.word_count({{"text": "{DRAFT}"}})' in rows
     assert '2 critic tool_result text.word_count → {"words": 6, "sentences": 1}' in rows
     assert "4 critic text 10 → 5 APPROVED" in rows
+    # docs/agents.md shows the same exchange, and the example as it is
+    page = (REPO / "docs" / "agents.md").read_text()
+    shown = page[page.index("$ dagwright show") :]
+    shown = shown[: shown.index("```")]
+    doc_rows = [re.sub(r"\s+", " ", x).strip() for x in shown.splitlines()]
+    exchange = [r for r in doc_rows if re.match(r"[1-4] (writer|critic) ", r)]
+    assert len(exchange) == 8 and all(row in rows for row in exchange)
+    example = page[page.index("```yaml\nname: critique") + 8 :]
+    assert example[: example.index("```")] in (EXAMPLES / "critique.yaml").read_text()
     trace = cli("trace", critique.run_id, cwd=tmp_path, env={"DAGWRIGHT_DB": str(critique.db)})
     assert "agent critic turn 4" in trace.stdout and "turn 2  critic  tool_result" in trace.stdout
 
