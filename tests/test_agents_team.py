@@ -366,6 +366,9 @@ def test_a_structured_final_answer_from_a_selector_team(
     ]  # fmt: skip
     editor = stub.requests[-1]["body"]
     assert editor["tool_choice"]["function"]["name"] == "Answer", "structured output"
+    report = replay_run(store, result.run_id, tools, into=MemoryTraceStore())
+    assert report.divergences == [] and report.model_calls_served == 4
+    assert len(stub.requests) == 4
 
 
 def test_a_model_that_fails_mid_exchange_names_the_agent_and_the_turn(
@@ -530,3 +533,36 @@ def test_anthropic_agents_call_tools_and_replay(
     report = replay_run(store, result.run_id, tools, into=MemoryTraceStore())
     assert report.divergences == [] and report.model_calls_served == 3
     assert len(stub.requests) == 3
+
+
+def test_an_agent_s_rerun_tool_runs_again_in_a_replay_and_must_give_what_it_gave(
+    double: tuple[OpenAIStub, WriterCritic],
+) -> None:
+    require("autogen_agentchat")
+    tools = default_registry.copy()
+    counted: list[str] = []
+    factor = {"n": 1}
+
+    def word_count(text: str) -> dict[str, int]:
+        counted.append(text)
+        return {"words": len(text.split()) * factor["n"], "sentences": text.count(".")}
+
+    tools.register(word_count, name="text.word_count", replay="rerun")
+    store = MemoryTraceStore()
+    result = LocalExecutor(store, tools).run(workflow(team_step()))
+    assert result.status == "succeeded" and len(counted) == 2
+    into = MemoryTraceStore()
+    report = replay_run(store, result.run_id, tools, into=into)
+    assert report.divergences == [] and len(counted) == 4, "run again, same results"
+    assert [e.data["served"] for e in of(into, report.run_id, ev.TOOL_CALL)] == [False, False]
+
+    factor["n"] = 2  # the tool changed since the recording
+    report = replay_run(store, result.run_id, tools, into=MemoryTraceStore())
+    first = report.divergences[0]
+    assert first["what"] == "tool result"
+    assert first["message"] == (
+        "step 'refine' attempt 1: agent 'critic', turn 2: tool 'text.word_count' gave another "
+        "result"
+    )
+    assert first["expected"]["output"] == '{"words": 6, "sentences": 1}'
+    assert first["actual"]["output"] == '{"words": 12, "sentences": 1}'
