@@ -86,7 +86,8 @@ def _schema(tool: Tool | ToolSchema) -> dict[str, Any]:
             "parameters": spec.get("parameters") or {"type": "object", "properties": {}}}  # fmt: skip
 
 
-def _tokens(calls: list[ModelCall]) -> RequestUsage:
+def usage_of(calls: list[ModelCall]) -> RequestUsage:
+    """The tokens of recorded calls (OpenAI's and Anthropic's usage fields; none: 0)."""
     prompt = completion = 0
     for call in calls:
         usage = call.usage or {}
@@ -151,7 +152,7 @@ class ModelClient(ChatCompletionClient):
                 thought = None
         except StepError as exc:
             raise exchange.fail(exc, self.agent, turn) from None
-        usage = _tokens(calls)
+        usage = usage_of(calls)
         self._usage = RequestUsage(
             prompt_tokens=self._usage.prompt_tokens + usage.prompt_tokens,
             completion_tokens=self._usage.completion_tokens + usage.completion_tokens,
@@ -228,4 +229,4 @@ class RegistryTool(BaseTool[BaseModel, str]):  # type: ignore[type-var]  # resul
         return await self.exchange.call_tool(self.agent, self.tool, dict(args))
 
 
-__all__ = ["MODEL_INFO", "ModelClient", "RegistryTool", "to_messages", "wire_name"]
+__all__ = ["MODEL_INFO", "ModelClient", "RegistryTool", "to_messages", "usage_of", "wire_name"]

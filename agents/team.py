@@ -100,9 +100,9 @@ class Exchange:
                 raise self.fail(exc, entry["agent"], entry["turn"]) from None
 
     def count_calls(self, calls: list[ModelCall]) -> None:
-        from dagwright.agents.autogen_bridge import _tokens
+        from dagwright.agents.autogen_bridge import usage_of
 
-        tokens = _tokens(calls)
+        tokens = usage_of(calls)
         self.usage["prompt_tokens"] += tokens.prompt_tokens
         self.usage["completion_tokens"] += tokens.completion_tokens
         self.usage["model_calls"] += len(calls)
