@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 from clitools import DAGWRIGHT, REPO, as_json, cli
 
-NEEDS_SETUP = {"research.yaml": "test_research_example.py"}
+NEEDS_SETUP = {
+    "research.yaml": "test_research_example.py",
+    "critique.yaml": "test_agents_team.py",  # against the OpenAI-compatible test double
+}
 """Examples that need an index, a model and a service: each has a test of its own."""
 EXAMPLES = [
     p for p in sorted((REPO / "workflows" / "examples").glob("*.yaml")) if p.name not in NEEDS_SETUP
