@@ -216,6 +216,8 @@ class _Run:
         self.store_error: BaseException | None = None
         self.priority = 0  # among the runs waiting for the same concurrency key
         self.waiting_for_cancel = 0  # replay: attempts stopped where the recording was cancelled
+        self.failing = asyncio.Event()  # set once a step failed the run (state.failing)
+        self.waiting_for_failure = 0  # replay: steps stopped where the recording stopped them
         self.pool = ThreadPoolExecutor(
             max_workers=executor.max_parallel + 4, thread_name_prefix="dagwright-step"
         )
@@ -239,6 +241,8 @@ class _Run:
     def emit(self, *events: Event) -> None:
         for e in events:
             self.state = engine.apply(self.state, e)
+        if self.state.failing is not None:
+            self.failing.set()  # steps waiting to retry stop waiting (and do not retry)
         self.buffer.extend(events)
         if not self.flush_scheduled and self.loop is not None:
             self.flush_scheduled = True
@@ -395,6 +399,7 @@ class _Run:
         if not self.tasks and engine.is_settled(self.state):
             self.settled.set()
         self.cancel_when_all_wait()
+        self.release_waits_for_failure()
 
     async def drive(self, sid: str) -> None:
         self.arriving -= 1
@@ -406,7 +411,10 @@ class _Run:
             while True:
                 attempt += 1
                 async with self.sem:
+                    if await self.stopped(sid, attempt):  # the run is failing: no new attempt
+                        break
                     outcome = await self.attempt(sid, attempt, attempt_id, tool)
+                await self.replayed_stop(sid, attempt)
                 next_id = self.x.id_factory()
                 events, delay = decisions.outcome_events(
                     self.plan,
@@ -417,6 +425,7 @@ class _Run:
                     outcome,
                     self.x.clock(),
                     next_id,
+                    failing=self.state.failing,
                 )
                 attempt_id = next_id
                 self.emit(*events)
@@ -424,13 +433,56 @@ class _Run:
                     break
                 await self.durable()
                 if self.x.replayer is None:  # a replay does not wait to retry
-                    await asyncio.sleep(delay)
+                    await self.backoff(delay)
         except asyncio.CancelledError:
             self.emit(*decisions.cancel_events(self.state, sid, self.x.clock()))
             raise
         finally:
             self.tasks.pop(sid, None)
         self.dispatch()
+
+    # -- once the run is failing, no new attempt starts ------------------------------------------
+    async def backoff(self, delay: float) -> None:
+        """Wait ``delay`` before a retry, or less: until the run is failing."""
+        try:
+            await asyncio.wait_for(self.failing.wait(), delay)
+        except TimeoutError:
+            pass
+
+    async def stopped(self, sid: str, attempt: int) -> bool:
+        """Whether the step must not start ``attempt``, the run failing (its stop recorded).
+        A replay stops where its recording stopped: it waits there for the run to fail."""
+        replay = self.x.replayer
+        if replay is not None and replay.stopped_after(self.state.revisions, sid, attempt - 1):
+            await self.wait_for_failing()
+        if self.state.failing is None:
+            return False
+        self.emit(*decisions.stop_events(self.state, sid, self.x.clock()))
+        return True
+
+    async def replayed_stop(self, sid: str, attempt: int) -> None:
+        """A replay of an attempt that its recording did not retry because the run was failing
+        by then: wait for the run to fail before deciding, as the recording did."""
+        replay = self.x.replayer
+        rev = self.state.revisions
+        if replay is not None and replay.not_retried(rev, sid, attempt):
+            await self.wait_for_failing()
+
+    async def wait_for_failing(self) -> None:
+        """Wait until the run is failing; or until every step in flight waits so (the replay
+        diverged elsewhere: then go on, the divergence is reported)."""
+        if self.state.failing is not None:
+            return
+        self.waiting_for_failure += 1
+        self.release_waits_for_failure()
+        try:
+            await self.failing.wait()
+        finally:
+            self.waiting_for_failure -= 1
+
+    def release_waits_for_failure(self) -> None:
+        if self.waiting_for_failure and self.waiting_for_failure == len(self.tasks):
+            self.failing.set()
 
     async def attempt(self, sid: str, attempt: int, attempt_id: str, tool: Any) -> Outcome:
         run = Attempt(

@@ -124,6 +124,10 @@ class Replayer:
         """Where the replay stopped, as the recording did: ``{"step", "attempt", "running"}``
         (``running``: the attempt had started; otherwise the step was waiting to start it)."""
         self.reached: set[Key] = set()
+        self.stops: dict[tuple[int, str], int] = {}
+        """Steps the recording stopped once the run was failing (``stopped_by``), with their
+        last attempt (0: stopped before the first): the replay stops them there too."""
+        self.retried: set[Key] = set()
         self._index(events)
 
     def _index(self, events: list[Event]) -> None:
@@ -132,6 +136,8 @@ class Replayer:
             if e.type == ev.PLAN_REVISED:
                 rev += 1
                 self.revisions.append(Workflow.model_validate(e.data["workflow"]))
+            if e.type == ev.STEP_FINISHED and e.step and e.data.get("stopped_by"):
+                self.stops[(rev, e.step)] = e.attempt or 0
             if e.step is None or e.attempt is None:
                 continue
             key = (rev, e.step, e.attempt)
@@ -144,6 +150,8 @@ class Replayer:
                 rec.status, rec.output = e.data.get("status"), e.data.get("output")
                 rec.error, rec.checks = e.data.get("error"), e.data.get("checks") or []
                 rec.duration = e.data.get("duration") or 0.0
+                if e.data.get("retry_in") is not None:
+                    self.retried.add(key)
             elif e.type == ev.MODEL_CALL:
                 self.calls.setdefault(key, []).append(e.data)
             elif e.type in (ev.AGENT_MESSAGE, ev.TOOL_CALL):
@@ -186,6 +194,18 @@ class Replayer:
         return len({s.id for wf in plans for s in wf.steps})
 
     # -- hooks for each attempt ------------------------------------------------------------------
+    def stopped_after(self, rev: int, sid: str, attempt: int) -> bool:
+        """The recording stopped the step after this attempt (0: before its first), waiting to
+        start the next one when the run failed (``decisions.stop_events``)."""
+        last = self.stops.get((rev, sid))
+        return last == attempt and (attempt == 0 or (rev, sid, attempt) in self.retried)
+
+    def not_retried(self, rev: int, sid: str, attempt: int) -> bool:
+        """The recording did not retry this failed attempt because the run was failing by the
+        time it finished (``outcome_events(failing=…)``)."""
+        last = self.stops.get((rev, sid))
+        return last == attempt and attempt > 0 and (rev, sid, attempt) not in self.retried
+
     def cancelled_before(self, rev: int, sid: str, attempt: int) -> bool:
         """True when the recording was cancelled before this attempt started (its step was
         waiting to start it): the replay does not start it, and waits to be cancelled."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from dagwright.errors import StepError
 from dagwright.tools import tool
@@ -25,3 +26,36 @@ def auth() -> str:
 def boom(n: int) -> int:
     """An unexpected exception."""
     return n // 0
+
+
+def _wait_for(path: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise StepError(f"{path} did not appear in {seconds:g}s", retryable=False)
+        time.sleep(0.01)
+
+
+@tool("test.mark_then_sleep")
+def mark_then_sleep(mark: str, ms: int) -> str:
+    """Create the file ``mark`` (this attempt has started), then sleep ``ms``."""
+    Path(mark).touch()
+    time.sleep(ms / 1000)
+    return "done"
+
+
+@tool("test.mark_and_fail")
+def mark_and_fail(mark: str) -> None:
+    """Create the file ``mark``, then fail (retryable)."""
+    Path(mark).touch()
+    raise StepError("failed after marking")
+
+
+@tool("test.fail_after_mark")
+def fail_after_mark(wait_for: str, mark: str = "") -> None:
+    """Wait until the file ``wait_for`` exists (another step's attempt got there), create
+    ``mark`` if given, then fail (retryable)."""
+    _wait_for(wait_for)
+    if mark:
+        Path(mark).touch()
+    raise StepError(f"failed after {Path(wait_for).name}")

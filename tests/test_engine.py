@@ -87,3 +87,65 @@ def test_should_retry_respects_attempts_kind_and_retryable() -> None:
     assert not should_retry(policy, 3, "error", True)
     assert not should_retry(policy, 1, "timeout", True)
     assert not should_retry(policy, 1, "error", False)
+
+
+FAILING = Plan.from_workflow(
+    Workflow.model_validate(
+        {
+            "name": "failing",
+            "steps": [
+                {"id": "bad", "uses": "echo"},
+                {"id": "r", "uses": "echo", "retry": {"max_attempts": 3, "backoff": 5}},
+                {"id": "q", "uses": "echo"},
+            ],
+        }
+    )
+)
+
+
+def test_once_a_step_failed_the_run_no_attempt_starts_and_none_is_retried() -> None:
+    from dagwright.executors.engine import decisions
+    from dagwright.executors.engine.outcome import Outcome
+
+    error = {"type": "StepError", "message": "boom", "kind": "error", "retryable": True}
+    state = engine.RunState.initial(FAILING, "r")
+    for sid in ("bad", "r", "q"):
+        state = engine.apply(state, Event(ev.STEP_SCHEDULED, "r", 0.0, sid, 1, {}))
+    for sid in ("bad", "r"):
+        state = engine.apply(state, Event(ev.ATTEMPT_STARTED, "r", 0.0, sid, 1, {}))
+    # r's first attempt fails while the run is fine: a retry is scheduled
+    events, delay = decisions.outcome_events(
+        FAILING, "r", "r", 1, "a1", Outcome("failed", error=error), 1.0, "a2"
+    )
+    assert delay == 5
+    for e in events:
+        state = engine.apply(state, e)
+    assert engine.stoppable(state) == [], "nothing to stop while the run is not failing"
+    state = engine.apply(state, Event(ev.STEP_FINISHED, "r", 2.0, "bad", 1,
+                                      {"status": "failed", "error": error}))  # fmt: skip
+    assert state.failing == "bad"
+    # r waits to retry and q was dispatched, not started: both end without a new attempt
+    assert engine.stoppable(state) == ["r", "q"]
+    stops = {sid: decisions.stop_events(state, sid, 3.0) for sid in ("r", "q")}
+    assert stops["r"][0].data == {
+        "status": "failed", "output": None, "error": error,
+        "reason": "not retried: step 'bad' failed the run", "stopped_by": "bad",
+    }  # fmt: skip
+    assert stops["q"][0].data == {
+        "status": "skipped", "reason": "not started: step 'bad' failed the run",
+        "stopped_by": "bad",
+    }  # fmt: skip
+    for e in stops["r"] + stops["q"]:
+        state = engine.apply(state, e)
+    # a late start of the retry (a worker that had its message) changes nothing
+    late = engine.apply(state, Event(ev.ATTEMPT_STARTED, "r", 4.0, "r", 2, {}))
+    assert late.steps["r"].status == "failed" and len(late.steps["r"].attempts) == 1
+    assert engine.is_settled(state)
+    end = decisions.conclude(FAILING, state, 5.0, cancelled=False)[-1]
+    assert end.data["error"]["step"] == "bad"
+    # an attempt that fails once the run is failing is not retried, whatever its policy
+    events, delay = decisions.outcome_events(
+        FAILING, "r", "r", 1, "a1", Outcome("failed", error=error), 1.0, "a2", failing="bad"
+    )
+    assert delay is None
+    assert events[-1].data["status"] == "failed" and events[-1].data["stopped_by"] == "bad"

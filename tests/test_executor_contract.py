@@ -367,12 +367,17 @@ def test_on_failure_continue_skips_dependents_and_keeps_going(execute) -> None: 
     assert ran.steps["then"].reason == "upstream step 'needs_bad' was skipped"
 
 
-def test_a_failure_stops_new_steps_but_lets_running_ones_finish(execute) -> None:  # noqa: ANN001
+def test_a_failure_stops_new_steps_but_lets_running_ones_finish(execute, tmp_path) -> None:  # noqa: ANN001
+    started = str(tmp_path / "running-started")
     ran = execute(
         wf(
             [
-                {"id": "bad", "uses": "flaky", "with": {"fail_times": 1}},
-                {"id": "running", "uses": "sleep", "with": {"ms": 200}},
+                {"id": "bad", "uses": "test.fail_after_mark", "with": {"wait_for": started}},
+                {
+                    "id": "running",
+                    "uses": "test.mark_then_sleep",
+                    "with": {"mark": started, "ms": 300},
+                },
                 {"id": "later", "uses": "echo", "needs": ["running"]},
             ]
         )
@@ -380,7 +385,45 @@ def test_a_failure_stops_new_steps_but_lets_running_ones_finish(execute) -> None
     assert ran.result.status == "failed"
     assert ran.steps["running"].status == "succeeded", "its output is kept for a resume"
     assert ran.steps["later"].status == "skipped"
-    assert ran.steps["later"].reason == "the run stopped after a failure"
+    assert ran.steps["later"].reason == "not started: step 'bad' failed the run"
+
+
+def test_once_the_run_is_failing_no_new_attempt_starts(execute, tmp_path) -> None:  # noqa: ANN001
+    """A step waiting to retry, or finishing a failed attempt, after another step failed the
+    run is not retried (their policies allow 3 attempts, 20 s apart): the run ends as soon as
+    nothing is running, and names the step that failed it."""
+    retrying = {"max_attempts": 3, "backoff": 20}
+    a, b = str(tmp_path / "retrier-failed"), str(tmp_path / "bad-failing")
+    ran = execute(
+        wf(
+            [
+                {
+                    "id": "retrier",
+                    "uses": "test.mark_and_fail",
+                    "with": {"mark": a},
+                    "retry": retrying,
+                },
+                {"id": "bad", "uses": "test.fail_after_mark", "with": {"wait_for": a, "mark": b}},
+                {
+                    "id": "slow",
+                    "uses": "test.fail_after_mark",
+                    "with": {"wait_for": b},
+                    "retry": retrying,
+                },
+            ]
+        )
+    )
+    assert ran.result.status == "failed"
+    assert ran.result.error is not None and ran.result.error["step"] == "bad"
+    others = sorted((e.step, e.attempt) for e in ran.of(ev.ATTEMPT_STARTED) if e.step != "bad")
+    assert others == [("retrier", 1), ("slow", 1)], "one attempt each: no retry started"
+    for sid in ("retrier", "slow"):
+        finished = ran.of(ev.STEP_FINISHED, sid)
+        assert len(finished) == 1, f"{sid} ends once"
+        assert finished[0].data["status"] == "failed"
+        assert finished[0].data["stopped_by"] == "bad"
+        assert finished[0].data["reason"] == "not retried: step 'bad' failed the run"
+        assert ran.steps[sid].error is not None
 
 
 def test_values_are_rendered_once_and_keep_their_types(execute) -> None:  # noqa: ANN001

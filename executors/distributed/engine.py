@@ -285,6 +285,8 @@ class Engine:
             plan, registry, state = self.state(run_id)
             if state.status in engine.FINAL:
                 return []
+            stops = [(_waiting_claim(state, sid), decisions.stop_events(state, sid, self.clock()))
+                     for sid in engine.stoppable(state)]  # fmt: skip
             ready = engine.ready_steps(plan, state)
             concluding = None
             replanning = None
@@ -293,6 +295,8 @@ class Engine:
                 if not replanning.wanted(state):
                     replanning = None
                     concluding = decisions.conclude(plan, state, self.clock(), cancelled=False)
+        if stops:  # the run is failing: the steps waiting to start an attempt end first
+            return self._stop(run_id, stops)
         if replanning is not None:
             return control.revise(self, run_id, replanning, state)
         dispatches = []
@@ -303,6 +307,15 @@ class Engine:
         if concluding is not None:
             self._conclude(run_id, concluding)
         return dispatches + self._drain_admitted()
+
+    def _stop(self, run_id: str, stops: list[tuple[str, list[Event]]]) -> list[Dispatch]:
+        """The run is failing: end each step that waits to start an attempt, once (the claim on
+        that attempt's outcome: a worker that started it meanwhile records nothing), then go on
+        (the run ends once its running attempts have)."""
+        stopped = [self.store.append(run_id, events, claims=[claim]) for claim, events in stops]
+        if not any(stopped):  # another writer stopped them: it goes on
+            return self._drain_admitted()
+        return self.advance(run_id)
 
     def _conclude(self, run_id: str, events: list[Event], claims: list[str] | None = None) -> bool:
         """Append the events that end a run (once: the ``conclude`` claim), then tell."""
@@ -455,20 +468,20 @@ class Engine:
         """Record an attempt's outcome once. In the same transaction: its retry, or the
         dispatch of the dependents it made ready (then no separate advance is needed)."""
         next_id = self.id_factory() if outcome.status != engine.SUCCEEDED else None
+        failing = None
+        if next_id is not None:  # a failure: no retry once the run is failing
+            with self.lock:
+                failing = self.state(d.run_id)[2].failing
         events, delay = decisions.outcome_events(
-            plan, d.run_id, d.step, d.attempt, d.attempt_id, outcome, self.clock(), next_id
-        )
+            plan, d.run_id, d.step, d.attempt, d.attempt_id, outcome, self.clock(), next_id,
+            failing=failing,
+        )  # fmt: skip
         finish = f"finish:{d.step}:{d.attempt}"
         if delay is not None:
             assert next_id is not None  # a retry is decided only for an attempt that failed
-            claims = [finish, f"dispatch:{d.step}:{d.attempt + 1}"]
-            if self.store.append(d.run_id, events, claims=claims) is None:
-                return []  # another delivery of this attempt recorded its outcome first
-            return [
-                Dispatch(
-                    d.run_id, d.step, d.attempt + 1, next_id, delay, plan.steps[d.step].timeout
-                )
-            ]
+            return self._retry(d, events, Dispatch(
+                d.run_id, d.step, d.attempt + 1, next_id, delay, plan.steps[d.step].timeout
+            ))  # fmt: skip
         outcome_events = list(events)
         ready: list[str] = []
         expect: int | None = None
@@ -512,6 +525,19 @@ class Engine:
             return dispatches  # every dependent is on its way; nothing else can have changed
         return dispatches + self.advance(d.run_id)
 
+    def _retry(self, d: Dispatch, events: list[Event], nxt: Dispatch) -> list[Dispatch]:
+        """Record a failed attempt and its retry ``nxt`` (once); unless the run failed
+        meanwhile: then the retry does not start (``advance`` ends the step)."""
+        claims = [f"finish:{d.step}:{d.attempt}", f"dispatch:{d.step}:{nxt.attempt}"]
+        stored = self.store.append(d.run_id, events, claims=claims)
+        if stored is None:
+            return []  # another delivery of this attempt recorded its outcome first
+        self._absorb(d.run_id, stored)
+        with self.lock:
+            if self.state(d.run_id)[2].failing is not None:
+                return self.advance(d.run_id)
+        return [nxt]
+
     # -- recovery and cancellation -------------------------------------------------------------------
     def sweep(self, *, limit: int = 200, restarted: bool = False) -> list[Dispatch]:
         """Send again what a stalled run is waiting for; end runs that can end
@@ -526,6 +552,12 @@ class Engine:
     def refuse(self, run_id: str, problem: PlanError) -> list[Dispatch]:
         """The run's tools cannot load here: it fails, once (``control.refuse``)."""
         return control.refuse(self, run_id, problem)
+
+
+def _waiting_claim(state: engine.RunState, sid: str) -> str:
+    """The claim on the outcome of the attempt a step waits to start."""
+    step = state.steps[sid]
+    return f"finish:{sid}:{step.attempts[-1].number + 1 if step.attempts else 1}"
 
 
 class _First:

@@ -45,6 +45,7 @@ from dagwright.executors.engine.state import (
     revise,
     run_output,
     step_context,
+    stoppable,
 )
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "revise",
     "run_output",
     "step_context",
+    "stoppable",
     # status words and outcomes
     "ABANDONED",
     "ACTIVE",

@@ -60,7 +60,9 @@ def kept_steps(old: Any, new: Any, outputs: dict[str, Any]) -> list[str]:
 def may_replan(state: st.RunState) -> bool:
     """A step failed with ``on_failure: replan`` and the workflow allows another revision."""
     return (
-        state.replan_for is not None and state.revisions < state.current_plan.workflow.max_replans
+        state.replan_for is not None
+        and state.failing is None  # another step failed the run meanwhile: no revision saves it
+        and state.revisions < state.current_plan.workflow.max_replans
     )
 
 
@@ -97,15 +99,21 @@ def outcome_events(
     outcome: Outcome,
     at: float,
     next_attempt_id: str | None = None,
+    *,
+    failing: str | None = None,
 ) -> tuple[list[Event], float | None]:
     """The events that record an attempt's outcome, and the retry delay when there is one:
     then the step is not finished, and its next attempt is scheduled (``next_attempt_id``)
-    ``not_before`` the delay has passed."""
+    ``not_before`` the delay has passed.
+
+    ``failing``: the step that already failed the run (``RunState.failing``): a failed attempt
+    is then not retried, whatever its policy (the step fails, ``stopped_by`` that step)."""
     step = plan.steps[sid]
     delay = None
-    if outcome.status != SUCCEEDED and should_retry(
+    retry = outcome.status != SUCCEEDED and should_retry(
         step.retry, attempt, outcome.kind, outcome.retryable
-    ):
+    )
+    if retry and failing is None:
         delay = backoff_delay(step.retry, attempt, f"{run_id}/{sid}/{attempt}")
     finished = Event(
         ev.ATTEMPT_FINISHED,
@@ -133,7 +141,30 @@ def outcome_events(
         "output": outcome.output if status == SUCCEEDED else None,
         "error": outcome.error,
     }
+    if retry and failing is not None:
+        data |= {"reason": f"not retried: step {failing!r} failed the run", "stopped_by": failing}
     return [finished, Event(ev.STEP_FINISHED, run_id, at, sid, attempt, data)], None
+
+
+def stop_events(state: st.RunState, sid: str, at: float) -> list[Event]:
+    """A step in flight that waits to start an attempt once the run is failing
+    (``state.stoppable``) ends without it: ``failed`` with its last attempt's error when it was
+    waiting to retry, ``skipped`` when it had not started. ``stopped_by`` names the step that
+    failed the run; a replay reads it to stop where the recording did."""
+    step = state.steps[sid]
+    by = state.failing
+    last = step.attempts[-1] if step.attempts else None
+    if last is not None and last.status == RUNNING:
+        return []  # running attempts finish
+    data: dict[str, Any]
+    if last is None:
+        reason = f"not started: step {by!r} failed the run"
+        data = {"status": SKIPPED, "reason": reason, "stopped_by": by}
+    else:
+        reason = f"not retried: step {by!r} failed the run"
+        data = {"status": FAILED, "output": None, "error": last.error, "reason": reason,
+                "stopped_by": by}  # fmt: skip
+    return [Event(ev.STEP_FINISHED, state.run_id, at, sid, last.number if last else None, data)]
 
 
 def reused_events(run_id: str, at: float, reused: dict[str, dict[str, Any]]) -> list[Event]:
@@ -198,6 +229,8 @@ def conclude(
     ``replan_problem``, why its plan could not be revised)."""
     blocked = st.blocked_steps(plan, state)
     default_reason = "the run was cancelled" if cancelled else "the run stopped after a failure"
+    if not cancelled and state.failing is not None:
+        default_reason = f"not started: step {state.failing!r} failed the run"
     events = [
         Event(
             ev.STEP_FINISHED,
@@ -222,7 +255,7 @@ def conclude(
                 "message": f"cannot compute the run's output: {exc}",
             }
     elif status == FAILED:
-        failed = next(
+        failed = state.failing or next(
             sid
             for sid in plan.order
             if state.steps[sid].status == FAILED
@@ -278,4 +311,5 @@ __all__ = [
     "render_args",
     "resolve_args",
     "reused_events",
+    "stop_events",
 ]

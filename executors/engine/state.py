@@ -79,6 +79,9 @@ class RunState:
     finished_at: float | None = None
     replan_for: str | None = None
     """A step that failed with ``on_failure: replan``: the plan is to be revised."""
+    failing: str | None = None
+    """The step whose failure (``on_failure: fail``) fails the run, the first one: from then
+    on no new attempt starts (``decisions.stop_events``); running ones finish."""
     revisions: int = 0
     plan: Plan | None = None
     """The plan in force: the run's plan, or its latest revision (``plan_revised``)."""
@@ -151,6 +154,8 @@ def apply(state: RunState, event: Event) -> RunState:
     step = state.steps.get(event.step)
     if step is None:  # a late report on a step that a revised plan dropped
         return state
+    if step.status in FINAL:
+        return state  # a late start or report on a step that was stopped (the run failing)
     if kind == ev.STEP_SCHEDULED:
         state.ready.pop(step.id, None)
         last = step.attempts[-1] if step.attempts else None
@@ -216,6 +221,7 @@ def _finish_step(plan: Plan, state: RunState, step: StepState, event: Event) -> 
                 state.ready[nxt] = None
     elif step.status == FAILED and plan.steps[step.id].on_failure == "fail":
         state.halted = True
+        state.failing = state.failing or step.id
     elif step.status == FAILED and plan.steps[step.id].on_failure == "replan":
         state.halted = True  # nothing new starts until the plan is revised
         state.replan_for = step.id
@@ -290,6 +296,18 @@ def blocked_steps(plan: Plan, state: RunState) -> dict[str, str]:
     return blocked
 
 
+def stoppable(state: RunState) -> list[str]:
+    """Once the run is failing (``state.failing``): the steps in flight that wait to start an
+    attempt (dispatched, or waiting to retry), which must not start it."""
+    if state.failing is None or state.status in FINAL:
+        return []
+    return [
+        sid
+        for sid in state.active()
+        if not (state.steps[sid].attempts and state.steps[sid].attempts[-1].status == RUNNING)
+    ]
+
+
 def is_settled(state: RunState) -> bool:
     """Nothing is in flight and nothing more can start."""
     if state.active():
@@ -343,4 +361,5 @@ __all__ = [
     "ready_steps",
     "run_output",
     "step_context",
+    "stoppable",
 ]
