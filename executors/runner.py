@@ -211,7 +211,10 @@ class Attempt:
             info = error_info(exc, kind="error", message=msg, retryable=False)
             return self._done(Outcome(FAILED, error=info))
         except Exception as exc:  # noqa: BLE001 - a tool's own failure, recorded with its traceback
-            return self._done(Outcome(FAILED, error=error_info(exc, kind="error")))
+            # named by its type, as Python prints it: `KeyError: 'sales'`, not `'sales'`
+            said = str(exc)
+            msg = f"{type(exc).__name__}: {said}" if said else type(exc).__name__
+            return self._done(Outcome(FAILED, error=error_info(exc, kind="error", message=msg)))
         if self.max_output_bytes is not None:
             too_big = _oversize(step, tool, output, self.max_output_bytes)
             if too_big is not None:

@@ -288,6 +288,11 @@ def test_unexpected_exception_is_recorded_with_its_traceback(execute) -> None:  
     error = ran.of(ev.ATTEMPT_FINISHED, "x")[0].data["error"]
     assert error["type"] == "ZeroDivisionError"
     assert "n // 0" in error["traceback"]
+    # the message names the exception's type, as Python prints it (a bare `'sales'` from a
+    # KeyError says nothing); the run's error carries it too
+    assert error["message"] == "ZeroDivisionError: integer division or modulo by zero"
+    assert ran.result.error == {"type": "ZeroDivisionError", "step": "x",
+                                "message": "ZeroDivisionError: integer division or modulo by zero"}  # fmt: skip
 
 
 def test_a_reference_that_cannot_resolve_fails_the_step_without_retrying(execute) -> None:  # noqa: ANN001

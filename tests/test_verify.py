@@ -23,7 +23,23 @@ def test_expr() -> None:
     assert check({"expr": "len(output.items) >= inputs.min"}, {"items": [1, 2]})["passed"]
     failed = check({"expr": "len(output.items) >= 3"}, {"items": [1]})
     assert not failed["passed"]
-    assert failed["message"] == "check 1 (expr: len(output.items) >= 3) failed: evaluated to False"
+    assert failed["message"] == (
+        "check 1 (expr: len(output.items) >= 3) failed: evaluated to False; output.items = [1]"
+    )
+
+
+def test_a_failed_expr_shows_the_values_it_read() -> None:
+    failed = check(
+        {"expr": "output.left_ms == output.right_ms and inputs.word != output.gone"},
+        {"left_ms": 200, "right_ms": 400, "text": "x" * 200},
+    )
+    assert failed["message"].endswith(
+        "evaluated to False; output.left_ms = 200, output.right_ms = 400, "
+        'inputs.word = "beta", output.gone = (not there)'
+    )
+    long = check({"expr": "output.text | length < 2"}, {"text": "y" * 200})["message"]
+    shown = long.split("; output.text = ")[1]
+    assert len(shown) == 80 and shown.startswith('"yyy') and shown.endswith("…")
 
 
 def test_expr_error_is_a_failed_check_not_a_crash() -> None:

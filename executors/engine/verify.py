@@ -19,7 +19,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from dagwright.planner.references import ExpressionError, expression, render, stringify
+from dagwright.planner.references import (
+    Expression,
+    ExpressionError,
+    expression,
+    lookup,
+    render,
+    stringify,
+)
 from dagwright.planner.regex import RegexError, compile_regex, schema_problems, schema_validator
 from dagwright.planner.schema import Check
 
@@ -138,8 +145,11 @@ def _evaluate(
         return passed, f"the judge said no: {reason}"
     if kind == "expr":
         assert check.expr is not None
-        value = expression(check.expr).evaluate(scope)
-        return bool(value), f"evaluated to {value!r}"
+        parsed = expression(check.expr)
+        value = parsed.evaluate(scope)
+        if value:
+            return True, ""
+        return False, f"evaluated to {value!r}" + _values_read(parsed, scope)
     if kind == "contains":
         needle = render(check.contains, context)
         return _contains(target, needle), f"{needle!r} not found in the output"
@@ -169,6 +179,24 @@ def _evaluate(
     where = "/".join(map(str, first.absolute_path)) or "(root)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return False, f"schema violation at {where}: {first.message}{more}"
+
+
+_VALUES_SHOWN, _VALUE_CHARS = 6, 80
+
+
+def _values_read(parsed: Expression, scope: dict[str, Any]) -> str:
+    """What the expression read, for a failed check: ``; output.a = 1, output.b = 2``
+    (each value as JSON, shortened; a path that is not there says so)."""
+    shown = []
+    for ref in list(dict.fromkeys(parsed.refs))[:_VALUES_SHOWN]:
+        try:
+            text = json.dumps(lookup(scope, ref), ensure_ascii=False, sort_keys=True, default=str)
+        except ExpressionError:
+            text = "(not there)"
+        if len(text) > _VALUE_CHARS:
+            text = text[: _VALUE_CHARS - 1] + "…"
+        shown.append(f"{ref} = {text}")
+    return f"; {', '.join(shown)}" if shown else ""
 
 
 def run_checks(
