@@ -140,15 +140,15 @@ def _when(value: float | datetime | str | None) -> float | str | None:
 def list_params(
     status: str | None,
     workflow: str | None,
-    created_after: float | datetime | str | None,
-    created_before: float | datetime | str | None,
+    started_after: float | datetime | str | None,
+    started_before: float | datetime | str | None,
     limit: int,
 ) -> dict[str, Any]:
     params = {
         "status": status,
         "workflow": workflow,
-        "created_after": _when(created_after),
-        "created_before": _when(created_before),
+        "started_after": _when(started_after),
+        "started_before": _when(started_before),
         "limit": limit,
     }
     return {k: v for k, v in params.items() if v is not None}

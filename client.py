@@ -111,13 +111,21 @@ class Client:
         self,
         status: str | None = None,
         workflow: str | None = None,
+        started_after: When = None,
+        started_before: When = None,
+        limit: int = 50,
+        *,
         created_after: When = None,
         created_before: When = None,
-        limit: int = 50,
     ) -> Iterator[Json]:
         """Runs, newest first, fetched ``limit`` (1..500) at a time: the iterator requests the
-        next page (``next_cursor``) when it reaches the end of one."""
-        params = list_params(status, workflow, created_after, created_before, limit)
+        next page (``next_cursor``) when it reaches the end of one. ``started_after`` and
+        ``started_before`` filter on ``started_at`` (``created_after``/``created_before``:
+        their former names)."""
+        params = list_params(
+            status, workflow, _either(started_after, created_after),
+            _either(started_before, created_before), limit,
+        )  # fmt: skip
         while True:
             page = self._send(Call("GET", "/v1/runs", params))
             yield from page["runs"]
@@ -294,11 +302,17 @@ class AsyncClient:
         self,
         status: str | None = None,
         workflow: str | None = None,
+        started_after: When = None,
+        started_before: When = None,
+        limit: int = 50,
+        *,
         created_after: When = None,
         created_before: When = None,
-        limit: int = 50,
     ) -> AsyncIterator[Json]:
-        params = list_params(status, workflow, created_after, created_before, limit)
+        params = list_params(
+            status, workflow, _either(started_after, created_after),
+            _either(started_before, created_before), limit,
+        )  # fmt: skip
         while True:
             page = await self._send(Call("GET", "/v1/runs", params))
             for run in page["runs"]:
@@ -413,6 +427,11 @@ class AsyncClient:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+def _either(new: When, old: When) -> When:
+    """A filter given by its name (``started_*``) or its former one (``created_*``)."""
+    return new if new is not None else old
 
 
 __all__ = ["FINAL", "ApiError", "AsyncClient", "Client", "RateLimited"]

@@ -97,17 +97,25 @@ def list_runs(
     svc: Service,
     status: str | None = None,
     workflow: str | None = None,
-    created_after: str | None = None,
-    created_before: str | None = None,
+    started_after: str | None = None,
+    started_before: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    created_after: Annotated[str | None, Query(deprecated=True)] = None,
+    created_before: Annotated[str | None, Query(deprecated=True)] = None,
 ) -> dict[str, Any]:
-    """Runs, newest first; follow ``next_cursor`` for the next page."""
+    """Runs, newest first; follow ``next_cursor`` for the next page. ``started_after`` and
+    ``started_before`` (Unix seconds or ISO 8601, exclusive) filter on ``started_at``;
+    ``created_after``/``created_before`` are their former names."""
+    after, after_name = (started_after, "started_after") if started_after is not None else (
+        created_after, "created_after")  # fmt: skip
+    before, before_name = (started_before, "started_before") if started_before is not None else (
+        created_before, "created_before")  # fmt: skip
     return svc.list(
         status=status,
         workflow=workflow,
-        created_after=_when(created_after, "created_after"),
-        created_before=_when(created_before, "created_before"),
+        created_after=_when(after, after_name),
+        created_before=_when(before, before_name),
         limit=limit,
         cursor=cursor,
     )

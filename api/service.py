@@ -24,7 +24,7 @@ from dagwright.executors import engine as core
 from dagwright.executors.distributed.engine import Engine
 from dagwright.executors.lifecycle import fold_run, seen_status
 from dagwright.executors.store import TraceStore
-from dagwright.executors.summary import iso, run_summary
+from dagwright.executors.summary import event_item, run_item, run_summary
 from dagwright.executors.wiring import plan_task
 from dagwright.planner import operator_only
 from dagwright.planner.catalog import Catalog
@@ -292,18 +292,7 @@ class RunService:
             limit=limit,
             after=after,
         )
-        items = [
-            {
-                "run_id": r.record.run_id,
-                "workflow": r.record.workflow_name,
-                "status": r.status,
-                "created_at": iso(r.record.created_at),
-                "finished_at": iso(r.finished_at),
-                "executor": r.record.executor,
-                "lineage": r.record.lineage(),
-            }
-            for r in runs
-        ]
+        items = [run_item(r.record, r.status, r.finished_at) for r in runs]
         last = runs[-1].record if len(runs) == limit else None
         return {
             "runs": items,
@@ -317,7 +306,7 @@ class RunService:
         last_seq = events[-1].seq if events else after
         return {
             "run_id": record.run_id,
-            "events": [self.redactor.value(e.as_dict()) for e in events],
+            "events": [self.redactor.value(event_item(e)) for e in events],
             "last_seq": last_seq,
             "finished": finished or self._status(record.run_id) in core.FINAL,
         }

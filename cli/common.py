@@ -211,7 +211,34 @@ def _status_text(status: str) -> Text:
 
 
 def _secs(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}s"
+    """A duration for people: ``4ms``, ``0.38s``, ``12.5s``, ``2m05s``, ``1h02m`` (JSON keeps
+    the seconds)."""
+    if value is None:
+        return ""
+    if value < 0.1:
+        return f"{value * 1000:.0f}ms"
+    if value < 60:
+        return f"{value:.2f}".rstrip("0").rstrip(".") + "s"
+    minutes, secs = divmod(round(value), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 step``, ``2 steps`` (``words``: an irregular plural)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def _error_text(error: dict[str, Any] | None) -> str:
+    """An error's message, naming the step when the message does not already."""
+    if not error:
+        return ""
+    message = str(error.get("message") or error.get("type") or "")
+    step = error.get("step")
+    if step and not message.startswith(f"step {step!r}"):
+        return f"step {step!r}: {message}"
+    return message
 
 
 __all__ = [

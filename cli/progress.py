@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from dagwright.cli.common import _plural, _secs
 from dagwright.executors import engine
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
@@ -56,6 +58,10 @@ class Progress:
         if not self.enabled:
             return
         self.state = state
+        if event.type == ev.PLAN_REVISED:  # said once (above the live table), against the
+            said = revision_line(event.data, self.workflow)  # plan it revises
+            self.workflow = Workflow.model_validate(event.data["workflow"])
+            self.console.print(said, highlight=False)
         if self._live is not None:
             now = time.monotonic()
             if now - self._last > 0.1 or event.type == ev.RUN_FINISHED:
@@ -70,10 +76,12 @@ class Progress:
         sid = escape(event.step or "")
         data = event.data
         if event.type == ev.RUN_STARTED:
-            return f"run [bold]{event.run_id}[/bold]: {escape(self.workflow.name)}, {len(state.steps)} steps"
+            steps = _plural(len(state.steps), "step")
+            return f"run [bold]{event.run_id}[/bold]: {escape(self.workflow.name)}, {steps}"
         if event.type == ev.RUN_QUEUED:
-            key, limit = escape(str(data.get("key"))), data.get("limit")
-            return f"  ⏸ queued: {limit} run(s) of key {key} may run at once; waiting for a slot"
+            key, limit = escape(str(data.get("key"))), int(data.get("limit") or 1)
+            runs = "1 run" if limit == 1 else f"{limit} runs"
+            return f"  ⏸ queued: {runs} of key {key} may run at once; waiting for a slot"
         if event.type == ev.RUN_ADMITTED:
             return "  ▷ admitted: a slot is free"
         if event.type == ev.ATTEMPT_STARTED:
@@ -82,17 +90,20 @@ class Progress:
             )
         if event.type == ev.ATTEMPT_FINISHED and data.get("retry_in") is not None:
             msg = escape((data.get("error") or {}).get("message", ""))
-            return f"  ↻ {sid} attempt {event.attempt} {data['status']}: {msg} (retry in {data['retry_in']:g}s)"
+            wait = _secs(data["retry_in"])
+            return f"  ↻ {sid} attempt {event.attempt} {data['status']}: {msg} (retry in {wait})"
         if event.type == ev.STEP_FINISHED:
             step = state.steps[event.step or ""]
             n = len(step.attempts)
             took = engine_duration(step)
             if step.reused:
                 return f"  ↺ {sid}  reused from run {step.reused.get('run_id')}"
+            why = f" ({escape(step.reason)})" if step.reason else ""
             tail = {
-                engine.SUCCEEDED: f"{n} attempt{'s' if n != 1 else ''}, {took}",
-                engine.FAILED: f"failed after {n} attempt{'s' if n != 1 else ''}: "
-                + escape((step.error or {}).get("message", "")),
+                engine.SUCCEEDED: f"{_plural(n, 'attempt')}, {took}",
+                engine.FAILED: f"failed after {_plural(n, 'attempt')}: "
+                + escape((step.error or {}).get("message", ""))
+                + why,
                 engine.SKIPPED: f"skipped: {escape(step.reason or '')}",
                 engine.CANCELLED: "cancelled",
             }.get(step.status, step.status)
@@ -136,7 +147,29 @@ def engine_duration(step: engine.StepState) -> str:
     if step.started_at is None:
         return ""
     end = step.finished_at if step.finished_at is not None else time.time()
-    return f"{end - step.started_at:.2f}s"
+    return _secs(end - step.started_at)
+
+
+def revision_line(data: dict[str, Any], workflow: Workflow | None = None) -> str:
+    """A plan revision, as live progress announces it: which step failed and why, which
+    steps are kept (not run again), and what the revised plan adds, changes and drops."""
+    now = [s.get("id") for s in (data.get("workflow") or {}).get("steps") or []]
+    kept = list(data.get("kept") or [])
+    before = {s.id: s.model_dump() for s in workflow.steps} if workflow is not None else {}
+    error = escape(str((data.get("error") or {}).get("message", "")))
+    parts = [f"kept: {', '.join(map(str, kept)) or 'none'}"]
+    if before:
+        added = [sid for sid in now if sid not in before]
+        dropped = [sid for sid in before if sid not in now]
+        again = [sid for sid in now if sid in before and sid not in kept]
+        parts += [f"{label}: {', '.join(map(str, ids))}" for label, ids in
+                  (("new", added), ("run again", again), ("dropped", dropped)) if ids]  # fmt: skip
+    else:
+        parts.append(f"steps now: {', '.join(map(str, now))}")
+    return (
+        f"  ⟳ plan revised (revision {data.get('revision')}) after step "
+        f"{escape(repr(data.get('failed_step')))} failed: {error}\n    " + "; ".join(parts)
+    )
 
 
 __all__ = ["Progress"]

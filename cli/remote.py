@@ -318,8 +318,8 @@ class _Gone(Exception):
 
 
 def _follow_store(run_id: str, db: str | None, as_json: bool) -> NoReturn:
+    from dagwright.cli.ending import print_end
     from dagwright.cli.progress import Progress
-    from dagwright.cli.run import _print_result
     from dagwright.executors.lifecycle import fold_run, follow, lease_lapsed, seen_status
     from dagwright.executors.summary import run_summary
     from dagwright.planner.schema import Workflow
@@ -352,7 +352,7 @@ def _follow_store(run_id: str, db: str | None, as_json: bool) -> NoReturn:
     if as_json:
         _json(summary)
     else:
-        _print_result(summary, db)
+        print_end(summary, db, source=record.source if not state.revisions else None)
     _exit(_code(summary["status"]))
 
 

@@ -4,11 +4,12 @@ lines from a stream's events, and a run's status and summary."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from rich.markup import escape
 
-from dagwright.cli.common import _status_text, out
+from dagwright.cli.common import _secs, _status_text, out
 
 Json = dict[str, Any]
 
@@ -32,7 +33,7 @@ class EventLines:
                 f"run [bold]{e.get('run_id')}[/bold]: {escape(self.workflow)}, {self.steps} steps"
             )
         if kind == "attempt_started":
-            self.started.setdefault(sid, float(e.get("at") or 0))
+            self.started.setdefault(sid, _seconds(e.get("at")))
             return f"  ▶ {sid}" + (f" (attempt {n})" if n > 1 else "")
         if kind == "attempt_finished" and data.get("retry_in") is not None:
             msg = escape(str((data.get("error") or {}).get("message", "")))
@@ -45,15 +46,16 @@ class EventLines:
         if kind == "run_admitted":
             return "  admitted: its steps may start"
         if kind == "plan_revised":
-            failed = escape(str(data.get("failed_step")))
-            return f"  plan revision {data.get('revision')} after step {failed} failed"
+            from dagwright.cli.progress import revision_line
+
+            return revision_line(data)
         return None
 
     def _finished(self, e: Json, sid: str, n: int, data: Json) -> str:
         status = str(data.get("status"))
         if data.get("reused"):
             return f"  ↺ {sid}  reused from run {data['reused'].get('run_id')}"
-        took = f"{float(e.get('at') or 0) - self.started[sid]:.2f}s" if sid in self.started else ""
+        took = _secs(_seconds(e.get("at")) - self.started[sid]) if sid in self.started else ""
         attempts = f"{n} attempt{'s' if n != 1 else ''}"
         tail = {
             "succeeded": f"{attempts}, {took}",
@@ -63,6 +65,16 @@ class EventLines:
             "cancelled": "cancelled",
         }.get(status, status)
         return f"  {self.icons.get(status, '?')} {sid}  {tail}"
+
+
+def _seconds(at: Any) -> float:
+    """An event's ``at`` (ISO 8601; Unix seconds from an older server) as Unix seconds."""
+    if isinstance(at, str):
+        try:
+            return datetime.fromisoformat(at).timestamp()
+        except ValueError:
+            return 0.0
+    return float(at or 0)
 
 
 def print_status(summary: Json, again: str | None = None) -> None:

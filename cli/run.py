@@ -3,7 +3,6 @@ a run derived from a recorded one) on the local executor or on Celery workers.""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from dagwright.cli.common import (
     err,
     out,
 )
+from dagwright.cli.ending import Output, OutputFileOption, OutputModeOption
 from dagwright.cli.plan import _model_cache, _plan_for_run, _replanner
 from dagwright.errors import PlanError
 
@@ -76,11 +76,14 @@ def run_cmd(
             "[env: DAGWRIGHT_MODEL].",
         ),
     ] = None,
+    output_mode: OutputModeOption = "auto",
+    output_file: OutputFileOption = None,
 ) -> None:
     """Validate, then run a workflow and record its trace; show progress, then the result.
 
     Exit code: 0 succeeded, 1 failed, 2 invalid workflow or inputs (nothing runs), 130 cancelled."""
     _check_executor(executor_name, detach)
+    output = Output.chosen(output_mode, output_file)
     prelude: list[dict[str, Any]] = []
     if (file is None) == (task is None):
         _die("give a workflow FILE, or --task with --model (not both)", EXIT_INVALID)
@@ -107,6 +110,7 @@ def run_cmd(
         max_parallel=max_parallel,
         model=model,
         prelude=prelude,
+        output=output,
     )
 
 
@@ -126,8 +130,10 @@ def _execute(
     reused: dict[str, dict[str, Any]] | None = None,
     lineage: dict[str, Any] | None = None,
     run_id: str | None = None,
+    output: Output | None = None,
 ) -> NoReturn:
     """Run a validated workflow on the chosen executor, print the result, exit with its code."""
+    from dagwright.cli.ending import print_end
     from dagwright.cli.progress import Progress
     from dagwright.executors.engine import outcome
     from dagwright.executors.lifecycle import fold_run
@@ -180,10 +186,13 @@ def _execute(
     else:  # the executor's own final state: no second read and fold of the trace
         record = store.get_run(run_id)
     summary = _redacted(run_summary(record, state, store.location()))  # state: in memory
+    output = output or Output()
     if as_json:
+        if output.file is not None and summary["status"] == outcome.SUCCEEDED:
+            err.print(f"output: {output.write(summary['output'])}")  # stdout is the JSON
         _json(summary)
     else:
-        _print_result(summary, db)
+        print_end(summary, db, source=source if not state.revisions else None, output=output)
     code = {outcome.SUCCEEDED: EXIT_OK, outcome.CANCELLED: EXIT_CANCELLED}.get(
         state.status, EXIT_FAILED
     )
@@ -276,38 +285,6 @@ def _started(store: TraceStore, run_id: str) -> bool:
     from dagwright.executors.engine import events as ev
 
     return any(e.type == ev.ATTEMPT_STARTED for e in store.events(run_id))
-
-
-def _print_result(summary: dict[str, Any], db: str | None) -> None:
-    from dagwright.executors.engine import outcome
-
-    status = summary["status"]
-    color = {outcome.SUCCEEDED: "green", outcome.FAILED: "red", outcome.CANCELLED: "yellow"}.get(
-        status, "white"
-    )
-    out.print(
-        f"\nrun [bold]{summary['run_id']}[/bold]  [{color}]{status}[/{color}]"
-        f"  in {summary['duration']}s",
-        highlight=False,
-    )
-    if summary["error"]:
-        err_info = summary["error"]
-        where = f"step {err_info['step']!r}: " if err_info.get("step") else ""
-        message = err_info.get("message", "")
-        if where and message.startswith(where.rstrip(": ")):
-            where = ""
-        out.print(f"[red]error:[/red] {escape(where + message)}")
-    if status == outcome.SUCCEEDED:
-        out.print("output:")
-        out.print_json(json.dumps(summary["output"], default=str))
-    out.print(f"trace: {escape(summary['trace'])}")
-    out.print(f"inspect: dagwright show {summary['run_id']}{escape(_db_flag(db))}")
-    flag = escape(_db_flag(db))
-    out.print(f"replay: dagwright replay {summary['run_id']}{flag}")
-    if status in (outcome.FAILED, outcome.CANCELLED):
-        out.print(
-            f"fix and go on: dagwright resume {summary['run_id']} --workflow FIXED.yaml{flag}"
-        )
 
 
 def _check_executor(executor_name: str, detach: bool) -> None:

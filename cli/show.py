@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from dagwright.cli.common import (
     EXIT_INVALID,
@@ -18,41 +20,88 @@ from dagwright.cli.common import (
     JsonOption,
     _db_flag,
     _die,
+    _error_text,
     _json,
+    _plural,
     _secs,
     _settings,
     _status_text,
     _store,
+    err,
     out,
 )
+from dagwright.cli.ending import Output, OutputFileOption, OutputModeOption
 
 
 def show_cmd(
     run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
     as_json: JsonOption = False,
     db: DbOption = None,
+    workflow: Annotated[
+        bool,
+        typer.Option(
+            "--workflow",
+            help="Print the run's plan (a planned run's too) as a workflow file, for review "
+            "and re-use: `show RUN --workflow > plan.yaml`, edit, `resume RUN --workflow "
+            "plan.yaml` or `run plan.yaml`.",
+        ),
+    ] = False,
+    calls: Annotated[
+        bool,
+        typer.Option(
+            "--calls",
+            help="Print each model call: its prompt's messages, the answer or error, usage and "
+            "latency (--json: the recorded calls as data).",
+        ),
+    ] = False,
+    output_mode: OutputModeOption = "auto",
+    output_file: OutputFileOption = None,
 ) -> None:
     """Show a run: its steps, attempts, timings, errors, each agents.team step's exchange
-    (turn, agent, kind, tokens, text) and its output."""
+    (turn, agent, kind, tokens, text) and its output (or, with --workflow, its plan; with
+    --calls, its model calls)."""
+    from dagwright.cli.run_view import calls_json, plan_yaml, print_calls
     from dagwright.executors.engine import outcome
     from dagwright.executors.lifecycle import seen_status
     from dagwright.executors.summary import run_summary, state_of
 
+    output = Output.chosen(output_mode, output_file)
     store = _store(db, create=False)
     record = store.get_run(run_id)
-    _, state = state_of(record, store.events(record.run_id))
+    events = store.events(record.run_id)
+    _, state = state_of(record, events)
+    if workflow:
+        text = plan_yaml(state.current_plan.workflow, record.run_id, state.revisions, record.source)
+        sys.stdout.write(text)
+        return
+    if calls:
+        _json(calls_json(events)) if as_json else print_calls(events)
+        return
     summary = run_summary(record, state, store.location(), detail=True)
     summary["status"] = seen_status(
         store, record, summary["status"], time.time(), _settings().heartbeat
     )
     if as_json:
+        if output.file is not None and summary["status"] == outcome.SUCCEEDED:
+            err.print(f"output: {output.write(summary['output'])}")
         _json(summary)
         return
-    out.print(
-        f"run [bold]{record.run_id}[/bold]  workflow [bold]{escape(record.workflow_name)}[/bold]  ",
-        _status_text(summary["status"]),
-        f"  {_secs(summary['duration'])}",
-    )
+    _print_run(record, state, summary, events, db, output)
+
+
+def _print_run(
+    record: Any, state: Any, summary: dict[str, Any], events: list[Any], db: str | None,
+    output: Output,
+) -> None:  # fmt: skip
+    """``show``'s text: the run, its steps, revisions, failed attempts, error and output."""
+    from dagwright.cli.ending import print_output, status_words
+    from dagwright.executors.engine import outcome
+
+    head = Text.assemble("run ", (record.run_id, "bold"), "  workflow ",
+                         (record.workflow_name, "bold"), "  ", _status_text(summary["status"]),
+                         (status_words(summary)[len(summary["status"]) :], "yellow"),
+                         f"  {_secs(summary['duration'])}")  # fmt: skip
+    out.print(head, highlight=False)
     if record.source:
         out.print(f"source: {escape(record.source)}   started: {summary['started_at']}")
     if record.inputs:
@@ -61,53 +110,83 @@ def show_cmd(
         froms = ", ".join(record.from_steps)
         out.print(
             f"lineage: {record.mode} of run [bold]{record.parent_run_id}[/bold]"
-            + (f", from step(s) {escape(froms)}" if froms else "")
+            + (
+                f", from step{'s' if len(record.from_steps) > 1 else ''} {escape(froms)}"
+                if froms
+                else ""
+            )
         )
+    _print_steps(state, summary)
+    _print_revisions_and_calls(events, record.workflow)
+    _print_exchanges(events)
+    for sid, step in summary["steps"].items():
+        details = step["attempt_details"]
+        for i, attempt in enumerate(details):
+            if attempt["status"] not in (outcome.SUCCEEDED, outcome.RUNNING):
+                retried = i + 1 < len(details)
+                _print_failed_attempt(sid, attempt, retried, step.get("reason"))
+    if summary.get("error"):
+        out.print(f"\n[red]error:[/red] {escape(_error_text(summary['error']))}")
+    for failed in summary.get("failed_optional") or []:
+        out.print(f"\n[yellow]failed optional step[/yellow] {escape(str(failed['step']))}: "
+                  f"{escape(str(failed.get('message')))}")  # fmt: skip
+    if state.status == outcome.SUCCEEDED:
+        out.print()
+        print_output(state.output, output)
+    flag = escape(_db_flag(db))
+    out.print(f"\ntrace: dagwright trace {record.run_id}{flag}")
+    if state.current_plan.workflow.task or state.revisions:
+        out.print(f"plan: dagwright show {record.run_id} --workflow{flag}")
+    if any(e.type == "model_call" for e in events):
+        out.print(f"model calls: dagwright show {record.run_id} --calls{flag}")
+
+
+def _print_steps(state: Any, summary: dict[str, Any]) -> None:
     table = Table(box=None, header_style="bold")
     for col in ("step", "status", "attempts", "started", "duration", "error / note"):
         table.add_column(col)
+    now = time.time()
     for sid, step in summary["steps"].items():
         table.add_row(
             sid,
             _status_text(step["status"]),
             str(step["attempts"]),
             step["started_at"] or "",
-            _secs(step["duration"]),
-            escape(
-                step.get("error")
-                or step.get("reason")
-                or (f"reused from run {step['reused_from']}" if step.get("reused_from") else "")
-            ),
+            _secs(step["duration"]) or _running_for(state.steps[sid], now),
+            escape(_note(step)),
         )
     out.print(table)
-    events = store.events(record.run_id)
-    _print_revisions_and_calls(events)
-    _print_exchanges(events)
-    for sid, step in summary["steps"].items():
-        for attempt in step["attempt_details"]:
-            if attempt["status"] != outcome.SUCCEEDED:
-                _print_failed_attempt(sid, attempt)
-    if state.error:
-        out.print(f"\n[red]error:[/red] {escape(state.error.get('message', ''))}")
-    if state.status == outcome.SUCCEEDED:
-        out.print("\noutput:")
-        out.print_json(json.dumps(state.output, default=str))
-    out.print(f"\ntrace: dagwright trace {record.run_id}{escape(_db_flag(db))}")
 
 
-def _print_revisions_and_calls(events: list[Any]) -> None:
+def _note(step: dict[str, Any]) -> str:
+    """The table's last column: the error (and why it was not retried), or why it was skipped,
+    or where its output was reused from."""
+    if step.get("error"):
+        reason = step.get("reason")
+        return str(step["error"]) + (f" ({reason})" if reason else "")
+    if step.get("reason"):
+        return str(step["reason"])
+    return f"reused from run {step['reused_from']}" if step.get("reused_from") else ""
+
+
+def _running_for(step: Any, now: float) -> str:
+    """How long a step's running attempt has been running (a run still executing)."""
+    last = step.attempts[-1] if step.attempts else None
+    if last is None or last.finished_at is not None or last.started_at is None:
+        return ""
+    return f"running {_secs(max(0.0, now - last.started_at))}"
+
+
+def _print_revisions_and_calls(events: list[Any], workflow: dict[str, Any] | None = None) -> None:
+    from dagwright.cli.progress import revision_line
     from dagwright.executors.engine import events as ev
+    from dagwright.planner.schema import Workflow
 
+    before = Workflow.model_validate(workflow) if workflow is not None else None
     for e in events:
         if e.type == ev.PLAN_REVISED:
-            steps = [s["id"] for s in e.data["workflow"]["steps"]]
-            out.print(
-                f"\n[bold]plan revision {e.data.get('revision')}[/bold] after step "
-                f"{e.data.get('failed_step')!r} failed: "
-                f"{escape((e.data.get('error') or {}).get('message', ''))}\n"
-                f"  kept (not run again): {', '.join(e.data.get('kept') or []) or 'none'}; "
-                f"steps now: {', '.join(steps)}"
-            )
+            out.print("\n" + revision_line(e.data, before).strip(), highlight=False)
+            before = Workflow.model_validate(e.data["workflow"])
     diverged = [e for e in events if e.type == ev.REPLAY_DIVERGED]
     if diverged:
         first = diverged[0].data
@@ -145,9 +224,10 @@ def _print_exchanges(events: list[Any]) -> None:
         completion = sum(t.get("completion", 0) for t in tokens)
         turns = max((m.get("turn") or 0 for m in said), default=0)
         out.print(
-            f"\n[bold]{escape(sid)}[/bold] attempt {attempt}: exchange of {turns} turn(s), "
-            f"{counts.get((sid, attempt, ev.MODEL_CALL), 0)} model call(s), "
-            f"{counts.get((sid, attempt, ev.TOOL_CALL), 0)} tool call(s), "
+            f"\n[bold]{escape(sid)}[/bold] attempt {attempt}: exchange of "
+            f"{_plural(turns, 'turn')}, "
+            f"{_plural(counts.get((sid, attempt, ev.MODEL_CALL), 0), 'model call')}, "
+            f"{_plural(counts.get((sid, attempt, ev.TOOL_CALL), 0), 'tool call')}, "
             f"{prompt} → {completion} tokens"
         )
         table = Table(box=None, header_style="bold", padding=(0, 1))
@@ -173,11 +253,14 @@ def _clipped(text: str, limit: int = 400) -> str:
     return f"{text[:limit]}… ({len(text) - limit} more characters: dagwright trace --json)"
 
 
-def _print_failed_attempt(sid: str, a: dict[str, Any]) -> None:
+def _print_failed_attempt(
+    sid: str, a: dict[str, Any], retried: bool, reason: str | None = None
+) -> None:
     error = a["error"] or {}
+    took = f" after {_secs(a['duration'])}" if a["duration"] is not None else ""
     out.print(
-        f"\n[bold]{sid}[/bold] attempt {a['attempt']} [red]{a['status']}[/red]"
-        f" after {_secs(a['duration'])}: {escape(error.get('message', ''))}"
+        f"\n[bold]{escape(sid)}[/bold] attempt {a['attempt']} [red]{a['status']}[/red]"
+        f"{took}: {escape(error.get('message', ''))}"
     )
     for check in a["checks"]:
         if not check["passed"]:
@@ -185,8 +268,11 @@ def _print_failed_attempt(sid: str, a: dict[str, Any]) -> None:
     if error.get("traceback"):
         tail = error["traceback"].splitlines()[-6:]
         out.print("[dim]" + escape("\n".join("  " + line for line in tail)) + "[/dim]")
-    if a["retry_in"] is not None:
-        out.print(f"  [dim]retried after {a['retry_in']:g}s[/dim]")
+    if a["retry_in"] is not None and retried:
+        out.print(f"  [dim]retried after {_secs(a['retry_in'])}[/dim]")
+    elif a["retry_in"] is not None or (reason or "").startswith("not retried"):
+        due = f" (it was due in {_secs(a['retry_in'])})" if a["retry_in"] is not None else ""
+        out.print(f"  [dim]{escape(reason or 'not retried')}{due}[/dim]")
 
 
 def trace_cmd(
@@ -195,13 +281,13 @@ def trace_cmd(
     db: DbOption = None,
 ) -> None:
     """Print a run's trace: every event, in order."""
-    from dagwright.executors.summary import iso
+    from dagwright.executors.summary import event_item
 
     store = _store(db, create=False)
     record = store.get_run(run_id)
     events = store.events(record.run_id)
     if as_json:
-        _json([e.as_dict() | {"at": iso(e.at)} for e in events])
+        _json([event_item(e) for e in events])
         return
     t0 = events[0].at if events else 0.0
     for e in events:
@@ -265,52 +351,36 @@ def runs_cmd(
         str | None,
         typer.Option(
             "--status",
-            help="Only runs with this status: running, succeeded, failed, cancelled, abandoned "
-            "(a local run whose process is gone).",
+            help="Only runs with this status: queued, running, succeeded, failed, cancelled, "
+            "abandoned (a local run whose process is gone).",
         ),
     ] = None,
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=1, help="How many, newest first.")
     ] = 20,
+    show_all: Annotated[
+        bool,
+        typer.Option("--all", "-a", help="Replays too (`dagwright replay` records each as a run)."),
+    ] = False,
     as_json: JsonOption = False,
     db: DbOption = None,
 ) -> None:
-    """List recent runs."""
-    from dagwright.executors.engine import outcome
+    """List recent runs, newest first (replays only with --all)."""
     from dagwright.executors.engine.outcome import RUN_STATUSES
-    from dagwright.executors.lifecycle import seen_status
-    from dagwright.executors.summary import duration, iso
+    from dagwright.executors.summary import run_item
 
     if status is not None and status not in RUN_STATUSES:
         words = f"{', '.join(RUN_STATUSES[:-1])} or {RUN_STATUSES[-1]}"
         _die(f"--status {status!r}: use {words}", EXIT_INVALID)
     store = _store(db, create=False)
-    now, heartbeat = time.time(), _settings().heartbeat
-    wanted = outcome.RUNNING if status == outcome.ABANDONED else status
-    runs = [
-        replace(r, status=seen_status(store, r.record, r.status, now, heartbeat))
-        for r in store.list_runs(status=wanted, limit=limit)
-    ]
-    runs = [r for r in runs if status is None or r.status == status]
+    runs, hidden = _listed(store, status, limit, show_all)
     if as_json:
-        _json(
-            [
-                {
-                    "run_id": r.record.run_id,
-                    "workflow": r.record.workflow_name,
-                    "status": r.status,
-                    "created_at": iso(r.record.created_at),
-                    "finished_at": iso(r.finished_at),
-                    "source": r.record.source,
-                    "lineage": r.record.lineage(),
-                }
-                for r in runs
-            ]
-        )
+        _json([run_item(r.record, r.status, r.finished_at) for r in runs])
         return
     if not runs:
         out.print(
             f"no runs{f' with status {status}' if status else ''} in {escape(store.location())}"
+            + (f" ({_plural(hidden, 'replay')} hidden: --all shows them)" if hidden else "")
         )
         return
     table = Table(box=None, header_style="bold")
@@ -320,18 +390,51 @@ def runs_cmd(
     if derived:
         table.add_column("lineage")
     for r in runs:
+        item = run_item(r.record, r.status, r.finished_at)
         row: list[RenderableType | None] = [
             r.record.run_id,
             escape(r.record.workflow_name),
             _status_text(r.status),
-            iso(r.record.created_at),
-            _secs(duration(r.record.created_at, r.finished_at)),
+            item["started_at"],
+            _secs(item["duration"]),
         ]
         if derived:
             parent = r.record.parent_run_id
             row.append(f"{r.record.mode} of {parent[:12]}" if parent else "")
         table.add_row(*row)
     out.print(table)
+    if hidden:
+        out.print(f"[dim]{_plural(hidden, 'replay')} hidden: --all shows them[/dim]")
+
+
+def _listed(store: Any, status: str | None, limit: int, show_all: bool) -> tuple[list[Any], int]:
+    """Up to ``limit`` runs with ``status`` (as they are seen now: ``abandoned`` is a running
+    local run whose lease lapsed), newest first; replays left out unless ``show_all``. Also how
+    many replays were left out on the way."""
+    from dagwright.executors.engine import outcome
+    from dagwright.executors.engine.lineage import REPLAY
+    from dagwright.executors.lifecycle import seen_status
+
+    now, heartbeat = time.time(), _settings().heartbeat
+    wanted = outcome.RUNNING if status == outcome.ABANDONED else status
+    shown: list[Any] = []
+    hidden = 0
+    after = None
+    while len(shown) < limit:
+        page = store.list_runs(status=wanted, limit=limit, after=after)
+        for r in page:
+            if r.record.mode == REPLAY and not show_all:
+                hidden += 1
+                continue
+            r = replace(r, status=seen_status(store, r.record, r.status, now, heartbeat))
+            if status is None or r.status == status:
+                shown.append(r)
+                if len(shown) == limit:
+                    break
+        if len(page) < limit:
+            break
+        after = (page[-1].record.created_at, page[-1].record.run_id)
+    return shown, hidden
 
 
 def diff_cmd(

@@ -21,6 +21,12 @@ def iso(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="milliseconds")
 
 
+def event_item(event: Event) -> dict[str, Any]:
+    """An event as ``trace --json`` and the API (``/events``, the stream) show it: ``at`` in
+    ISO 8601 like every other time in dagwright's JSON."""
+    return event.as_dict() | {"at": iso(event.at)}
+
+
 def state_of(record: RunRecord, events: list[Event]) -> tuple[Plan, engine.RunState]:
     """The plan in force at the end of the run, and the run's state folded from ``events``."""
     state = parent_state(record.workflow, record.run_id, events)
@@ -66,15 +72,51 @@ def step_summary(step: engine.StepState, *, detail: bool = False) -> dict[str, A
     return summary
 
 
+def failed_optional(state: engine.RunState) -> list[dict[str, Any]]:
+    """The steps that failed without failing the run (``on_failure: continue``) of a run that
+    succeeded: ``{"step", "type", "message"}`` each, as the run's ``error`` is."""
+    if state.status != engine.SUCCEEDED:
+        return []
+    return [
+        {
+            "step": sid,
+            "type": (s.error or {}).get("type"),
+            "message": (s.error or {}).get("message"),
+        }
+        for sid, s in state.steps.items()
+        if s.status == engine.FAILED
+    ]
+
+
+def run_item(record: RunRecord, status: str, finished_at: float | None) -> dict[str, Any]:
+    """A run in a list (``runs --json``, the API's ``GET /v1/runs``): the same names as a run's
+    summary (``started_at``, ``finished_at``, ``duration``)."""
+    return {
+        "run_id": record.run_id,
+        "workflow": record.workflow_name,
+        "status": status,
+        "started_at": iso(record.created_at),
+        "finished_at": iso(finished_at),
+        "duration": duration(record.created_at, finished_at),
+        "executor": record.executor,
+        "lineage": record.lineage(),
+        "source": record.source,
+    }
+
+
 def run_summary(
     record: RunRecord, state: engine.RunState, trace: str, *, detail: bool = False
 ) -> dict[str, Any]:
+    """The run as ``run --json`` prints it; ``detail``: as ``show --json`` and the API's
+    ``GET /v1/runs/{id}`` do, each step's attempts too, and the plan in force at the end
+    (``plan``, a workflow as data; ``plan_revisions``: how often it was revised)."""
     return {
         "run_id": record.run_id,
         "workflow": record.workflow_name,
         "status": state.status,
         "output": state.output,
         "error": state.error,
+        "failed_optional": failed_optional(state),
         "inputs": record.inputs,
         "lineage": record.lineage(),
         "executor": record.executor,
@@ -83,7 +125,20 @@ def run_summary(
         "duration": duration(state.started_at, state.finished_at),
         "steps": {sid: step_summary(s, detail=detail) for sid, s in state.steps.items()},
         "trace": trace,
-    }
+    } | (
+        {"plan": state.current_plan.workflow.to_data(), "plan_revisions": state.revisions}
+        if detail
+        else {}
+    )
 
 
-__all__ = ["duration", "iso", "run_summary", "state_of", "step_summary"]
+__all__ = [
+    "duration",
+    "event_item",
+    "failed_optional",
+    "iso",
+    "run_item",
+    "run_summary",
+    "state_of",
+    "step_summary",
+]

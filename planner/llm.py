@@ -49,7 +49,10 @@ class _DraftBase(BaseModel):
         return self
 
     def as_data(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The plan as workflow data, without what the model wrote that says nothing (a
+        default value: ``needs: []``, ``description: ''``, an argument at its default), so a
+        reviewer of the YAML reads only decisions."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
 
 
 def _slug(name: str) -> str:

@@ -98,7 +98,8 @@ def trace(run_id: str, steps: list[str], status: str, queued: bool = False) -> l
     error = None if status == "succeeded" else {"step": steps[-1], "message": f"{steps[-1]} broke"}
     events.append({"type": "run_finished", "step": None, "attempt": None,
                    "data": {"status": status, "output": None, "error": error}})  # fmt: skip
-    return [e | {"seq": i, "run_id": run_id, "at": 1000.0 + i} for i, e in enumerate(events, 1)]
+    return [e | {"seq": i, "run_id": run_id, "at": f"2026-11-23T10:00:{i:02d}.000+00:00"}
+            for i, e in enumerate(events, 1)]  # fmt: skip
 
 
 class FakeApi:

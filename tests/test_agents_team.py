@@ -222,7 +222,7 @@ def test_show_prints_the_exchange(critique: Recorded, tmp_path: Path) -> None:
     proc = cli("show", critique.run_id, cwd=tmp_path, env={"DAGWRIGHT_DB": str(critique.db)})
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "refine attempt 1: exchange of 4 turn(s), 6 model call(s), 2 tool call(s), " \
+    assert "refine attempt 1: exchange of 4 turns, 6 model calls, 2 tool calls, " \
            "240 → 120 tokens" in out  # fmt: skip
     rows = [re.sub(r"\s+", " ", line).strip() for line in out.splitlines()]
     assert "turn agent kind tokens text" in rows

@@ -126,16 +126,19 @@ def test_list_filters_and_pages_through_every_run_once(open_server: Server) -> N
         assert set(seen) == good_ids | bad_ids
         listed = runs(client, workflow="listed")
         assert [r["run_id"] for r in listed] == seen, "pages follow the listing's order"
-        created = [r["created_at"] for r in listed]
-        assert created == sorted(created, reverse=True), "newest first"
+        started = [r["started_at"] for r in listed]
+        assert started == sorted(started, reverse=True), "newest first"
+        assert all(set(r) >= {"started_at", "finished_at", "duration"} for r in listed)
         assert {r["run_id"] for r in runs(client, workflow="listed", status="failed")} == bad_ids
         assert {r["run_id"] for r in runs(client, workflow="listed", status="succeeded")} == (
             good_ids
         )
         assert [r["workflow"] for r in runs(client, workflow="unlisted")] == ["unlisted"]
-        window = {r["run_id"] for r in runs(client, created_after=t0, created_before=t1)}
+        window = {r["run_id"] for r in runs(client, started_after=t0, started_before=t1)}
         assert window == good_ids | bad_ids
-        assert [r["run_id"] for r in runs(client, created_after=t1)] == [other.json()["run_id"]]
+        assert [r["run_id"] for r in runs(client, started_after=t1)] == [other.json()["run_id"]]
+        # the former names of the filters still work
+        assert {r["run_id"] for r in runs(client, created_after=t0, created_before=t1)} == window
         assert {r["executor"] for r in listed} == {"api"}
         bogus = client.get("/v1/runs", params={"cursor": "not-a-cursor"})
         assert bogus.status_code == 422 and bogus.headers["content-type"] == PROBLEM

@@ -17,15 +17,18 @@ INVALID = {  # an unknown tool and a cycle
         {"id": "b", "uses": "echo", "with": {"x": "${{ steps.a.output }}"}},
     ],
 }
-VALID = {
+VALID = {  # as models write them: every default spelled out too
     "name": "digest",
+    "description": "",
     "steps": [
-        {"id": "wait", "uses": "sleep", "with": {"ms": 5}},
+        {"id": "wait", "uses": "sleep", "with": {"ms": 5}, "needs": [], "description": ""},
         {"id": "a", "uses": "echo", "with": {"x": "${{ steps.wait.output.slept_ms }}"}},
-        {"id": "b", "uses": "echo", "with": {"x": "${{ steps.a.output.x }}"}},
+        {"id": "b", "uses": "echo", "with": {"x": "${{ steps.a.output.x }}"}, "needs": []},
+        {"id": "c", "uses": "flaky", "with": {"fail_times": 0, "message": "flaky failure"},
+         "needs": ["b"], "description": "checks the service"},
     ],
     "output": "${{ steps.b.output }}",
-}
+}  # fmt: skip
 
 
 def test_an_invalid_plan_is_repaired_once_and_both_attempts_are_recorded(
@@ -37,7 +40,7 @@ def test_an_invalid_plan_is_repaired_once_and_both_attempts_are_recorded(
         workflow = plan(
             "summarise today's notes", registry, model, max_repairs=2, record=calls.append
         )
-    assert [s.id for s in workflow.steps] == ["wait", "a", "b"]
+    assert [s.id for s in workflow.steps] == ["wait", "a", "b", "c"]
     assert len(stub.requests) == 2, "one repair"
     assert len(calls) == 2
     first, second = calls
@@ -149,7 +152,13 @@ def test_dagwright_plan_writes_a_reviewable_yaml(tmp_path, monkeypatch) -> None:
         )
     assert result.exit_code == 0, result.output
     assert "after 2 model call(s)" in result.stderr
-    assert [s.id for s in load_workflow(out).workflow.steps] == ["wait", "a", "b"]
+    assert [s.id for s in load_workflow(out).workflow.steps] == ["wait", "a", "b", "c"]
+    # only decisions: no default the model spelled out (`needs: []`, `description: ''`, an
+    # argument at its default value)
+    written = out.read_text()
+    assert "needs: []" not in written and "description: ''" not in written
+    assert "message:" not in written and "fail_times: 0" in written
+    assert "description: checks the service" in written and "- b" in written
     recorded = json.loads(calls.read_text())
     assert (
         len(recorded) == 2
@@ -168,6 +177,7 @@ def test_run_task_plans_runs_and_keeps_the_plan_and_its_calls(tmp_path, monkeypa
 
     from dagwright.cli.main import app
     from dagwright.executors.store.sql import SqlTraceStore
+    from dagwright.planner.loader import load_workflow
 
     for key in [k for k in __import__("os").environ if k.startswith("DAGWRIGHT_")]:
         monkeypatch.delenv(key)
@@ -182,12 +192,40 @@ def test_run_task_plans_runs_and_keeps_the_plan_and_its_calls(tmp_path, monkeypa
     assert data["status"] == "succeeded" and data["output"] == {"x": 5}
     store = SqlTraceStore(db)
     record = store.get_run(data["run_id"])
-    assert [s["id"] for s in record.workflow["steps"]] == ["wait", "a", "b"], (
+    assert [s["id"] for s in record.workflow["steps"]] == ["wait", "a", "b", "c"], (
         "the plan is stored with the run"
     )
     calls = [e for e in store.events(data["run_id"]) if e.type == "model_call"]
     assert [c.data["purpose"] for c in calls] == ["plan", "plan"] and calls[0].data["error"]
     store.close()
+    # the stored plan comes back as a workflow file (for review, or to run again)
+    exported = CliRunner().invoke(app, ["show", data["run_id"][:8], "--workflow", "--db", db])
+    assert exported.exit_code == 0, exported.output
+    assert exported.stdout.startswith(f"# the plan of run {data['run_id']}\n")
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(exported.stdout)
+    assert load_workflow(plan_file).workflow.to_data() == record.workflow
+    again = CliRunner().invoke(app, ["run", str(plan_file), "--json", "--db", db])
+    assert again.exit_code == 0 and json.loads(again.stdout)["output"] == {"x": 5}
+    shown = json.loads(
+        CliRunner().invoke(app, ["show", data["run_id"], "--json", "--db", db]).stdout
+    )
+    assert shown["plan"] == record.workflow and shown["plan_revisions"] == 0
+    # each model call, as text: where, model, latency and usage, the messages, the answer
+    text = CliRunner().invoke(app, ["show", data["run_id"], "--calls", "--db", db]).stdout
+    first, second = text.split("\ncall 2 ")
+    assert first.startswith("\ncall 1 (plan, planning the run): model stub-model-2026-11-01, ")
+    assert "100 tokens in, 50 out" in first and "\nsystem:\nYou are the planner" in first
+    assert "\nuser:\ndigest\n" in first and "\nerror: invalid answer: " in first
+    assert '\nanswer:\nPlan({\n  "name": "digest",' in first
+    assert second.startswith("(plan, planning the run)") and "error:" not in second
+    listed = json.loads(
+        CliRunner().invoke(app, ["show", data["run_id"], "--calls", "--json", "--db", db]).stdout
+    )
+    assert [(c["step"], c["attempt"], c["call"]["purpose"]) for c in listed] == [
+        (None, None, "plan"), (None, None, "plan")
+    ]  # fmt: skip
+    assert [c["call"]["attempt"] for c in listed] == [1, 2], "the re-ask"
     refused = CliRunner().invoke(app, ["run", "--task", "x"])
     assert refused.exit_code == 2 and "--task needs --model" in refused.stderr
 
@@ -195,6 +233,11 @@ def test_run_task_plans_runs_and_keeps_the_plan_and_its_calls(tmp_path, monkeypa
 def test_a_failed_step_is_replanned_and_succeeded_steps_are_not_run_again(
     registry: ToolRegistry, tmp_path
 ) -> None:  # noqa: ANN001
+    import io
+
+    from rich.console import Console
+
+    from dagwright.cli.progress import Progress
     from dagwright.executors.local import LocalExecutor
     from dagwright.executors.store.sql import SqlTraceStore
     from dagwright.planner.llm import replan
@@ -222,8 +265,20 @@ def test_a_failed_step_is_replanned_and_succeeded_steps_are_not_run_again(
         def replanner(wf, outputs, failure, reg, record):  # noqa: ANN001, ANN202
             return replan(wf, outputs, failure, reg, model, record=record)
 
-        result = LocalExecutor(store, registry, replanner=replanner).run(original)
+        shown = io.StringIO()
+        progress = Progress(
+            original, enabled=True, live=False, console=Console(file=shown, width=300)
+        )
+        result = LocalExecutor(
+            store, registry, replanner=replanner, on_event=progress.on_event
+        ).run(original)
     assert result.status == "succeeded", result.error
+    # live progress announces the revision: what failed, what is kept, what changed
+    assert (
+        "  ⟳ plan revised (revision 1) after step 'summarise' failed: service gone (attempt 1 "
+        "of the first 9 that fail)\n    kept: fetch; new: summary2; dropped: summarise\n"
+    ) in shown.getvalue()
+    assert "  ✓ summary2  1 attempt" in shown.getvalue(), "a step the revision added"
     assert result.output == {"s": "raw data"}
     events = store.events(result.run_id)
     starts = [e.step for e in events if e.type == "attempt_started"]
@@ -249,8 +304,8 @@ def test_a_failed_step_is_replanned_and_succeeded_steps_are_not_run_again(
 
     shown = CliRunner().invoke(app, ["show", result.run_id, "--db", str(tmp_path / "t.db")])
     assert shown.exit_code == 0
-    assert "plan revision 1 after step 'summarise' failed: service gone" in shown.stdout
-    assert "kept (not run again): fetch; steps now: fetch, summary2" in shown.stdout
+    assert "⟳ plan revised (revision 1) after step 'summarise' failed: service gone" in shown.stdout
+    assert "kept: fetch; new: summary2; dropped: summarise" in shown.stdout
     assert "model calls: 1 (0 from the cache, 0 with an error)" in shown.stdout
 
 
@@ -275,7 +330,7 @@ def test_the_anthropic_provider_plans_through_instructor(registry: ToolRegistry)
     ) as stub:
         model = connect("anthropic:claude-stub", ModelSettings(base_url=stub.root_url))
         workflow = plan("summarise today's notes", registry, model, record=calls.append)
-    assert [s.id for s in workflow.steps] == ["wait", "a", "b"]
+    assert [s.id for s in workflow.steps] == ["wait", "a", "b", "c"]
     assert [r["path"] for r in stub.requests] == ["/v1/messages", "/v1/messages"]
     assert stub.requests[0]["body"]["max_tokens"] == 2048
     assert len(calls) == 2 and calls[0].error and calls[1].model_id == "claude-stub-2026-11-01"
