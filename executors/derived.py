@@ -13,6 +13,7 @@ from dagwright.executors import engine
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
 from dagwright.executors.engine.lineage import (
+    FORK,
     RESUME,
     Derivation,
     apply_sets,
@@ -109,6 +110,7 @@ def derived_run(
         mode=mode,
         from_steps=from_steps or edited,
         source=source,
+        from_changed=mode == FORK and not from_steps,  # the steps the --set inputs change
     )
     child = new_id()
     if closing and not close_abandoned(store, parent, now, resumed_by=child):
@@ -169,10 +171,9 @@ def _check_parent(
 
 def describe(derivation: Derivation) -> str:
     """One line for people: what is reused, what runs again."""
-    reused = ", ".join(derivation.reused) or "none"
-    return f"reusing {len(derivation.reused)} step(s) ({reused}); running again: " + ", ".join(
-        derivation.rerun
-    )
+    n = len(derivation.reused)
+    reused = f"reusing {n} step{'' if n == 1 else 's'} ({', '.join(derivation.reused)})"
+    return (reused if n else "reusing no step") + "; running again: " + ", ".join(derivation.rerun)
 
 
 __all__ = ["derived_run", "describe"]

@@ -121,7 +121,12 @@ def test_resume_refuses_inputs_that_change_a_reused_steps_arguments(
     parent, tmp_path = failed_run
     proc = cli("resume", parent, "--workflow", "fixed.yaml", "--input", "who=you", cwd=tmp_path)
     assert proc.returncode == 2
-    assert "step 'b' would now get" in proc.stderr and "the run's inputs changed" in proc.stderr
+    # the field that differs, not two blobs; and the --from that makes it valid
+    assert (
+        "step 'b' would now get other arguments than its recorded output came from "
+        '(with.greeting: "hello world" → "hello you"): the run\'s inputs changed'
+    ) in proc.stderr
+    assert "→ run it again: --from b; or keep the inputs" in proc.stderr
     proc = cli(
         "resume", parent, "--workflow", "fixed.yaml", "--input", "who=you", "--from", "b",
         "--json", cwd=tmp_path,
@@ -172,10 +177,16 @@ def test_fork_and_diff(failed_run: tuple[str, Path]) -> None:
     assert diff["run"]["status"] == {"a": "failed", "b": "succeeded"}
     text = cli("diff", parent, fork["run_id"], cwd=tmp_path).stdout
     assert '-  "fail_times": 3,' in text and '+  "fail_times": 0,' in text
-    assert "2 step(s) identical: a, b" in text
+    assert "2 steps identical: a, b" in text
     # a change upstream of --from would make a reused output wrong: refused
     proc = cli("fork", parent, "--from", "c", "--set", "steps.a.with.ms=1", cwd=tmp_path)
-    assert proc.returncode == 2 and "step 'a' changed since run" in proc.stderr
+    assert proc.returncode == 2
+    assert f"step 'a' changed since run {parent} (with.ms: 1500 → 1)" in proc.stderr
+    assert "→ run it again: --from a; or undo the change" in proc.stderr, "a covers c"
+    # an input set with --from too late names the step it changes
+    proc = cli("fork", parent, "--from", "c", "--set", "inputs.who=you", cwd=tmp_path)
+    assert proc.returncode == 2 and '(with.greeting: "hello world" → "hello you")' in proc.stderr
+    assert "→ run it again: --from b; or keep the inputs" in proc.stderr
     proc = cli("fork", parent, "--set", "steps.zz.with.x=1", cwd=tmp_path)
     assert proc.returncode == 2 and "no step 'zz'" in proc.stderr
     proc = cli("fork", parent, "--set", "steps.c.with.fail_times=-1", cwd=tmp_path)
@@ -189,6 +200,11 @@ def test_fork_without_from_runs_from_the_changed_step(failed_run: tuple[str, Pat
     assert fork["lineage"]["from_steps"] == ["b", "c"]
     assert fork["status"] == "succeeded" and fork["output"] == {"c": "hi"}
     assert fork["steps"]["c"]["attempts"] == 4
+    # an input changed without --from: the steps whose arguments it changes run again
+    fork = as_json(cli("fork", parent, "--set", "inputs.who=you", "--set",
+                       "steps.c.with.fail_times=0", "--json", cwd=tmp_path))  # fmt: skip
+    assert fork["lineage"]["from_steps"] == ["b", "c"] and fork["output"] == {"c": "hello you"}
+    assert fork["steps"]["a"]["reused_from"] == parent
 
 
 def test_resume_and_replay_a_run_executed_on_celery(

@@ -88,10 +88,14 @@ def derive(
     mode: str,
     from_steps: list[str],
     source: Source | None = None,
+    from_changed: bool = False,
 ) -> Derivation:
     """Which steps of ``workflow`` (validated, with resolved ``inputs``) reuse the parent's
     outputs and which run again. Raises PlanError naming every step whose reuse would be
-    inconsistent, with the fix."""
+    inconsistent — what differs, field by field — and the ``--from`` that fixes them all.
+
+    ``from_changed`` (a fork without ``--from``): a step whose arguments the new inputs change
+    runs again (with everything downstream) instead of being refused."""
     source = source or Source()
     assert parent.plan is not None
     plan = Plan.from_workflow(workflow)
@@ -112,24 +116,25 @@ def derive(
     }
     seeds = set(from_steps) | (set(plan.steps) - succeeded)
     rerun = descendants(plan, seeds)
-    reused = [sid for sid in plan.order if sid not in rerun]
     index = {s.id: i for i, s in enumerate(workflow.steps)}
-    records = {sid: reused_record(parent, sid) for sid in reused}
-    outputs = {sid: {"output": records[sid]["output"]} for sid in reused}
-    for sid in reused:
+    records: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, Any] = {}
+    refused: dict[str, tuple[str, str, tuple[Any, ...], str]] = {}  # message, field, where, undo
+    changed_now: list[str] = []  # (from_changed) steps whose arguments the inputs change
+    for sid in plan.order:  # dependencies first: a step's context holds what it reuses
+        if sid in rerun:
+            continue
+        records[sid] = reused_record(parent, sid)
         changed = _changed_field(before[sid].model_dump(), plan.steps[sid].model_dump())
-        where = ("steps", index[sid], "with" if changed == "with" else changed or "id")
         if changed is not None:
-            issues.append(
-                source.issue(
-                    f"step {sid!r} changed since run {parent.run_id} (its {changed!r}), but "
-                    "its recorded output would be reused",
-                    where,
-                    step=sid,
-                    field=changed,
-                    hint=f"run it again with --from {sid}, or undo the change",
-                )
+            key = "with_" if changed == "with" else changed
+            what = _differences(
+                before[sid].model_dump().get(key), plan.steps[sid].model_dump().get(key), changed
             )
+            refused[sid] = (f"step {sid!r} changed since run {parent.run_id} ({what}), but its "
+                            "recorded output would be reused", changed,
+                            ("steps", index[sid], "with" if changed == "with" else changed),
+                            "undo the change")  # fmt: skip
             continue
         recorded = records[sid].get("inputs")
         try:
@@ -138,16 +143,25 @@ def derive(
         except ExpressionError as exc:
             now = f"<cannot resolve: {exc}>"
         if recorded is not None and now != recorded:
-            issues.append(
-                source.issue(
-                    f"step {sid!r} would now get {_short(now)}, but its recorded output came "
-                    f"from {_short(recorded)} (the run's inputs changed)",
-                    ("steps", index[sid], "with"),
-                    step=sid,
-                    field="with",
-                    hint=f"run it again with --from {sid}, or keep the inputs",
-                )
-            )
+            if from_changed:  # it runs again, with everything after it
+                seeds.add(sid)
+                changed_now.append(sid)
+                rerun |= descendants(plan, {sid})
+                continue
+            what = _differences(recorded, now, "with")
+            refused[sid] = (f"step {sid!r} would now get other arguments than its recorded "
+                            f"output came from ({what}): the run's inputs changed", "with",
+                            ("steps", index[sid], "with"), "keep the inputs")  # fmt: skip
+            continue
+        outputs[sid] = {"output": records[sid]["output"]}
+    fix = _from_flags(plan, list(refused), from_steps)
+    for sid, (message, changed, where, undo) in refused.items():
+        issues.append(
+            source.issue(
+                message, where, step=sid, field=changed, hint=f"run it again: {fix}; or {undo}"
+            )  # fmt: skip
+        )
+    reused = [sid for sid in plan.order if sid not in rerun]
     if not rerun and not issues:
         issues.append(
             PlanIssue(
@@ -160,7 +174,8 @@ def derive(
         )
     if issues:
         raise PlanError(issues)
-    from_list = list(from_steps) or [s for s in plan.order if s in seeds]
+    named = set(from_steps) | set(changed_now)
+    from_list = [s for s in plan.order if s in named] or [s for s in plan.order if s in seeds]
     return Derivation(
         workflow=workflow,
         inputs=inputs,
@@ -168,6 +183,51 @@ def derive(
         rerun=[s for s in plan.order if s in rerun],
         lineage={"parent": parent.run_id, "mode": mode, "from_steps": from_list},
     )
+
+
+def _from_flags(plan: Plan, refused: list[str], given: list[str]) -> str:
+    """The ``--from`` flags that make a derivation valid: those given, and each refused step
+    that no other refused step runs again anyway (downstream of it)."""
+    roots = [
+        s for s in refused
+        if not any(s in descendants(plan, [r]) for r in refused if r != s)
+    ]  # fmt: skip
+    covered = descendants(plan, roots)
+    wanted = set(roots) | {s for s in given if s not in covered}
+    return " ".join(f"--from {s}" for s in plan.order if s in wanted)
+
+
+_SHOWN_DIFFERENCES = 5
+
+
+def _differences(old: Any, new: Any, path: str) -> str:
+    """What differs between two values, leaf by leaf: ``with.region: "north" → "south"``."""
+    found: list[str] = []
+    _walk_differences(old, new, path, found)
+    more = len(found) - _SHOWN_DIFFERENCES
+    shown = "; ".join(found[:_SHOWN_DIFFERENCES])
+    return shown + (f"; and {more} more" if more > 0 else "") if found else path
+
+
+def _walk_differences(old: Any, new: Any, path: str, found: list[str]) -> None:
+    if old == new or len(found) > _SHOWN_DIFFERENCES:
+        return
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in list(old) + [k for k in new if k not in old]:
+            missing = object()
+            _walk_differences(old.get(key, missing), new.get(key, missing), f"{path}.{key}", found)
+        return
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            _walk_differences(a, b, f"{path}[{i}]", found)
+        return
+    found.append(f"{path}: {_shown(old)} → {_shown(new)}")
+
+
+def _shown(value: Any) -> str:
+    if not isinstance(value, str | int | float | bool | list | dict | type(None)):
+        return "(none)"  # a key one side does not have
+    return _short(value, 60)
 
 
 def step_view(step: st.StepState) -> dict[str, Any]:
