@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     model_base_url: str = ""
     """DAGWRIGHT_MODEL_BASE_URL: the OpenAI-compatible endpoint for ``openai:`` models (vLLM,
     Ollama, llama.cpp server, LiteLLM proxy); empty means OpenAI's own."""
+    openai_mode: Literal["tools", "json_schema", "json", "md_json"] = "tools"
+    """DAGWRIGHT_OPENAI_MODE: how ``openai:`` models give structured answers (Instructor's
+    mode): ``tools`` (a tool call), ``json_schema`` (``response_format`` with the schema),
+    ``json`` (``response_format: json_object``, the schema in the prompt) or ``md_json`` (JSON
+    in the text; for servers that constrain neither). A model string may choose its own:
+    ``openai:MODEL?mode=json_schema``."""
     model_api_key: str = ""
     """DAGWRIGHT_MODEL_API_KEY: the key sent to every provider's endpoint; when empty, each
     provider's own key below."""

@@ -73,6 +73,9 @@ class ModelSettings:
     api_key: str | None = None
     """The key for every provider (DAGWRIGHT_MODEL_API_KEY)."""
     seed: int = 0
+    openai_mode: str = "tools"
+    """How ``openai:`` models give structured answers (DAGWRIGHT_OPENAI_MODE; a model string's
+    ``?mode=`` wins): tools, json_schema, json or md_json."""
     timeout: float = 120.0
     max_tokens: int = 2048
     provider_keys: Mapping[str, str] = field(default_factory=dict, hash=False)
@@ -88,6 +91,7 @@ class ModelSettings:
             "base_url": settings.model_base_url or None,
             "api_key": settings.model_api_key or None,
             "seed": settings.model_seed,
+            "openai_mode": settings.openai_mode,
             "provider_keys": {name: key for name, key in keys.items() if key},
         }
         return cls(**{**values, **overrides})

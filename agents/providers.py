@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,10 +30,11 @@ def _dump(value: Any) -> Any:
 class _InstructorCalls:
     """Instructor hooks → one ModelCall per request, validation errors included."""
 
-    def __init__(self, provider_name: str, model: str, purpose: str) -> None:
+    def __init__(self, provider_name: str, model: str, purpose: str, mode: str | None) -> None:
         self.provider_name = provider_name
         self.model = model
         self.purpose = purpose
+        self.mode = mode  # Instructor's mode for structured answers (openai:), recorded
         self.timers: list[CallTimer] = []
         self.calls: list[ModelCall] = []
 
@@ -44,9 +46,11 @@ class _InstructorCalls:
 
     def on_request(self, *args: Any, **kwargs: Any) -> None:
         request = {
+            "mode": self.mode,
             "messages": kwargs.get("messages"),
             "tools": kwargs.get("tools"),
             "tool_choice": kwargs.get("tool_choice"),
+            "response_format": kwargs.get("response_format"),
             "temperature": kwargs.get("temperature"),
             "seed": kwargs.get("seed"),
             "max_tokens": kwargs.get("max_tokens"),
@@ -114,7 +118,9 @@ class _InstructorProvider:
 
         client = self._instructor()
         redact_logs("instructor", self.settings.secrets())  # it logs errors that may echo keys
-        calls = _InstructorCalls(self.name, f"{self.name}:{self.model}", purpose)
+        _no_last_resort("instructor")
+        calls = _InstructorCalls(self.name, f"{self.name}:{self.model}", purpose,
+                                 getattr(self, "mode", None))  # fmt: skip
         calls.attach(client)
         try:
             result = client.chat.completions.create(
@@ -126,21 +132,93 @@ class _InstructorProvider:
             )
         except InstructorRetryException as exc:
             calls.flush(record)
+            unreachable = self._unreachable(exc)
+            if unreachable is not None:
+                raise ModelError(
+                    unreachable, attempts=exc.n_attempts, last_error=str(exc)
+                ) from None
             raise ModelError(
-                f"{self.name}:{self.model} gave no valid answer in {exc.n_attempts} attempts: "
-                f"{_last_line(exc)}",
+                f"{self.name}:{self.model} gave no valid answer in "
+                f"{exc.n_attempts} attempt{'s' if exc.n_attempts != 1 else ''}: {_last_line(exc)}",
                 attempts=exc.n_attempts,
                 last_error=str(exc),
             ) from None
         except Exception as exc:  # noqa: BLE001 - the client's own errors (network, HTTP)
             calls.flush(record)
-            raise ModelError(f"{self.name}:{self.model}: {type(exc).__name__}: {exc}") from None
+            raise self._client_error(exc) from None
         calls.flush(record)
         return result  # type: ignore[no-any-return]
 
+    def _client_error(self, exc: Exception) -> ModelError:
+        """The client's own error (network, HTTP) as a ModelError that says what to do."""
+        unreachable = self._unreachable(exc)
+        if unreachable is not None:
+            return ModelError(unreachable, last_error=str(exc))
+        return ModelError(f"{self.name}:{self.model}: {type(exc).__name__}: {exc}")
+
+    def _unreachable(self, exc: BaseException) -> str | None:
+        """When the endpoint could not be reached (refused, unknown host, timed out): which
+        one, and the setting that chooses it; else None."""
+        seen: BaseException | None = exc
+        for _ in range(5):  # the client's error, possibly wrapped by Instructor
+            if seen is None:
+                return None
+            name = type(seen).__name__
+            if name in ("APIConnectionError", "APITimeoutError", "ConnectError", "ConnectTimeout"):
+                break
+            seen = seen.__cause__ or seen.__context__
+        else:
+            return None
+        client = getattr(self, "client", None)  # the subclass's SDK client
+        endpoint = _shown_url(str(getattr(client, "base_url", "") or ""))
+        reason = str(seen)
+        deeper = seen.__cause__
+        for _ in range(5):  # the socket's own words: "[Errno 111] Connection refused"
+            if deeper is None:
+                break
+            reason = str(deeper) or reason
+            deeper = deeper.__cause__
+        what = "timed out" if "Timeout" in type(seen).__name__ else f"failed: {reason}"
+        chosen = (
+            "DAGWRIGHT_MODEL_BASE_URL chooses it"
+            if self.settings.base_url
+            else f"{self.name}'s own; DAGWRIGHT_MODEL_BASE_URL chooses another (a local server)"
+        )
+        return (
+            f"{self.name}:{self.model}: could not reach the model endpoint {endpoint} "
+            f"(the connection {what}); {chosen}"
+        )
+
+
+OPENAI_MODES = ("tools", "json_schema", "json", "md_json")
+"""Instructor's modes an ``openai:`` model may use for structured answers (``?mode=``)."""
+
+
+def model_options(model: str, known: dict[str, tuple[str, ...]]) -> tuple[str, dict[str, str]]:
+    """``llama3.1:8b?mode=json_schema`` → (``llama3.1:8b``, ``{"mode": "json_schema"}``);
+    an unknown option or value is a ModelError naming the ones there are."""
+    name, sep, query = model.partition("?")
+    options: dict[str, str] = {}
+    for pair in query.split("&") if sep else []:
+        key, _, value = pair.partition("=")
+        if key not in known:
+            raise ModelError(
+                f"model {model!r}: unknown option {key!r}; known: "
+                + ", ".join(f"{k}={'|'.join(v)}" for k, v in known.items())
+            )
+        if value not in known[key]:
+            raise ModelError(
+                f"model {model!r}: {key}={value!r}: use one of {', '.join(known[key])}"
+            )
+        options[key] = value
+    return name, options
+
 
 class OpenAIProvider(_InstructorProvider):
-    """Any OpenAI-compatible endpoint, through Instructor (tool-calling mode)."""
+    """Any OpenAI-compatible endpoint, through Instructor. Structured answers come in the mode
+    the model string (``openai:MODEL?mode=json_schema``) or DAGWRIGHT_OPENAI_MODE chooses:
+    ``tools`` (a tool call; the default), ``json_schema`` (``response_format`` with the
+    schema), ``json`` (``response_format: json_object``) or ``md_json`` (JSON in the text)."""
 
     name = "openai"
 
@@ -149,6 +227,10 @@ class OpenAIProvider(_InstructorProvider):
             import openai
         except ImportError as exc:  # pragma: no cover - openai comes with instructor
             raise ModelError("openai: pip install instructor (it brings openai)") from exc
+        model, options = model_options(model, {"mode": OPENAI_MODES})
+        self.mode = options.get("mode", settings.openai_mode)
+        if self.mode not in OPENAI_MODES:
+            raise ModelError(f"openai mode {self.mode!r}: use one of {', '.join(OPENAI_MODES)}")
         self.model = model
         self.settings = settings
         self.client = openai.OpenAI(
@@ -161,7 +243,7 @@ class OpenAIProvider(_InstructorProvider):
     def _instructor(self) -> Any:
         import instructor
 
-        return instructor.from_openai(self.client, mode=instructor.Mode.TOOLS)
+        return instructor.from_openai(self.client, mode=instructor.Mode[self.mode.upper()])
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -189,7 +271,7 @@ class OpenAIProvider(_InstructorProvider):
             )
         except Exception as exc:  # noqa: BLE001
             timer.done(record, error=f"{type(exc).__name__}: {exc}")
-            raise ModelError(f"{self.name}:{self.model}: {type(exc).__name__}: {exc}") from None
+            raise self._client_error(exc) from None
         text = response.choices[0].message.content or ""
         timer.done(
             record,
@@ -206,6 +288,31 @@ class OpenAIProvider(_InstructorProvider):
         from dagwright.agents.chat import openai_chat
 
         return openai_chat(self, messages, tools, record, purpose)
+
+
+def _no_last_resort(logger: str) -> None:
+    """Instructor logs each failed request as a warning; with no logging configured, Python
+    prints those on stderr ("API call failed on attempt 1 …") beside dagwright's own, better
+    message (and the trace has the call). A NullHandler keeps them off a bare terminal; an
+    application that configures logging still gets them."""
+    log = logging.getLogger(logger)
+    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+        log.addHandler(logging.NullHandler())
+
+
+def _shown_url(url: str) -> str:
+    """An endpoint as shown in an error: without a user or password in it."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.username is None and parts.password is None:
+        return url.rstrip("/")
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
 
 
 def _last_line(exc: Exception) -> str:
@@ -232,7 +339,7 @@ class AnthropicProvider(_InstructorProvider):
             raise ModelError(
                 "anthropic:… needs the anthropic package: pip install anthropic"
             ) from None
-        self.model = model
+        self.model, _ = model_options(model, {})  # no options: a `?` is a mistake
         self.settings = settings
         self.client = anthropic.Anthropic(
             api_key=settings.key_for(self.name) or "not-needed",
@@ -266,7 +373,7 @@ class AnthropicProvider(_InstructorProvider):
             )
         except Exception as exc:  # noqa: BLE001
             timer.done(record, error=f"{type(exc).__name__}: {exc}")
-            raise ModelError(f"{self.name}:{self.model}: {type(exc).__name__}: {exc}") from None
+            raise self._client_error(exc) from None
         text = "".join(getattr(block, "text", "") for block in response.content)
         timer.done(
             record, response=_dump(response), model_id=response.model, usage=_dump(response.usage)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +28,18 @@ class ReplayDiverged(StepError, ReplayMismatch):
         super().__init__(message, retryable=False)
 
 
+_FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
+
+
 def _openai_answer(response: dict[str, Any], structured: bool) -> Any:
     message = response["choices"][0]["message"]
-    if structured:  # Instructor's TOOLS mode: the answer is the tool call's arguments
+    if not structured:
+        return message.get("content") or ""
+    if message.get("tool_calls"):  # Instructor's TOOLS mode: the tool call's arguments
         return json.loads(message["tool_calls"][0]["function"]["arguments"])
-    return message.get("content") or ""
+    text = message.get("content") or ""  # JSON_SCHEMA and JSON: the text; MD_JSON: a fenced block
+    fenced = _FENCED.search(text)
+    return json.loads(fenced.group(1) if fenced else text)
 
 
 def _anthropic_answer(response: dict[str, Any], structured: bool) -> Any:
