@@ -114,3 +114,35 @@ def test_a_step_in_md_json_mode_replays_without_the_server(
     report = replay_run(store, result.run_id, registry)  # the server is gone
     assert report.divergences == [] and report.model_calls_served == 1
     store.close()
+
+
+def test_an_endpoint_that_cannot_be_reached_is_named_with_the_setting_that_chooses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from dagwright.cli.main import app
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    model = connect("openai:gpt-x", ModelSettings(base_url=url, timeout=5))
+    expected = (
+        f"openai:gpt-x: could not reach the model endpoint {url} (the connection failed: "
+        "[Errno 111] Connection refused); DAGWRIGHT_MODEL_BASE_URL chooses it"
+    )
+    with pytest.raises(ModelError) as structured:
+        model.structured([{"role": "user", "content": "hi"}], Point, max_retries=2, record=print)
+    assert str(structured.value) == expected
+    with pytest.raises(ModelError) as text:
+        model.text([{"role": "user", "content": "hi"}], record=print)
+    assert str(text.value) == expected
+    for key in [k for k in __import__("os").environ if k.startswith("DAGWRIGHT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("DAGWRIGHT_MODEL_BASE_URL", url.replace("127.0.0.1", "user:pw@127.0.0.1"))
+    result = CliRunner().invoke(app, ["plan", "--task", "notes", "--model", "openai:gpt-x"])
+    assert result.exit_code == 1
+    assert "could not reach the model endpoint " + url in result.stderr, "no password shown"
+    assert "API call failed" not in result.stderr, "Instructor's own warning is not printed"
