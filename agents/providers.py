@@ -316,7 +316,12 @@ def _shown_url(url: str) -> str:
 
 
 def _last_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
+    """The last line that says something (not pydantic's "For further information visit …")."""
+    text = [
+        line.strip()
+        for line in str(exc).strip().splitlines()
+        if line.strip() and not line.strip().startswith("For further information visit")
+    ]
     return text[-1][:500] if text else type(exc).__name__
 
 
@@ -394,6 +399,11 @@ def _anthropic(model: str, settings: ModelSettings) -> AnthropicProvider:
     return AnthropicProvider(model, settings)
 
 
+MIN_ANSWER_TOKENS = 256
+"""The fewest tokens a local model's context must leave for an answer (or all of its
+max_tokens, when fewer): less, and the prompt is refused before anything is generated."""
+
+
 class OutlinesProvider:
     """A local Hugging Face causal LM through Outlines, with constrained decoding (llguidance):
     the answer cannot leave the schema — with a plan schema, a step cannot name a tool that is
@@ -440,6 +450,52 @@ class OutlinesProvider:
             self._generators[response_model] = gen
         return gen
 
+    @property
+    def context_window(self) -> int | None:
+        """The most tokens the model reads and writes together (its position embeddings),
+        from its config; None when it does not say."""
+        config = self._loaded[1].config
+        for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        value = getattr(self._loaded[2], "model_max_length", None)
+        return value if isinstance(value, int) and 0 < value < 10_000_000 else None
+
+    @property
+    def answer_tokens(self) -> int:
+        """The most tokens an answer may take (DAGWRIGHT's max_tokens for the call)."""
+        return self.settings.max_tokens
+
+    def count_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """The tokens of the prompt these messages make."""
+        return self._count(self._prompt(messages))
+
+    def _count(self, text: str) -> int:
+        return len(self._loaded[2](text, add_special_tokens=False)["input_ids"])
+
+    def _room(self, prompt: str, messages: list[dict[str, Any]]) -> int:
+        """``max_new_tokens`` for this prompt: the answer's budget, within what the model's
+        context leaves; a prompt that leaves too little is refused before anything is generated
+        (a prompt past the context fails deep inside the model, minutes later)."""
+        wanted = self.settings.max_tokens
+        window = self.context_window
+        if window is None:
+            return wanted
+        used = self._count(prompt)
+        least = min(wanted, MIN_ANSWER_TOKENS)
+        if window - used < least:
+            parts = ", ".join(
+                f"{m.get('role')} {self._count(str(m.get('content') or ''))}" for m in messages
+            )
+            raise ModelError(
+                f"hf:{self.model}: the prompt is {used} tokens ({parts}), which leaves "
+                f"{max(0, window - used)} of the model's context of {window} for the answer "
+                f"(at least {least} are needed): shorten the prompt, or use a model with a "
+                "longer context"
+            )
+        return min(wanted, window - used)
+
     def _prompt(self, messages: list[dict[str, Any]]) -> str:
         tokenizer = self._loaded[2]
         if getattr(tokenizer, "chat_template", None):
@@ -449,17 +505,19 @@ class OutlinesProvider:
         return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant: "
 
     def _generate(
-        self, gen: Any, prompt: str, record: Recorder, attempt: int, purpose: str
-    ) -> tuple[str, CallTimer]:
+        self, gen: Any, prompt: str, record: Recorder, attempt: int, purpose: str,
+        messages: list[dict[str, Any]],
+    ) -> tuple[str, CallTimer]:  # fmt: skip
         import torch
 
-        request = {"prompt": prompt, "max_new_tokens": self.settings.max_tokens, "do_sample": False,
+        room = self._room(prompt, messages)
+        request = {"prompt": prompt, "max_new_tokens": room, "do_sample": False,
                    "seed": self.settings.seed}  # fmt: skip
         timer = CallTimer(ModelCall(model=f"hf:{self.model}", provider="hf", request=request,
                                     attempt=attempt, purpose=purpose))  # fmt: skip
         torch.manual_seed(self.settings.seed)
         try:
-            text = gen(prompt, max_new_tokens=self.settings.max_tokens, do_sample=False)
+            text = gen(prompt, max_new_tokens=room, do_sample=False)
         except Exception as exc:  # noqa: BLE001
             timer.done(record, error=f"{type(exc).__name__}: {exc}", model_id=self.model_id)
             raise ModelError(f"hf:{self.model}: {type(exc).__name__}: {exc}") from None
@@ -473,7 +531,7 @@ class OutlinesProvider:
         prompt = self._prompt(messages)
         last = ""
         for attempt in range(1, max_retries + 2):
-            text, timer = self._generate(gen, prompt, record, attempt, purpose)
+            text, timer = self._generate(gen, prompt, record, attempt, purpose, messages)
             try:
                 answer = response_model.model_validate_json(text)
             except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError, fed back
@@ -485,15 +543,17 @@ class OutlinesProvider:
                 continue
             timer.done(record, response=text, model_id=self.model_id)
             return answer
+        tries = max_retries + 1
         raise ModelError(
-            f"hf:{self.model} gave no valid answer in {max_retries + 1} attempts: {_last_line(Exception(last))}",
+            f"hf:{self.model} gave no valid answer in {tries} attempt{'s' if tries != 1 else ''}: "
+            f"{_last_line(Exception(last))}",
             attempts=max_retries + 1,
             last_error=last,
         )
 
     def text(self, messages: list[dict[str, Any]], *, record: Recorder, purpose: str = "") -> str:
         text, timer = self._generate(
-            self._generator(None), self._prompt(messages), record, 1, purpose
+            self._generator(None), self._prompt(messages), record, 1, purpose, messages
         )
         timer.done(record, response=text, model_id=self.model_id)
         return text

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from dagwright.cli.common import EXIT_FAILED, EXIT_INVALID, _die, _parse_inputs, _settings, err
+from dagwright.cli.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    _die,
+    _parse_inputs,
+    _plural,
+    _settings,
+    err,
+)
 
 if TYPE_CHECKING:
     from dagwright.executors.store import TraceStore
@@ -54,6 +62,7 @@ def plan_cmd(
     settings = _settings()
     registry = _registry_with(settings)
     recorded: list[ModelCall] = []
+    notes: list[str] = []
     try:
         provider = connect(model, _model_settings(settings))
         workflow = plan(
@@ -63,16 +72,20 @@ def plan_cmd(
             max_repairs=max_repairs,
             examples=_examples(registry, None),
             record=recorded.append,
+            notes=notes,
         )
     except PlanningFailed as exc:
         _die(f"no valid plan: {exc}", EXIT_FAILED)
     finally:
         _write_calls(calls, recorded)
+        for note in notes:
+            err.print(f"note: {escape(note)}")
     text = dump_workflow(workflow)
     if output is not None:
         output.write_text(text, encoding="utf-8")
-        err.print(f"plan written to {escape(str(output))} after {len(recorded)} model call(s); "
-                  f"review it, then: dagwright run {escape(str(output))}")  # fmt: skip
+        err.print(f"plan written to {escape(str(output))} after "
+                  f"{_plural(len(recorded), 'model call')}; review it, then: dagwright run "
+                  f"{escape(str(output))}")  # fmt: skip
     else:
         sys.stdout.write(text)
 
@@ -96,9 +109,10 @@ def _plan_for_run(
     finally:
         if store is not None:
             store.close()
-    err.print(
-        f"planned {len(planned.workflow.steps)} steps after {len(planned.prelude)} model call(s)"
-    )
+    for note in planned.notes:
+        err.print(f"note: {escape(note)}")
+    steps, calls = len(planned.workflow.steps), len(planned.prelude)
+    err.print(f"planned {_plural(steps, 'step')} after {_plural(calls, 'model call')}")
     inputs = resolve_inputs(planned.workflow, _parse_inputs(pairs), as_text=True)
     return planned.workflow, registry, inputs, planned.prelude
 

@@ -78,6 +78,8 @@ class Planned:
 
     workflow: Workflow
     prelude: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What planning tells the user (few-shot examples left out to fit a local model)."""
 
 
 def plan_task(
@@ -92,14 +94,16 @@ def plan_task(
     from dagwright.planner.llm import PlanningFailed, plan
 
     recorded: list[ModelCall] = []
+    notes: list[str] = []
     try:
         provider = connect(model, model_settings(settings))
         workflow = plan(
-            task, registry, provider, examples=examples(registry, store), record=recorded.append
-        )
+            task, registry, provider, examples=examples(registry, store), record=recorded.append,
+            notes=notes,
+        )  # fmt: skip
     except PlanningFailed as exc:
         raise PlanError([PlanIssue(f"the model gave no valid plan: {exc}", field="task")]) from None
-    return Planned(workflow, [c.as_dict() for c in recorded])
+    return Planned(workflow, [c.as_dict() for c in recorded], notes)
 
 
 __all__ = [

@@ -233,6 +233,53 @@ def messages_for(
     return [{"role": "system", "content": system}, {"role": "user", "content": task}]
 
 
+def fit_examples(
+    task: str,
+    registry: ToolRegistry,
+    examples: list[str],
+    model: Any,
+    notes: list[str] | None = None,
+) -> list[str]:
+    """The few-shot examples that fit the model's context, with room for its answer. For a
+    model that says its context and counts tokens (a local ``hf:`` model): examples that do not
+    fit are left out (said in ``notes``); a prompt too long without any is PlanningFailed,
+    naming which part is long (the tool list, the task, the instructions). Other models get
+    every example."""
+    window = getattr(model, "context_window", None)
+    count = getattr(model, "count_tokens", None)
+    if not window or count is None:
+        return examples
+    answer = min(int(getattr(model, "answer_tokens", 1024)), window // 2)
+    room = window - answer
+    base = count(messages_for(task, registry, examples=[]))
+    if base > room:
+        tools = count([{"role": "system", "content": describe_tools(registry)}])
+        asked = count([{"role": "user", "content": task}])
+        parts = sorted(
+            [(tools, "the tool list (each tool's argument schema)"), (asked, "the task"),
+             (max(0, base - tools - asked), "the planner's instructions")], reverse=True,
+        )  # fmt: skip
+        raise PlanningFailed(
+            f"the planner's prompt is {base} tokens without any example, over the {room} that "
+            f"the model's context of {window} leaves beside {answer} for the plan; "
+            + ", ".join(f"{what}: {n}" for n, what in parts)
+            + ". Register fewer tools for planning, shorten the task, or use a model with a "
+            "longer context",
+            attempts=0,
+        )
+    kept: list[str] = []
+    for example in examples:
+        if count(messages_for(task, registry, [*kept, example])) <= room:
+            kept.append(example)
+    left = len(examples) - len(kept)
+    if left and notes is not None:
+        notes.append(
+            f"{left} of {len(examples)} example plan{'s' if len(examples) != 1 else ''} left "
+            f"out of the prompt to fit the model's context of {window} tokens"
+        )
+    return kept
+
+
 def plan(
     task: str,
     registry: ToolRegistry,
@@ -241,12 +288,17 @@ def plan(
     max_repairs: int = 2,
     examples: list[str] | None = None,
     record: Recorder = discard,
+    notes: list[str] | None = None,
 ) -> Workflow:
-    """A validated Workflow for ``task``, or PlanningFailed with the last problems."""
+    """A validated Workflow for ``task``, or PlanningFailed with the last problems.
+    ``notes``: what the planner tells the user (examples left out to fit a local model)."""
     schema = draft_model(registry, compact=bool(getattr(model, "compact", False)))
+    shown = fit_examples(
+        task, registry, examples if examples is not None else example_plans(registry), model, notes
+    )
     try:
         draft = model.structured(
-            messages_for(task, registry, examples),
+            messages_for(task, registry, shown),
             schema,
             max_retries=max_repairs,
             record=record,
@@ -310,6 +362,7 @@ __all__ = [
     "draft_model",
     "example_plans",
     "examples_from_runs",
+    "fit_examples",
     "messages_for",
     "plan",
     "replan",

@@ -151,7 +151,7 @@ def test_dagwright_plan_writes_a_reviewable_yaml(tmp_path, monkeypatch) -> None:
             ],
         )
     assert result.exit_code == 0, result.output
-    assert "after 2 model call(s)" in result.stderr
+    assert "after 2 model calls" in result.stderr
     assert [s.id for s in load_workflow(out).workflow.steps] == ["wait", "a", "b", "c"]
     # only decisions: no default the model spelled out (`needs: []`, `description: ''`, an
     # argument at its default value)

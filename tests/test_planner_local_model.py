@@ -45,7 +45,7 @@ TASKS = [
 ]
 
 
-def build_tiny_model(folder: Path) -> Path:
+def build_tiny_model(folder: Path, positions: int = 4096) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -63,7 +63,7 @@ def build_tiny_model(folder: Path) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
     config = GPT2Config(
         vocab_size=len(fast),
-        n_positions=4096,
+        n_positions=positions,
         n_embd=64,
         n_layer=2,
         n_head=2,
@@ -138,3 +138,65 @@ def test_a_missing_local_model_says_so(tmp_path: Path) -> None:
 
     with pytest.raises((DagwrightError, OSError)):
         connect(f"hf:{tmp_path / 'nothing-here'}")
+
+
+@pytest.fixture(scope="module")
+def short_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a context of 1500 tokens (its 400-token vocabulary makes text long):
+    the planner's prompt fits with one long example, not two."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2-1500"), positions=1500)
+
+
+def test_a_prompt_past_the_context_is_refused_before_generating(short_model: Path) -> None:
+    from dagwright.agents.models import ModelError
+
+    provider = connect(f"hf:{short_model}", ModelSettings(max_tokens=300))
+    assert provider.context_window == 1500
+    calls: list[ModelCall] = []
+    long_task = "Shout the word hello " * 300
+    with pytest.raises(ModelError) as refused:
+        provider.text([{"role": "user", "content": long_task}], record=calls.append)
+    message = str(refused.value)
+    assert message.startswith(f"hf:{short_model}: the prompt is ")
+    assert (
+        "(user " in message
+        and "of the model's context of 1500 for the answer (at least 256" in (message)
+    )
+    assert calls == [], "nothing was generated (or recorded as a call)"
+
+
+def test_the_planner_budgets_its_examples_and_names_what_is_too_long(
+    short_model: Path, tools: ToolRegistry
+) -> None:
+    from dagwright.planner.llm import PlanningFailed, fit_examples, plan
+
+    provider = connect(f"hf:{short_model}", ModelSettings(seed=3, max_tokens=200))
+    example = (
+        "name: shout\nsteps:\n  - id: a\n    uses: text.shout\n    with: {text: hi}\n"
+    ) * 8  # a long example plan
+    notes: list[str] = []
+    kept = fit_examples("Say hello loudly", tools, [example, example], provider, notes)
+    room = 1500 - 200
+    assert provider.count_tokens(messages_for("Say hello loudly", tools, kept)) <= room
+    assert kept == [example] and notes == [
+        "1 of 2 example plans left out of the prompt to fit the model's context of 1500 tokens"
+    ]
+    calls: list[ModelCall] = []
+    notes = []
+    try:  # a random model's plan may be invalid; what matters is that it was asked within bounds
+        plan("Say hello loudly", tools, provider, examples=[example, example], max_repairs=0,
+             record=calls.append, notes=notes)  # fmt: skip
+    except PlanningFailed as exc:
+        assert "gave no valid answer in 1 attempt:" in str(exc)
+    assert len(calls) == 1 and calls[0].request["prompt"].count("Example plan:") == 1
+    prompt = provider._count(calls[0].request["prompt"])
+    assert prompt + calls[0].request["max_new_tokens"] <= 1500 and len(notes) == 1
+    calls = []
+    # a task that cannot fit even alone: refused at once, naming the long part
+    with pytest.raises(PlanningFailed) as refused:
+        plan("Shout the word hello " * 200, tools, provider, examples=[], record=calls.append)
+    message = str(refused.value)
+    assert "the planner's prompt is " in message and "over the 1300 that" in message
+    assert message.split("beside 200 for the plan; ")[1].startswith("the task: "), "the longest"
+    assert "the tool list (each tool's argument schema): " in message
+    assert calls == []
