@@ -122,8 +122,8 @@ def print_output(value: Any, output: Output) -> None:
     out.print("output:")
     if is_json:
         out.print_json(text)
-    else:
-        out.print(text, markup=False, highlight=False, emoji=False)
+    else:  # as it is (its own last newline is the line's end)
+        out.print(text.removesuffix("\n"), markup=False, highlight=False, emoji=False)
 
 
 def print_end(

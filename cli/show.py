@@ -475,7 +475,8 @@ def diff_cmd(
                 _print_values_diff(a.get(name), b.get(name), indent="    ")
     same = result["identical"]
     out.print(
-        f"{_plural(len(same), 'step')} identical" + (f": {escape(', '.join(same))}" if same else ""),
+        f"{_plural(len(same), 'step')} identical"
+        + (f": {escape(', '.join(same))}" if same else ""),
         highlight=False,
     )
 
