@@ -17,8 +17,10 @@ from dagwright.cli.common import (
     _die,
     _exit,
     _json,
+    _plural,
     _print_issues,
     _redacted,
+    _secs,
     _settings,
     _store,
     out,
@@ -97,9 +99,10 @@ def replay_cmd(
 
 def _print_replay(report: Any, db: str | None, *, recorded: bool) -> None:
     out.print(
-        f"replayed run [bold]{report.recorded_run_id}[/bold] in {report.seconds:.3f}s: "
-        f"{report.attempts_compared} attempt(s) compared, {report.model_calls_served} model "
-        "call(s) served from the trace, no provider called",
+        f"replayed run [bold]{report.recorded_run_id}[/bold] in {_secs(report.seconds)}: "
+        f"{_plural(report.attempts_compared, 'attempt')} compared, "
+        f"{_plural(report.model_calls_served, 'model call')} served from the trace, "
+        "no provider called",
         highlight=False,
     )
     abandoned = report.recorded_status == "abandoned"
@@ -126,8 +129,8 @@ def _print_replay(report: Any, db: str | None, *, recorded: bool) -> None:
         more = len(report.divergences) - 1
         if more:
             out.print(f"({more} more divergence{'s' if more != 1 else ''} after it)")
-    if recorded:
-        out.print(f"replay: dagwright show {report.run_id}{escape(_db_flag(db))}")
+    if recorded:  # (`runs` leaves replays out; `runs --all` lists them)
+        out.print(f"the replay's run: dagwright show {report.run_id}{escape(_db_flag(db))}")
 
 
 __all__ = ["replay_cmd"]

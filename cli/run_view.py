@@ -49,7 +49,12 @@ def print_calls(events: list[Event]) -> None:
         return
     for n, e in enumerate(calls, 1):
         data = e.data
-        where = f"step {e.step!r} attempt {e.attempt}" if e.step else "planning the run"
+        purpose = data.get("purpose")
+        where = (
+            f"step {e.step!r} attempt {e.attempt}"
+            if e.step
+            else ("revising the plan" if purpose == "replan" else "planning the run")
+        )
         model = data.get("model_id") or data.get("model")
         facts = [f"model {model}"]
         if data.get("latency") is not None:

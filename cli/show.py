@@ -311,8 +311,10 @@ def _trace_line(e: Any, t0: float) -> list[str]:
         bits.append(f"{lin.get('mode')} of run {lin.get('parent')}")
     if data.get("error"):
         bits.append(str(data["error"].get("message", "")))
+    if data.get("reason") and not data.get("reused"):
+        bits.append(f"({data['reason']})")
     if data.get("retry_in") is not None:
-        bits.append(f"retry in {data['retry_in']:g}s")
+        bits.append(f"retry in {_secs(data['retry_in'])}")
     if e.type == ev.ATTEMPT_STARTED:
         bits.append(f"inputs={json.dumps(data.get('inputs'), ensure_ascii=False)[:120]}")
     if e.type == ev.MODEL_CALL:

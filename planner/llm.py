@@ -344,8 +344,9 @@ def replan(
         )
     except ModelError as exc:
         raise PlanningFailed(str(exc), attempts=exc.attempts) from None
-    revised = Workflow.model_validate(draft.as_data())
-    return revised.model_copy(update={"task": workflow.task, "max_replans": workflow.max_replans})
+    kept = {"task": workflow.task, "max_replans": workflow.max_replans}
+    data = {**draft.as_data(), **{k: v for k, v in kept.items() if k in workflow.model_fields_set}}
+    return Workflow.model_validate(data)  # what was set stays set (a default is not written)
 
 
 class PlanningFailed(DagwrightError):

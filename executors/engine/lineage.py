@@ -226,7 +226,7 @@ def _walk_differences(old: Any, new: Any, path: str, found: list[str]) -> None:
 
 def _shown(value: Any) -> str:
     if not isinstance(value, str | int | float | bool | list | dict | type(None)):
-        return "(none)"  # a key one side does not have
+        return "(not there)"  # a key one side does not have
     return _short(value, 60)
 
 
