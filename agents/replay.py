@@ -178,7 +178,8 @@ def _answer(
         except (ValidationError, ValueError, KeyError, IndexError, TypeError, StopIteration) as exc:
             last_error = f"invalid answer: {exc}"
     raise StepError(
-        f"{model} gave no valid answer in {len(group)} attempt(s) (replayed): "
+        f"{model} gave no valid answer in {len(group)} attempt{'s' if len(group) != 1 else ''} "
+        "(replayed): "
         f"{last_error.strip().splitlines()[-1][:500] if last_error.strip() else 'no answer'}"
     )
 

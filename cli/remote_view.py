@@ -3,13 +3,12 @@ lines from a stream's events, and a run's status and summary."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from rich.markup import escape
 
-from dagwright.cli.common import _secs, _status_text, out
+from dagwright.cli.common import _error_text, _plural, _secs, _status_text, out
 
 Json = dict[str, Any]
 
@@ -29,15 +28,15 @@ class EventLines:
         kind, data = e.get("type"), e.get("data") or {}
         sid, n = escape(str(e.get("step") or "")), e.get("attempt") or 1
         if kind == "run_started":
-            return (
-                f"run [bold]{e.get('run_id')}[/bold]: {escape(self.workflow)}, {self.steps} steps"
-            )
+            steps = _plural(self.steps, "step")
+            return f"run [bold]{e.get('run_id')}[/bold]: {escape(self.workflow)}, {steps}"
         if kind == "attempt_started":
             self.started.setdefault(sid, _seconds(e.get("at")))
             return f"  ▶ {sid}" + (f" (attempt {n})" if n > 1 else "")
         if kind == "attempt_finished" and data.get("retry_in") is not None:
             msg = escape(str((data.get("error") or {}).get("message", "")))
-            return f"  ↻ {sid} attempt {n} {data.get('status')}: {msg} (retry in {data['retry_in']:g}s)"
+            wait = _secs(data["retry_in"])
+            return f"  ↻ {sid} attempt {n} {data.get('status')}: {msg} (retry in {wait})"
         if kind == "step_finished":
             return self._finished(e, sid, n, data)
         if kind == "run_queued":
@@ -56,11 +55,13 @@ class EventLines:
         if data.get("reused"):
             return f"  ↺ {sid}  reused from run {data['reused'].get('run_id')}"
         took = _secs(_seconds(e.get("at")) - self.started[sid]) if sid in self.started else ""
-        attempts = f"{n} attempt{'s' if n != 1 else ''}"
+        attempts = _plural(n, "attempt")
+        why = f" ({escape(str(data['reason']))})" if data.get("reason") else ""
         tail = {
             "succeeded": f"{attempts}, {took}",
             "failed": f"failed after {attempts}: "
-            + escape(str((data.get("error") or {}).get("message", ""))),
+            + escape(str((data.get("error") or {}).get("message", "")))
+            + why,
             "skipped": f"skipped: {escape(str(data.get('reason') or ''))}",
             "cancelled": "cancelled",
         }.get(status, status)
@@ -78,11 +79,14 @@ def _seconds(at: Any) -> float:
 
 
 def print_status(summary: Json, again: str | None = None) -> None:
+    from dagwright.cli.ending import status_words
+
     out.print(
         f"run [bold]{summary['run_id']}[/bold]  workflow [bold]{escape(str(summary.get('workflow')))}"
         "[/bold]  ",
         _status_text(summary["status"]),
-        f"  {summary['duration']}s" if summary.get("duration") is not None else "",
+        f"[yellow]{escape(status_words(summary)[len(str(summary['status'])) :])}[/yellow]",
+        f"  {_secs(summary['duration'])}" if summary.get("duration") is not None else "",
     )
     counts: dict[str, int] = {}
     for step in (summary.get("steps") or {}).values():
@@ -93,11 +97,14 @@ def print_status(summary: Json, again: str | None = None) -> None:
         out.print(f"lineage: {lineage.get('mode')} of run {lineage.get('parent')}")
     error = summary.get("error")
     if error:
-        where = f"step {error['step']!r}: " if error.get("step") else ""
-        out.print(f"[red]error:[/red] {escape(where + str(error.get('message', '')))}")
+        out.print(f"[red]error:[/red] {escape(_error_text(error))}")
+    for failed in summary.get("failed_optional") or []:
+        out.print(f"[yellow]failed optional step[/yellow] {escape(str(failed.get('step')))}: "
+                  f"{escape(str(failed.get('message')))}")  # fmt: skip
     if summary["status"] == "succeeded":
-        out.print("output:")
-        out.print_json(json.dumps(summary.get("output"), default=str))
+        from dagwright.cli.ending import Output, print_output
+
+        print_output(summary.get("output"), Output())
     if again:
         out.print(f"status: {again}")
 

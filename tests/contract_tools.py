@@ -52,10 +52,14 @@ def mark_and_fail(mark: str) -> None:
 
 
 @tool("test.fail_after_mark")
-def fail_after_mark(wait_for: str, mark: str = "") -> None:
-    """Wait until the file ``wait_for`` exists (another step's attempt got there), create
-    ``mark`` if given, then fail (retryable)."""
-    _wait_for(wait_for)
+def fail_after_mark(wait_for: list[str], mark: str = "", started: str = "") -> None:
+    """Create ``started`` if given (this attempt has started), wait until every file of
+    ``wait_for`` exists (other steps' attempts got there), create ``mark`` if given, then fail
+    (retryable)."""
+    if started:
+        Path(started).touch()
+    for path in wait_for:
+        _wait_for(path)
     if mark:
         Path(mark).touch()
-    raise StepError(f"failed after {Path(wait_for).name}")
+    raise StepError(f"failed after {', '.join(Path(p).name for p in wait_for)}")

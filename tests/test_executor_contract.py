@@ -377,7 +377,7 @@ def test_a_failure_stops_new_steps_but_lets_running_ones_finish(execute, tmp_pat
     ran = execute(
         wf(
             [
-                {"id": "bad", "uses": "test.fail_after_mark", "with": {"wait_for": started}},
+                {"id": "bad", "uses": "test.fail_after_mark", "with": {"wait_for": [started]}},
                 {
                     "id": "running",
                     "uses": "test.mark_then_sleep",
@@ -399,6 +399,7 @@ def test_once_the_run_is_failing_no_new_attempt_starts(execute, tmp_path) -> Non
     nothing is running, and names the step that failed it."""
     retrying = {"max_attempts": 3, "backoff": 20}
     a, b = str(tmp_path / "retrier-failed"), str(tmp_path / "bad-failing")
+    started = str(tmp_path / "slow-started")  # `bad` fails once `retrier` failed, `slow` started
     ran = execute(
         wf(
             [
@@ -408,11 +409,15 @@ def test_once_the_run_is_failing_no_new_attempt_starts(execute, tmp_path) -> Non
                     "with": {"mark": a},
                     "retry": retrying,
                 },
-                {"id": "bad", "uses": "test.fail_after_mark", "with": {"wait_for": a, "mark": b}},
+                {
+                    "id": "bad",
+                    "uses": "test.fail_after_mark",
+                    "with": {"wait_for": [a, started], "mark": b},
+                },
                 {
                     "id": "slow",
                     "uses": "test.fail_after_mark",
-                    "with": {"wait_for": b},
+                    "with": {"wait_for": [b], "started": started},
                     "retry": retrying,
                 },
             ]

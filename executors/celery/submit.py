@@ -100,7 +100,8 @@ def visibility_problem(workflow: Workflow, settings: Settings) -> PlanIssue | No
     if not too_long:
         return None
     return PlanIssue(
-        f"step(s) {', '.join(too_long)} may run longer than Redis' visibility timeout "
+        f"step{'s' if len(too_long) != 1 else ''} {', '.join(too_long)} may run longer than "
+        "Redis' visibility timeout "
         f"({visibility:g}s), so their messages would be delivered twice",
         step=too_long[0],
         field="timeout",
