@@ -196,6 +196,8 @@ def test_the_stream_resumes_after_a_disconnect_without_losing_or_repeating_event
     assert recorded["finished"] is True and recorded["last_seq"] == len(union)
     assert union == recorded["events"]
     assert sum(e["type"] == "step_finished" for e in union) == 5
+    # times as every JSON document of dagwright gives them: ISO 8601, UTC
+    assert all(isinstance(e["at"], str) and e["at"].endswith("+00:00") for e in union)
     tail = client.get(f"/v1/runs/{run_id}/stream", params={"after": len(union) - 1})
     assert [json.loads(m["data"])["type"] for m in sse_messages(tail)] == ["run_finished"]
 
