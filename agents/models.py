@@ -156,14 +156,16 @@ def provider(prefix: str) -> Callable[[ProviderFactory], ProviderFactory]:
 
 def providers() -> list[str]:
     """The provider prefixes a model string may start with (``openai``, ``anthropic``, ``hf``)."""
-    from dagwright.agents import providers as _  # noqa: F401  (registers the adapters)
+    import dagwright.agents.hf  # noqa: F401  (registers the hf: adapter)
+    import dagwright.agents.providers  # noqa: F401  (registers openai: and anthropic:)
 
     return sorted(_PROVIDERS)
 
 
 def connect(model: str, settings: ModelSettings | None = None) -> Provider:
     """The provider for a model string such as ``openai:gpt-4o-mini``."""
-    from dagwright.agents import providers as _  # noqa: F401  (registers the adapters)
+    import dagwright.agents.hf  # noqa: F401  (registers the hf: adapter)
+    import dagwright.agents.providers  # noqa: F401  (registers openai: and anthropic:)
 
     prefix, sep, name = model.partition(":")
     if not sep or not name:
