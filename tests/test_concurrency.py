@@ -7,6 +7,7 @@ slot; no attempt of a run starts before it is admitted."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -145,6 +146,11 @@ def test_a_queued_run_can_be_cancelled_and_leaves_the_queue(tmp_path: Path) -> N
         assert fold_run(store, waiting)[1].status == "cancelled"
         assert follow(store, holder, timeout=30).status == "succeeded"
         assert not any(e.type == ev.ATTEMPT_STARTED for e in store.events(waiting))
+        # the holder's slot is released just after its run_finished, which `follow` may see
+        # first: wait for the release (bounded), then nothing is left in the key's queue
+        deadline = time.monotonic() + 30
+        while store.slot_keys() and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert store.slot_keys() == {}
     finally:
         runtime.stop()
