@@ -8,7 +8,7 @@ a SQLite commit, so these go straight to the DBAPI connection (SQLAlchemy's pool
 - SQLite: one held connection, used under a lock (SQLite has one writer at a time anyway).
 - PostgreSQL: up to ``WRITERS`` held connections, so the appends of concurrent threads (the API's
   submissions, a worker's threads) commit side by side instead of queueing behind one another's
-  round trips; PostgreSQL orders them (the run's ``next_seq`` row lock).
+  round trips; PostgreSQL orders them (the lock on the run's counter row).
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, exists, select
 from sqlalchemy.engine import Engine
 
-from dagwright.executors.store.tables import claims_table, events_table, runs_table
+from dagwright.executors.store.tables import (
+    claims_table,
+    events_table,
+    run_seqs_table,
+    runs_table,
+)
 
 WRITERS = 8
 """Held connections to PostgreSQL for the hot path (SQLite: 1)."""
@@ -65,22 +70,32 @@ class Statements:
         def compiled(stmt: Any, **kw: Any) -> Statement:
             return Statement(stmt.compile(dialect=dialect, **kw), positional)
 
-        r, t = runs_table, events_table
+        r, t, s = runs_table, events_table, run_seqs_table
+        rid: Any = bindparam("rid")
+        n: Any = bindparam("n")
+        expect: Any = bindparam("expect")
+
+        def take(table: Any, *where: Any) -> Statement:
+            """Take ``n`` numbers from the table's ``next_seq`` (returns the next one after)."""
+            return compiled(
+                table.update()
+                .where(table.c.run_id == rid, *where)
+                .values(next_seq=table.c.next_seq + n)
+                .returning(table.c.next_seq)
+            )
+
         self.insert_run = compiled(r.insert(), column_keys=list(RUN_COLUMNS))
+        self.insert_seqs = compiled(s.insert(), column_keys=["run_id", "next_seq"])
         self.insert_event = compiled(t.insert(), column_keys=list(EVENT_COLUMNS))
         self.insert_claim = compiled(claims_table.insert(), column_keys=["run_id", "key"])
-        self.take_seq = compiled(
-            r.update()
-            .where(r.c.run_id == bindparam("rid"))
-            .values(next_seq=r.c.next_seq + bindparam("n"))
-            .returning(r.c.next_seq)
-        )
-        self.take_seq_expect = compiled(
-            r.update()
-            .where(r.c.run_id == bindparam("rid"), r.c.next_seq == bindparam("expect"))
-            .values(next_seq=r.c.next_seq + bindparam("n"))
-            .returning(r.c.next_seq)
-        )
+        # a run's counter row (tables.run_seqs_table); a run made before schema 6 has none
+        # and counts on its runs row, as the dagwright that made it does
+        self.take_seq = take(s)
+        self.take_seq_expect = take(s, s.c.next_seq == expect)
+        counts_on_run_row = ~exists().where(s.c.run_id == r.c.run_id)
+        self.legacy_take_seq = take(r, counts_on_run_row)
+        self.legacy_take_seq_expect = take(r, counts_on_run_row, r.c.next_seq == expect)
+        self.known_run = compiled(select(r.c.run_id).where(r.c.run_id == rid))
         self.select_run = compiled(select(r).where(r.c.run_id == bindparam("rid")))
         self.select_events = compiled(
             select(t.c.seq, t.c.type, t.c.at, t.c.step, t.c.attempt, t.c.data)

@@ -78,12 +78,25 @@ def _lineage(conn: Connection) -> None:
     )
 
 
+def _run_seqs(conn: Connection) -> None:
+    """Runs count their events in ``dagwright_run_seqs``, a small row each, instead of on their
+    ``dagwright_runs`` row (which holds the workflow, rewritten whole at every append).
+
+    Runs already in the store get no row there: they go on counting on their ``dagwright_runs``
+    row (the store knows which protocol a run follows by whether it has a row), so an earlier
+    dagwright sharing the store (workers upgraded one at a time) still appends to them. A run
+    made by this version is one an earlier dagwright cannot append to: its appends fail as
+    conflicting events (nothing is written), never with a wrong ``seq``."""
+    _tables(conn)  # dagwright_run_seqs: created if missing
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables", _tables),
     Migration(2, "runs.next_seq", _next_seq),
     Migration(3, "run lineage", _lineage),
     Migration(4, "submissions", _tables),  # dagwright_submissions: created if missing
     Migration(5, "concurrency slots", _tables),  # dagwright_slots: created if missing
+    Migration(6, "run sequence counters", _run_seqs),
 )
 """In order of version; append only (a version, once released, never changes)."""
 

@@ -152,6 +152,8 @@ class SqlTraceStore:
                 cur = raw.cursor()
                 try:
                     cur.execute(sql.insert_run.sql, sql.insert_run.params(row))
+                    counter = {"run_id": run.run_id, "next_seq": len(stored) + 1}
+                    cur.execute(sql.insert_seqs.sql, sql.insert_seqs.params(counter))
                     if claims:
                         _insert(cur, sql.insert_claim.sql, self._claim_rows(run.run_id, claims))
                     if stored:
@@ -212,17 +214,15 @@ class SqlTraceStore:
         try:
             if claims:
                 _insert(cur, sql.insert_claim.sql, self._claim_rows(run_id, claims))
-            take = {"rid": run_id, "n": len(events)}
+            take: dict[str, Any] = {"rid": run_id, "n": len(events)}
             if expect_seq is None:
                 cur.execute(sql.take_seq.sql, sql.take_seq.params(take))
             else:
                 take["expect"] = expect_seq
                 cur.execute(sql.take_seq_expect.sql, sql.take_seq_expect.params(take))
             row = cur.fetchone()
-            if row is None and expect_seq is not None:
-                raise StaleState(f"run {run_id!r} changed since seq {expect_seq - 1}")
             if row is None:
-                raise StoreError(f"cannot append to unknown run {run_id!r}")
+                row = self._take_seq_legacy(cur, run_id, take)
             start = int(row[0]) - len(events)
             stored = [e.with_seq(start + i) for i, e in enumerate(events)]
             if stored:
@@ -234,6 +234,21 @@ class SqlTraceStore:
         finally:
             cur.close()
         return stored
+
+    def _take_seq_legacy(self, cur: Any, run_id: str, take: dict[str, Any]) -> Any:
+        """The run has no counter row: it was made before schema 6 (it counts on its runs row,
+        as the dagwright that made it does), or its counter moved past ``expect``, or there
+        is no such run."""
+        sql = self._sql
+        legacy = sql.legacy_take_seq_expect if "expect" in take else sql.legacy_take_seq
+        cur.execute(legacy.sql, legacy.params(take))
+        row = cur.fetchone()
+        if row is not None:
+            return row
+        cur.execute(sql.known_run.sql, sql.known_run.params({"rid": run_id}))
+        if cur.fetchone() is None:
+            raise StoreError(f"cannot append to unknown run {run_id!r}")
+        raise StaleState(f"run {run_id!r} changed since seq {take['expect'] - 1}")
 
     def _claim_rows(self, run_id: str, claims: Sequence[str]) -> list[Any]:
         insert = self._sql.insert_claim
