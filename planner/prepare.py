@@ -22,6 +22,7 @@ from dagwright.planner.schema import Workflow
 from dagwright.planner.source import Source
 from dagwright.planner.tool_modules import load_tool_modules, registry_for
 from dagwright.planner.validate import validate
+from dagwright.planner.yaml_doc import paused_gc
 from dagwright.tools.registry import ToolRegistry
 
 
@@ -174,6 +175,26 @@ def _parsed(text: str, name: str, limits: Limits) -> LoadedWorkflow:
 
 
 def _prepared(
+    load: Callable[[], LoadedWorkflow],
+    base_dir: Path | None,
+    registry: ToolRegistry,
+    *,
+    tool_modules: Sequence[str],
+    inputs: Mapping[str, Any] | None,
+    inputs_required: bool,
+    inputs_as_text: bool,
+    limits: Limits | None,
+    secrets: Collection[str] | None = None,
+) -> Prepared:
+    with paused_gc():  # a bounded input: see paused_gc
+        return _prepare_now(
+            load, base_dir, registry, tool_modules=tool_modules, inputs=inputs,
+            inputs_required=inputs_required, inputs_as_text=inputs_as_text, limits=limits,
+            secrets=secrets,
+        )  # fmt: skip
+
+
+def _prepare_now(
     load: Callable[[], LoadedWorkflow],
     base_dir: Path | None,
     registry: ToolRegistry,

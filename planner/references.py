@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -146,6 +146,7 @@ _ATTRIBUTE_ARGS = {"attr": 0, "selectattr": 0, "rejectattr": 0, "groupby": 0, "s
 """Filters whose positional argument at this index names an attribute (``attribute=`` too)."""
 
 
+@lru_cache(maxsize=65536)
 def is_unsafe_name(name: str) -> bool:
     """Whether reading ``name`` (an attribute or a key) reaches for Python's internals: dunder
     names (``__class__``, ``__globals__``) and what Jinja2's sandbox treats as internal (``mro``,
@@ -173,11 +174,13 @@ class Ref:
 class Expression:
     """One parsed expression: its references, and how to evaluate it against a context."""
 
-    __slots__ = ("source", "refs", "_simple", "_compiled", "_ast")
+    __slots__ = ("source", "refs", "_simple", "_compiled", "_ast", "_names", "_unsafe")
 
     def __init__(self, source: str) -> None:
         self.source = source.strip()
         self._compiled: Callable[..., Any] | None = None
+        self._names: frozenset[str] | None = None
+        self._unsafe: tuple[str, ...] | None = None
         m = _SIMPLE.match(self.source)
         if m and m.group(1) not in _CONSTANTS:
             parts: list[PathPart] = [
@@ -215,21 +218,27 @@ class Expression:
         """A plain path (``steps.a.output.items[0]``): evaluated by a lookup, never slow."""
         return self._simple is not None
 
-    def names(self) -> set[str]:
+    def names(self) -> frozenset[str]:
         """Free names the expression reads (``inputs``, ``steps``, ``output``, functions…)."""
-        if self._ast is None:
-            return {self.refs[0].root}
-        return {n.name for n in self._ast.find_all(nodes.Name) if n.ctx == "load"}
+        if self._names is None:
+            if self._ast is None:
+                self._names = frozenset((self.refs[0].root,))
+            else:
+                found = self._ast.find_all(nodes.Name)
+                self._names = frozenset(n.name for n in found if n.ctx == "load")
+        return self._names
 
     def unsafe_names(self) -> list[str]:
         """The constant attribute and key names it reads that the sandbox may refuse
         (``is_unsafe_name``), in the order they are written."""
-        if self._ast is None:
-            assert self._simple is not None
-            names: list[str] = [p for p in self._simple.path if isinstance(p, str)]
-        else:
-            names = list(_read_names(self._ast))
-        return list(dict.fromkeys(n for n in names if is_unsafe_name(n)))
+        if self._unsafe is None:
+            if self._ast is None:
+                assert self._simple is not None
+                names: list[str] = [p for p in self._simple.path if isinstance(p, str)]
+            else:
+                names = list(_read_names(self._ast))
+            self._unsafe = tuple(dict.fromkeys(n for n in names if is_unsafe_name(n)))
+        return list(self._unsafe)
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         if self._simple is not None:
@@ -407,12 +416,21 @@ def expressions_in(
             for part in _split(value):
                 if isinstance(part, Expression):
                     yield at, part
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from expressions_in(v, (*at, k))
+        return
+    if isinstance(value, Mapping):
+        items: Iterable[tuple[PathPart, Any]] = value.items()
     elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from expressions_in(v, (*at, i))
+        items = enumerate(value)
+    else:
+        return
+    for k, v in items:  # strings here, without a generator per value (plans have many)
+        if isinstance(v, str):
+            if OPEN in v:
+                for part in _split(v):
+                    if isinstance(part, Expression):
+                        yield (*at, k), part
+        elif isinstance(v, Mapping | list):
+            yield from expressions_in(v, (*at, k))
 
 
 def stringify(value: Any) -> str:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from dagwright.errors import PlanError, PlanIssue
 from dagwright.planner.inputs import typed_input
 from dagwright.planner.output_paths import path_problem, resolve_ref
-from dagwright.planner.plan import step_deps
+from dagwright.planner.plan import step_deps, topological_order
 from dagwright.planner.references import (
     SAFE_GLOBALS,
     Expression,
@@ -424,14 +424,24 @@ class _Validator:
 
     # graph
     def check_cycles(self) -> None:
+        deps: dict[str, list[str]] = {sid: [] for sid in self.step_ids}  # each known id once
+        dependents: dict[str, list[str]] = {sid: [] for sid in self.step_ids}
+        edges: list[tuple[str, str]] = []
+        for step in self.wf.steps:
+            for dep in _safe_deps(step):
+                if dep in self.step_ids and dep != step.id:
+                    edges.append((dep, step.id))
+        for dep, sid in dict.fromkeys(edges):  # an edge once, as a graph has it
+            deps[sid].append(dep)
+            dependents[dep].append(sid)
+        if topological_order(list(self.step_ids), dependents, deps) is not None:
+            return  # no cycle: the usual case, without building a graph
         import networkx as nx  # here, not at the top: `dagwright --help` imports no graph library
 
         graph: nx.DiGraph[str] = nx.DiGraph()
         for step in self.wf.steps:
             graph.add_node(step.id)
-            for dep in _safe_deps(step):
-                if dep in self.step_ids and dep != step.id:
-                    graph.add_edge(dep, step.id)
+        graph.add_edges_from(edges)
         for component in nx.strongly_connected_components(graph):
             if len(component) < 2:
                 continue
