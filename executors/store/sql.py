@@ -14,7 +14,17 @@ from types import SimpleNamespace
 from typing import Any
 
 from pydantic_core import PydanticSerializationError, to_json
-from sqlalchemy import and_, case, create_engine, delete, event, func, or_, select
+from sqlalchemy import (
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 
@@ -28,7 +38,7 @@ from dagwright.executors.engine.events import (
 )
 from dagwright.executors.store import slots
 from dagwright.executors.store.base import RunRecord, RunSummary, Submission, match_run_id
-from dagwright.executors.store.hot import WRITERS, Statements, Writers
+from dagwright.executors.store.hot import EVENT_COLUMNS, WRITERS, Statements, Writers
 from dagwright.executors.store.migrations import ensure_schema
 from dagwright.executors.store.tables import (
     cache_table,
@@ -54,6 +64,12 @@ def _insert(cur: Any, sql: str, rows: list[Any]) -> None:
         cur.execute(sql, rows[0])
     else:
         cur.executemany(sql, rows)
+
+
+def _literal(kind: str) -> Any:
+    """An event type written into the SQL: the planners use the partial index of that type
+    only for a literal (``tables.RUN_LEVEL_INDEXES``), never for a bound parameter."""
+    return literal_column(f"'{kind}'")
 
 
 def store_url(target: str) -> URL:
@@ -255,8 +271,16 @@ class SqlTraceStore:
         return [insert.params({"run_id": run_id, "key": k}) for k in claims]
 
     def _event_rows(self, run_id: str, events: Sequence[Event]) -> list[Any]:
-        insert = self._sql.insert_event
-        return [insert.params(self._row(run_id, e)) for e in events]
+        """The events' rows as the insert takes them: the tuples as they are when its order is
+        ``EVENT_COLUMNS`` (SQLite), else reordered, or as mappings (PostgreSQL)."""
+        order = self._sql.insert_event.order
+        rows = [self._row(run_id, e) for e in events]
+        if order is None:
+            return [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows]
+        if tuple(order) == EVENT_COLUMNS:
+            return rows
+        index = [EVENT_COLUMNS.index(k) for k in order]
+        return [tuple(row[i] for i in index) for row in rows]
 
     def _claimed(self, run_id: str, claims: Sequence[str]) -> bool:
         c = claims_table
@@ -305,18 +329,10 @@ class SqlTraceStore:
             return {(r.step, r.attempt): r.at for r in rows}
 
     @staticmethod
-    def _row(run_id: str, e: Event) -> dict[str, Any]:
+    def _row(run_id: str, e: Event) -> tuple[Any, ...]:
+        """The event's row, in ``hot.EVENT_COLUMNS`` order."""
         status = e.data.get("status") if e.type in (STEP_FINISHED, RUN_FINISHED) else None
-        return {
-            "run_id": run_id,
-            "seq": e.seq,
-            "type": e.type,
-            "at": e.at,
-            "step": e.step,
-            "attempt": e.attempt,
-            "status": status,
-            "data": _dumps(e.data),
-        }
+        return (run_id, e.seq, e.type, e.at, e.step, e.attempt, status, _dumps(e.data))
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         # the hot read path (workers read the new events of a run at every step)
@@ -428,9 +444,9 @@ class SqlTraceStore:
         waiting = case((and_(q.c.seq.is_not(None), a.c.seq.is_(None)), "queued"), else_="running")
         run_status = func.coalesce(e.c.status, waiting)
         joined = (
-            r.outerjoin(e, (e.c.run_id == r.c.run_id) & (e.c.type == RUN_FINISHED))
-            .outerjoin(q, (q.c.run_id == r.c.run_id) & (q.c.type == RUN_QUEUED))
-            .outerjoin(a, (a.c.run_id == r.c.run_id) & (a.c.type == RUN_ADMITTED))
+            r.outerjoin(e, (e.c.run_id == r.c.run_id) & (e.c.type == _literal(RUN_FINISHED)))
+            .outerjoin(q, (q.c.run_id == r.c.run_id) & (q.c.type == _literal(RUN_QUEUED)))
+            .outerjoin(a, (a.c.run_id == r.c.run_id) & (a.c.type == _literal(RUN_ADMITTED)))
         )
         query = (
             select(r, run_status.label("run_status"), e.c.at.label("finished_at"))

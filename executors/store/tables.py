@@ -6,7 +6,18 @@ A store made by an earlier dagwright is brought to these definitions by the migr
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    literal_column,
+)
 
 metadata = MetaData()
 
@@ -42,7 +53,18 @@ events_table = Table(
     Column("status", String(16)),
     Column("data", Text, nullable=False),
 )
-Index("ix_dagwright_events_type", events_table.c.type, events_table.c.run_id)
+# A run's own events (its end, its place in a concurrency queue) by run, for listing runs with
+# their status: partial indexes, so the bulk of a trace (the steps' events) writes to none of
+# them (an index on every event cost a page written per commit).
+RUN_LEVEL_INDEXES = {
+    kind: Index(
+        f"ix_dagwright_events_{kind}",
+        events_table.c.run_id,
+        sqlite_where=events_table.c.type == literal_column(f"'{kind}'"),
+        postgresql_where=events_table.c.type == literal_column(f"'{kind}'"),
+    )
+    for kind in ("run_finished", "run_queued", "run_admitted")
+}
 
 # The next free `seq` of each run's events, in a row of its own: appends take numbers from it in
 # their own transaction, so concurrent writers never collide and commit order is seq order. (On
@@ -54,6 +76,7 @@ run_seqs_table = Table(
     metadata,
     Column("run_id", String(64), ForeignKey("dagwright_runs.run_id"), primary_key=True),
     Column("next_seq", Integer, nullable=False),
+    sqlite_with_rowid=False,  # one b-tree page written per append, not two
 )
 
 # Compare-and-set for workers: a claim key (e.g. "dispatch:step:1") is taken by exactly one
@@ -116,6 +139,7 @@ schema_table = Table(
 )
 
 __all__ = [
+    "RUN_LEVEL_INDEXES",
     "cache_table",
     "claims_table",
     "events_table",
