@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ ADMISSION_POLL = 0.2
 """Seconds between a queued local run's tries to be admitted (``concurrency:``)."""
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult:
     run_id: str
     status: str
@@ -63,6 +64,11 @@ class RunResult:
     error: dict[str, Any] | None
     state: engine.RunState
     store_location: str
+
+    def __repr__(self) -> str:
+        # short: asyncio.run formats the result of its task when it restores the SIGINT
+        # handler, and a whole state's repr costs seconds for a large plan
+        return f"RunResult(run_id={self.run_id!r}, status={self.status!r}, steps={len(self.state.steps)})"
 
 
 class LocalExecutor:
@@ -203,6 +209,8 @@ class _Run:
         self.state = engine.RunState.initial(plan, new.run_id)
         self.replanning = Replanning(executor.replanner, executor.registry)
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.queued: deque[str] = deque()  # scheduled, waiting for a free slot to start
+        self.sleeping = 0  # tasks waiting out a retry's delay (they hold no slot)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cancel_requested = asyncio.Event()
         self.settled = asyncio.Event()
@@ -393,13 +401,21 @@ class _Run:
         ready = engine.ready_steps(self.plan, self.state)
         if ready:
             self.emit(*(self.event(ev.STEP_SCHEDULED, sid, 1) for sid in ready))
-            self.arriving += len(ready)
-            for sid in ready:
-                self.tasks[sid] = asyncio.create_task(self.drive(sid), name=f"dagwright:{sid}")
-        if not self.tasks and engine.is_settled(self.state):
+            self.queued.extend(ready)
+        self.start_queued()
+        if not self.tasks and not self.queued and engine.is_settled(self.state):
             self.settled.set()
         self.cancel_when_all_wait()
         self.release_waits_for_failure()
+
+    def start_queued(self) -> None:
+        """Start the scheduled steps' tasks while slots are free (at most ``max_parallel``
+        attempts at once): a fan-out of 50,000 steps does not make 50,000 tasks wait on the
+        semaphore (whose every acquire then scans its waiters)."""
+        while self.queued and len(self.tasks) - self.sleeping < self.x.max_parallel:
+            sid = self.queued.popleft()
+            self.arriving += 1
+            self.tasks[sid] = asyncio.create_task(self.drive(sid), name=f"dagwright:{sid}")
 
     async def drive(self, sid: str) -> None:
         self.arriving -= 1
@@ -433,7 +449,12 @@ class _Run:
                     break
                 await self.durable()
                 if self.x.replayer is None:  # a replay does not wait to retry
-                    await self.backoff(delay)
+                    self.sleeping += 1  # its slot goes to a queued step meanwhile
+                    self.start_queued()
+                    try:
+                        await self.backoff(delay)
+                    finally:
+                        self.sleeping -= 1
         except asyncio.CancelledError:
             self.emit(*decisions.cancel_events(self.state, sid, self.x.clock()))
             raise
@@ -544,6 +565,10 @@ class _Run:
             self.cancel_requested.set()
 
     async def cancel_all(self) -> None:
+        self.state.halted = True  # nothing new is scheduled meanwhile
+        while self.queued:  # scheduled steps that never got a slot
+            sid = self.queued.popleft()
+            self.emit(*decisions.cancel_events(self.state, sid, self.x.clock()))
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()
