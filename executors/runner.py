@@ -48,7 +48,7 @@ from dagwright.executors.engine.outcome import FAILED, SUCCEEDED, TIMED_OUT, Out
 from dagwright.executors.engine.verify import Judge, run_check
 from dagwright.planner.references import ExpressionError, expressions_in
 from dagwright.planner.schema import Check, Step
-from dagwright.planner.secret_refs import SECRETS, secret_names_in
+from dagwright.planner.secret_refs import SECRETS, secret_name
 from dagwright.secret_values import NO_SECRETS, SecretValues
 from dagwright.tools.registry import Tool, ToolContext
 
@@ -161,14 +161,18 @@ class Attempt:
         cannot resolve: failed, not retryable; past the budget: timed out)."""
         step = self.step
         context = self.context
-        wanted = list(dict.fromkeys(secret_names_in(step.with_)))
+        try:
+            found = [expr for _, expr in expressions_in(step.with_)]
+        except ExpressionError:  # resolving says what is wrong with it
+            found = None
+        wanted = list(dict.fromkeys(n for e in found or () if (n := secret_name(e)) is not None))
         if wanted:
             missing = [name for name in wanted if name not in self.secrets]
             if missing:
                 return None, self._done(_no_secret(step, missing))
             context = {**context, SECRETS: self.secrets}
         resolve = functools.partial(render_args, step.id, step.with_, context)
-        if _plain(step.with_):
+        if found is None or all(e.is_path for e in found):  # lookups only: never slow
             args, failed = resolve()
         else:
             try:
@@ -247,14 +251,6 @@ class Attempt:
             run = functools.partial(_run_checks, batch, output, self.context, judge)
             results += await self._in_pool(run, evaluation=batch[0][1].judge is None)
         return results
-
-
-def _plain(value: Any) -> bool:
-    """Whether ``value`` holds only plain references (lookups: resolved inline)."""
-    try:
-        return all(e.is_path for _, e in expressions_in(value))
-    except ExpressionError:  # resolving says what is wrong with it
-        return True
 
 
 def _no_secret(step: Step, names: list[str]) -> Outcome:

@@ -412,12 +412,11 @@ def expressions_in(
 ) -> Iterator[tuple[tuple[PathPart, ...], Expression]]:
     """Every expression inside a value (nested dicts and lists), with where it sits."""
     if isinstance(value, str):
-        if OPEN in value:
-            for part in _split(value):
-                if isinstance(part, Expression):
-                    yield at, part
+        yield from _in_text(value, at)
         return
-    if isinstance(value, Mapping):
+    if type(value) in _SCALARS:  # before the Mapping check: an ABC's isinstance is slow
+        return
+    if type(value) is dict or isinstance(value, Mapping):
         items: Iterable[tuple[PathPart, Any]] = value.items()
     elif isinstance(value, list):
         items = enumerate(value)
@@ -426,11 +425,18 @@ def expressions_in(
     for k, v in items:  # strings here, without a generator per value (plans have many)
         if isinstance(v, str):
             if OPEN in v:
-                for part in _split(v):
-                    if isinstance(part, Expression):
-                        yield (*at, k), part
-        elif isinstance(v, Mapping | list):
+                yield from _in_text(v, (*at, k))
+        elif type(v) not in _SCALARS:
             yield from expressions_in(v, (*at, k))
+
+
+def _in_text(
+    text: str, at: tuple[PathPart, ...]
+) -> Iterator[tuple[tuple[PathPart, ...], Expression]]:
+    if OPEN in text:
+        for part in _split(text):
+            if isinstance(part, Expression):
+                yield at, part
 
 
 def stringify(value: Any) -> str:
@@ -450,11 +456,17 @@ def render(value: Any, context: Mapping[str, Any]) -> Any:
         if len(parts) == 1 and isinstance(parts[0], Expression):
             return parts[0].evaluate(context)
         return "".join(p if isinstance(p, str) else stringify(p.evaluate(context)) for p in parts)
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind in _SCALARS:  # before the Mapping check: an ABC's isinstance is slow
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):
         return [render(v, context) for v in value]
     return value
+
+
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 __all__ = [
