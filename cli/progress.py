@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 from types import TracebackType
 from typing import Any
@@ -27,6 +28,16 @@ ICONS = {
     engine.SKIPPED: "[dim]-[/dim]",
     engine.CANCELLED: "[yellow]■[/yellow]",
 }
+PLAIN_ICONS = {
+    engine.PENDING: "·",
+    engine.SCHEDULED: "○",
+    engine.RUNNING: "▶",
+    engine.RETRYING: "↻",
+    engine.SUCCEEDED: "✓",
+    engine.FAILED: "✗",
+    engine.SKIPPED: "-",
+    engine.CANCELLED: "■",
+}
 MAX_ROWS = 24
 
 
@@ -39,7 +50,8 @@ class Progress:
         self._live = (
             Live(console=console, auto_refresh=False, transient=False) if enabled and live else None
         )
-        self._last = 0.0
+        self._next = 0.0  # when the live table may be drawn again
+        self._tools: tuple[Workflow | None, dict[str, str]] = (None, {})
 
     def __enter__(self) -> Progress:
         if self._live is not None:
@@ -53,6 +65,8 @@ class Progress:
             if self.state is not None:
                 self._live.update(self.render(self.state), refresh=True)
             self._live.stop()
+        elif self.enabled:
+            self.console.file.flush()
 
     def on_event(self, event: Event, state: engine.RunState) -> None:
         if not self.enabled:
@@ -64,22 +78,26 @@ class Progress:
             self.console.print(said, highlight=False)
         if self._live is not None:
             now = time.monotonic()
-            if now - self._last > 0.1 or event.type == ev.RUN_FINISHED:
-                self._last = now
+            if now >= self._next or event.type == ev.RUN_FINISHED:
                 self._live.update(self.render(state), refresh=True)
+                done = time.monotonic()
+                # at most 10 redraws a second, and at most a tenth of the time (a table of a
+                # large plan takes milliseconds to draw)
+                self._next = done + max(0.1, 10 * (done - now))
             return
         line = self.line(event, state)
-        if line:
-            self.console.print(line, highlight=False)
+        if line:  # plain text, written as is: not a terminal (no colours), one line per fact
+            self.console.file.write(line + "\n")
 
     def line(self, event: Event, state: engine.RunState) -> str | None:
-        sid = escape(event.step or "")
+        """The line a fact makes, as plain text (printed when the output is not a terminal)."""
+        sid = event.step or ""
         data = event.data
         if event.type == ev.RUN_STARTED:
             steps = _plural(len(state.steps), "step")
-            return f"run [bold]{event.run_id}[/bold]: {escape(self.workflow.name)}, {steps}"
+            return f"run {event.run_id}: {self.workflow.name}, {steps}"
         if event.type == ev.RUN_QUEUED:
-            key, limit = escape(str(data.get("key"))), int(data.get("limit") or 1)
+            key, limit = data.get("key"), int(data.get("limit") or 1)
             runs = "1 run" if limit == 1 else f"{limit} runs"
             return f"  ⏸ queued: {runs} of key {key} may run at once; waiting for a slot"
         if event.type == ev.RUN_ADMITTED:
@@ -89,7 +107,7 @@ class Progress:
                 f" (attempt {event.attempt})" if (event.attempt or 1) > 1 else ""
             )
         if event.type == ev.ATTEMPT_FINISHED and data.get("retry_in") is not None:
-            msg = escape((data.get("error") or {}).get("message", ""))
+            msg = (data.get("error") or {}).get("message", "")
             wait = _secs(data["retry_in"])
             return f"  ↻ {sid} attempt {event.attempt} {data['status']}: {msg} (retry in {wait})"
         if event.type == ev.STEP_FINISHED:
@@ -98,23 +116,22 @@ class Progress:
             took = engine_duration(step)
             if step.reused:
                 return f"  ↺ {sid}  reused from run {step.reused.get('run_id')}"
-            why = f" ({escape(step.reason)})" if step.reason else ""
+            why = f" ({step.reason})" if step.reason else ""
             tail = {
                 engine.SUCCEEDED: f"{_plural(n, 'attempt')}, {took}",
                 engine.FAILED: f"failed after {_plural(n, 'attempt')}: "
-                + escape((step.error or {}).get("message", ""))
+                + (step.error or {}).get("message", "")
                 + why,
-                engine.SKIPPED: f"skipped: {escape(step.reason or '')}",
+                engine.SKIPPED: f"skipped: {step.reason or ''}",
                 engine.CANCELLED: "cancelled",
             }.get(step.status, step.status)
-            return f"  {ICONS.get(step.status, '?')} {sid}  {tail}"
+            return f"  {PLAIN_ICONS.get(step.status, '?')} {sid}  {tail}"
         return None
 
     def _uses(self, sid: str) -> str:
-        try:
-            return self.workflow.step(sid).uses
-        except KeyError:  # a step a revised plan added
-            return ""
+        if self._tools[0] is not self.workflow:  # the plan was revised: its steps' tools
+            self._tools = (self.workflow, {s.id: s.uses for s in self.workflow.steps})
+        return self._tools[1].get(sid, "")
 
     def render(self, state: engine.RunState) -> Table:
         counts: dict[str, int] = {}
@@ -129,9 +146,9 @@ class Progress:
         steps = list(state.steps.values())
         if len(steps) > MAX_ROWS:  # big plans: what is running, then what failed, then the latest
             order = {engine.RUNNING: 0, engine.RETRYING: 0, engine.FAILED: 1, engine.SCHEDULED: 2}
-            steps = sorted(steps, key=lambda s: (order.get(s.status, 3), -(s.finished_at or 0)))[
-                :MAX_ROWS
-            ]
+            steps = heapq.nsmallest(
+                MAX_ROWS, steps, key=lambda s: (order.get(s.status, 3), -(s.finished_at or 0))
+            )
         for s in steps:
             table.add_row(
                 ICONS.get(s.status, "?"),

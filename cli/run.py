@@ -138,7 +138,7 @@ def _execute(
     from dagwright.executors.engine import outcome
     from dagwright.executors.lifecycle import fold_run
     from dagwright.executors.local import LocalExecutor
-    from dagwright.executors.summary import run_summary
+    from dagwright.executors.summary import RunHead, StartedRun, run_summary
 
     store = _store(db)
     progress = Progress(wf, enabled=not as_json, live=out.is_terminal, console=out)
@@ -181,11 +181,13 @@ def _execute(
             state = result.state
         except KeyboardInterrupt:
             interrupted = True
+    head: RunHead
     if state is None:  # interrupted: fold what was recorded
-        record, state = fold_run(store, run_id)
-    else:  # the executor's own final state: no second read and fold of the trace
-        record = store.get_run(run_id)
-    summary = _redacted(run_summary(record, state, store.location()))  # state: in memory
+        head, state = fold_run(store, run_id)
+    else:  # the executor's own final state: no read of the record or the trace back
+        head = StartedRun(run_id, wf.name, state.inputs, executor_name, lineage)
+    # the steps only for --json: the lines printed after a run cost the same for any plan
+    summary = _redacted(run_summary(head, state, store.location(), steps=as_json))
     output = output or Output()
     if as_json:
         if output.file is not None and summary["status"] == outcome.SUCCEEDED:

@@ -4,13 +4,14 @@ timings, errors, output, lineage), built from its record and its folded state. T
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from dagwright.executors import engine
 from dagwright.executors.engine.events import Event
 from dagwright.executors.engine.lineage import parent_state
-from dagwright.executors.store.base import RunRecord
+from dagwright.executors.store.base import RunRecord, lineage_fields
 from dagwright.planner.plan import Plan
 
 
@@ -104,12 +105,57 @@ def run_item(record: RunRecord, status: str, finished_at: float | None) -> dict[
     }
 
 
+class RunHead(Protocol):
+    """What a summary says of a run besides its state: a ``RunRecord``, or what the driver that
+    started the run knows of it (no read of the record back)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def workflow_name(self) -> str: ...
+    @property
+    def inputs(self) -> dict[str, Any]: ...
+    @property
+    def executor(self) -> str: ...
+    def lineage(self) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """A ``RunHead`` from what the driver started the run with."""
+
+    run_id: str
+    workflow_name: str
+    inputs: dict[str, Any]
+    executor: str
+    lineage_: dict[str, Any] | None = None
+
+    def lineage(self) -> dict[str, Any] | None:
+        return lineage_of(self.lineage_)
+
+
+def lineage_of(lineage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A derived run's lineage as its record shows it (``RunRecord.lineage``)."""
+    fields = lineage_fields(lineage)
+    if fields["parent_run_id"] is None:
+        return None
+    return {"parent": fields["parent_run_id"], "mode": fields["mode"],
+            "from_steps": fields["from_steps"]}  # fmt: skip
+
+
 def run_summary(
-    record: RunRecord, state: engine.RunState, trace: str, *, detail: bool = False
+    record: RunHead,
+    state: engine.RunState,
+    trace: str,
+    *,
+    detail: bool = False,
+    steps: bool = True,
 ) -> dict[str, Any]:
     """The run as ``run --json`` prints it; ``detail``: as ``show --json`` and the API's
     ``GET /v1/runs/{id}`` do, each step's attempts too, and the plan in force at the end
-    (``plan``, a workflow as data; ``plan_revisions``: how often it was revised)."""
+    (``plan``, a workflow as data; ``plan_revisions``: how often it was revised).
+    ``steps=False`` leaves out the steps (``steps: None``): the CLI's lines after a run, which
+    cost the same for a plan of any size."""
     return {
         "run_id": record.run_id,
         "workflow": record.workflow_name,
@@ -123,7 +169,11 @@ def run_summary(
         "started_at": iso(state.started_at),
         "finished_at": iso(state.finished_at),
         "duration": duration(state.started_at, state.finished_at),
-        "steps": {sid: step_summary(s, detail=detail) for sid, s in state.steps.items()},
+        "steps": (
+            {sid: step_summary(s, detail=detail) for sid, s in state.steps.items()}
+            if steps
+            else None
+        ),
         "trace": trace,
     } | (
         {"plan": state.current_plan.workflow.to_data(), "plan_revisions": state.revisions}
@@ -133,6 +183,9 @@ def run_summary(
 
 
 __all__ = [
+    "RunHead",
+    "StartedRun",
+    "lineage_of",
     "duration",
     "event_item",
     "failed_optional",
