@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
@@ -49,8 +50,9 @@ class Settings(BaseSettings):
     store, ``.dagwright/indexes``)."""
     tools: tuple[str, ...] = ()
     """DAGWRIGHT_TOOLS: modules of user tools loaded for every workflow (comma-separated)."""
-    max_parallel: PositiveInt = 8
-    """DAGWRIGHT_MAX_PARALLEL: attempts the local executor runs at once."""
+    max_parallel: PositiveInt | None = None
+    """DAGWRIGHT_MAX_PARALLEL: attempts the local executor runs at once; unset: up to 128, of
+    which up to 32 of plain-function tools (each holds a thread; async tools hold none)."""
     broker: str = DEFAULT_BROKER
     """DAGWRIGHT_BROKER: the Celery broker (Redis)."""
     heartbeat: PositiveSeconds = 5.0
@@ -280,10 +282,18 @@ def _explain(exc: ValidationError, fields: Mapping[str, FieldInfo]) -> str:
 
 
 def _expected(field: FieldInfo) -> str | None:
-    kind = "integer" if field.annotation is int else "number" if field.annotation is float else None
+    annotation, metadata = field.annotation, list(field.metadata)
+    inner = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(inner) == 1:  # X | None: unset
+        annotation = inner[0]
+        if get_origin(annotation) is Annotated:
+            annotation, *extra = get_args(annotation)
+            for m in extra:  # Field(gt=0) keeps its constraints in its metadata
+                metadata += [m, *getattr(m, "metadata", [])]
+    kind = "integer" if annotation is int else "number" if annotation is float else None
     if kind is None:
         return None
-    if any(getattr(m, "gt", None) == 0 for m in field.metadata):
+    if any(getattr(m, "gt", None) == 0 for m in metadata):
         return f"a positive {kind}"
     return f"an {kind}" if kind == "integer" else f"a {kind}"
 

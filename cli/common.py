@@ -59,7 +59,9 @@ MaxParallelOption = Annotated[
     typer.Option(
         "--max-parallel",
         min=1,
-        help="Local executor: steps running at once [env: DAGWRIGHT_MAX_PARALLEL; default: 8].",
+        help="Local executor: attempts running at once [env: DAGWRIGHT_MAX_PARALLEL; default: "
+        "up to 128, of which up to 32 of plain-function tools, which each hold a thread; async "
+        "tools hold none].",
         show_default=False,
     ),
 ]

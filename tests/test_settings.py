@@ -22,7 +22,7 @@ def test_defaults() -> None:
     s = Settings.from_env({})
     assert s == Settings()
     assert (s.db, s.broker, s.tools) == (DEFAULT_DB, DEFAULT_BROKER, ())
-    assert (s.max_parallel, s.heartbeat, s.sweep_interval) == (8, 5.0, 5.0)
+    assert (s.max_parallel, s.heartbeat, s.sweep_interval) == (None, 5.0, 5.0)
     assert (s.redispatch_after, s.visibility_timeout) == (60.0, 3600.0)
     assert (s.model, s.model_cache, s.model_base_url, s.model_api_key, s.model_seed) == (
         "", "", "", "", 0,
@@ -50,7 +50,7 @@ def test_each_kind_of_value_is_parsed() -> None:
 
 def test_an_empty_value_means_the_default() -> None:
     s = Settings.from_env({"DAGWRIGHT_DB": "", "DAGWRIGHT_MAX_PARALLEL": "", "DAGWRIGHT_TOOLS": ""})
-    assert (s.db, s.max_parallel, s.tools) == (DEFAULT_DB, 8, ())
+    assert (s.db, s.max_parallel, s.tools) == (DEFAULT_DB, None, ())
 
 
 def test_settings_are_frozen() -> None:
