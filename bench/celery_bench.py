@@ -1,9 +1,13 @@
 """dagwright's Celery executor vs raw Celery: per-step overhead, makespan, throughput.
 
-Run from the repository root, with Redis on 127.0.0.1:6379::
+Run from the repository root, with a Redis server::
 
     .venv/bin/python bench/celery_bench.py            # full run (1-2 minutes on 2 cores)
     .venv/bin/python bench/celery_bench.py --quick    # smaller sizes, a smoke check
+    .venv/bin/python bench/celery_bench.py --redis redis://127.0.0.1:6380
+
+The Redis server is ``--redis`` (default: the server of the settings' broker, DAGWRIGHT_BROKER,
+``redis://127.0.0.1:6379`` when unset); the benchmark uses two databases of it (below).
 
 The benchmark starts its own workers as subprocesses and stops them at the end (also on errors):
 
@@ -63,6 +67,7 @@ from datetime import date
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -70,7 +75,15 @@ sys.path.insert(0, str(BENCH))
 
 from dag_bench import Workload, chain, dagwright_workflow, fan, layered  # noqa: E402
 
-REDIS = "redis://127.0.0.1:6379"
+REDIS = "redis://127.0.0.1:6379"  # set by main(): --redis, else the settings' broker's server
+
+
+def redis_server(url: str) -> str:
+    """``url`` without its database number (``redis://host:port/0`` -> ``redis://host:port``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise SystemExit(f"--redis {url!r}: give a redis:// or rediss:// URL")
+    return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
 TARGET_OVERHEAD_RATIO = 1.5  # dagwright ms/step <= 1.5 x raw Celery (no-op chain)
 TARGET_RATIO = 1.15  # makespan <= 1.15 x critical path on random DAGs
 RUN_TIMEOUT = 120.0
@@ -499,6 +512,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke check")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (median)")
+    parser.add_argument(
+        "--redis",
+        default=None,
+        help="the Redis server (default: the server of DAGWRIGHT_BROKER, from the settings)",
+    )
     parser.add_argument("--redis-db", type=int, default=13, help="Redis db for dagwright (flushed)")
     parser.add_argument(
         "--raw-redis-db", type=int, default=12, help="Redis db for raw Celery (flushed)"
@@ -516,7 +534,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global REDIS
     args = parse_args(argv)
+    from dagwright.settings import Settings
+
+    REDIS = redis_server(args.redis or Settings.from_env().broker)
     repeats = args.repeats or (2 if args.quick else 3)
     chain_repeats = args.repeats or (2 if args.quick else 5)
 
