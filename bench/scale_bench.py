@@ -19,7 +19,7 @@ process: wall time, CPU time (user + system, of the process alone: steadier than
 shared machine), and peak memory (max RSS). From the run's trace: its **span** (``run_started``
 to ``run_finished``: the executor's own work) and **ms/step** = span / N. **after** = from
 ``run_finished`` to the process's exit (the CLI's own cost after a run: it should not grow with
-the trace). **cpu ms/step** = (CPU time of the run - CPU time of the same command on a 1-step
+the trace). Peak memory comes from GNU time (``/usr/bin/time``; 0 without it). **cpu ms/step** = (CPU time of the run - CPU time of the same command on a 1-step
 plan) / N: the per-step CPU cost, steadier than wall time on a shared machine. **KiB/step** = (peak RSS - the peak RSS of the same command on a 1-step plan) / N.
 
 The **growth exponent** of a series is the least-squares slope of log(time) against log(N): 1.0
@@ -85,18 +85,30 @@ class Proc:
     ended_at: float  # time.time() when the process had exited
 
 
+TIME = shutil.which("time", path="/usr/bin:/bin")
+"""GNU time, to read a command's peak memory: ``ru_maxrss`` of a child that Python started
+counts the memory of the (large) parent it was forked from."""
+
+
 def measure(argv: list[str], env: dict[str, str]) -> Proc:
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    ended = time.time()
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{stderr[-3000:]}")
-    return Proc(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, ended)
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        wrapped = [TIME, "-f", "%U %S %M", "-o", report.name, *argv] if TIME else argv
+        start = time.perf_counter()
+        proc = subprocess.Popen(wrapped, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        ended = time.time()
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{stderr[-3000:]}")
+        if TIME:
+            user, system, rss = report.read().split()[-3:]
+            return Proc(wall, float(user) + float(system), int(rss), ended)
+    return Proc(wall, usage.ru_utime + usage.ru_stime, 0, ended)
 
 
 @contextmanager

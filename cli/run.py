@@ -3,6 +3,7 @@ a run derived from a recorded one) on the local executor or on Celery workers.""
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from collections.abc import Iterator
@@ -142,6 +143,10 @@ def _execute(
 
     store = _store(db)
     progress = Progress(wf, enabled=not as_json, live=out.is_terminal, console=out)
+    # What this process made so far (the modules, the workflow, its parse) lives until it
+    # exits: the collector need not walk it again at each full collection during the run (a
+    # 50,000-step plan: ~15 % of a run's CPU time).
+    gc.freeze()
     derived: dict[str, Any] = {"reused": reused, "lineage": lineage}
     interrupted = False
     state: RunState | None = None
