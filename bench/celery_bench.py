@@ -84,6 +84,8 @@ def redis_server(url: str) -> str:
     if parts.scheme not in ("redis", "rediss"):
         raise SystemExit(f"--redis {url!r}: give a redis:// or rediss:// URL")
     return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
+
+
 TARGET_OVERHEAD_RATIO = 1.5  # dagwright ms/step <= 1.5 x raw Celery (no-op chain)
 TARGET_RATIO = 1.15  # makespan <= 1.15 x critical path on random DAGs
 RUN_TIMEOUT = 120.0

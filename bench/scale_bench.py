@@ -62,14 +62,22 @@ GOAL_VALIDATE = {10_000: 1.0, 50_000: 5.0}  # seconds
 def workflow(shape: str, n: int) -> dict[str, object]:
     if shape == "chain":
         steps = [
-            {"id": f"s{i}", "uses": "echo", "with": {"i": i}, **({"needs": [f"s{i - 1}"]} if i else {})}
+            {
+                "id": f"s{i}",
+                "uses": "echo",
+                "with": {"i": i},
+                **({"needs": [f"s{i - 1}"]} if i else {}),
+            }
             for i in range(n)
         ]
     elif shape == "wide":
         mids = [f"m{i}" for i in range(max(0, n - 2))]
         steps = [
             {"id": "root", "uses": "echo", "with": {"i": 0}},
-            *({"id": m, "uses": "echo", "with": {"i": i}, "needs": ["root"]} for i, m in enumerate(mids)),
+            *(
+                {"id": m, "uses": "echo", "with": {"i": i}, "needs": ["root"]}
+                for i, m in enumerate(mids)
+            ),
             {"id": "sink", "uses": "echo", "with": {"i": n}, "needs": mids},
         ][:n]
     else:
@@ -225,8 +233,11 @@ def main() -> int:
                     walls.append(p.wall)
                     per = (p.rss_kib - base.rss_kib) / n
                     goal = GOAL_VALIDATE.get(n)
-                    verdict = "" if goal is None else f"  goal < {goal:g} s: " + (
-                        "met" if p.wall < goal else "MISSED")
+                    verdict = (
+                        ""
+                        if goal is None
+                        else f"  goal < {goal:g} s: " + ("met" if p.wall < goal else "MISSED")
+                    )
                     print(f"{shape}-{n:<6} {p.wall:>7.2f} {p.cpu:>7.2f} "
                           f"{p.rss_kib / 1024:>9.1f} {per:>9.2f}{verdict}")  # fmt: skip
                 if len(sizes) > 1:
