@@ -34,6 +34,9 @@ out = Console(soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
+RAN_A_RUN = False
+"""Set once a command has run a workflow and reported it: the console script then exits
+without freeing the run's objects one by one (``cli.main.main``)."""
 
 DbOption = Annotated[
     str | None,

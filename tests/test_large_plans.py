@@ -5,7 +5,10 @@ bench/scale_bench.py; these tests assert what is computed, and by which path."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -147,3 +150,41 @@ def test_a_cycle_is_still_refused_when_planning() -> None:
     )
     with pytest.raises(ValueError, match="cycle"):
         Plan.from_workflow(wf)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_after_a_local_run_the_cli_reads_nothing_back(
+    as_json: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary comes from the executor's state and what started the run: no read of the
+    run's record or its events (whose cost grew with the trace); the lines printed without
+    --json do not list the steps."""
+    from typer.testing import CliRunner
+
+    from dagwright.cli.main import app
+    from dagwright.executors.store.sql import SqlTraceStore
+
+    reads: list[str] = []
+    for name in ("events", "get_run", "list_runs"):
+        original = getattr(SqlTraceStore, name)
+
+        def counted(self: Any, *a: Any, _name: str = name, _f: Any = original, **k: Any) -> Any:
+            reads.append(_name)
+            return _f(self, *a, **k)
+
+        monkeypatch.setattr(SqlTraceStore, name, counted)
+    for key in [k for k in os.environ if k.startswith("DAGWRIGHT_")]:
+        monkeypatch.delenv(key)
+    lines = [f"  - {{id: s{i}, uses: echo, with: {{i: {i}}}}}" for i in range(30)]
+    lines = [ln[:-1] + (f", needs: [s{i - 1}]}}" if i else "}") for i, ln in enumerate(lines)]
+    steps = "".join(ln + "\n" for ln in lines)
+    (tmp_path / "wf.yaml").write_text("name: thirty\nsteps:\n" + steps)
+    args = ["run", str(tmp_path / "wf.yaml"), "--db", str(tmp_path / "t.db")]
+    result = CliRunner().invoke(app, args + (["--json"] if as_json else []))
+    assert result.exit_code == 0, result.output
+    assert reads == []
+    if as_json:
+        summary = json.loads(result.stdout)
+        assert summary["status"] == "succeeded" and len(summary["steps"]) == 30
+    else:
+        assert "succeeded" in result.stdout and "s29  1 attempt" in result.stdout
