@@ -73,6 +73,17 @@ def test_the_direct_reading_gives_pyyamls_data_and_lines(
     assert (data, lines) == (general_data, general_lines)
 
 
+@pytest.mark.parametrize("case", list(DOCUMENTS) + list(GENERAL_ONLY))
+def test_without_libyaml_the_pure_python_loader_reads_the_same(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = {**DOCUMENTS, **GENERAL_ONLY}[case]
+    fast = yaml_doc.parse_yaml(text, "wf.yaml", Limits())
+    monkeypatch.setattr(yaml_doc, "_CLoader", None)  # PyYAML built without libyaml
+    slow = yaml_doc.parse_yaml(text, "wf.yaml", Limits())
+    assert (fast[0], fast[1].lines) == (slow[0], slow[1].lines)
+
+
 def test_a_plain_workflow_needs_neither_the_pure_python_loader_nor_the_constructor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
