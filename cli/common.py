@@ -34,9 +34,10 @@ out = Console(soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, soft_wrap=True, width=_WIDTH)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
-RAN_A_RUN = False
-"""Set once a command has run a workflow and reported it: the console script then exits
-without freeing the run's objects one by one (``cli.main.main``)."""
+EXIT_AT_ONCE = False
+"""Set once a command has written its result while the process holds a parsed workflow (a run's
+plan and state, a validated file): the console script then ends the process at once rather
+than free those objects one by one (``cli.main.console``)."""
 
 DbOption = Annotated[
     str | None,

@@ -195,7 +195,7 @@ def _execute(
     # the steps only for --json: the lines printed after a run cost the same for any plan
     summary = _redacted(run_summary(head, state, store.location(), steps=as_json))
     output = output or Output()
-    common.RAN_A_RUN = True
+    common.EXIT_AT_ONCE = True
     if as_json:
         if output.file is not None and summary["status"] == outcome.SUCCEEDED:
             err.print(f"output: {output.write(summary['output'])}")  # stdout is the JSON

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from dagwright.cli import common
 from dagwright.cli.common import InputOption, JsonOption, _invalid, _json, _prepare, out
 from dagwright.errors import PlanError
 
@@ -24,6 +25,7 @@ def validate_cmd(
         wf, registry, _ = _prepare(file, inputs, inputs_required=bool(inputs))
     except PlanError as exc:
         _invalid(exc, as_json, valid=False)
+    common.EXIT_AT_ONCE = True  # the parsed file is kept (prepare's cache) until the end
     if as_json:
         _json({"valid": True, "errors": [], "steps": len(wf.steps)})
         return
