@@ -89,9 +89,13 @@ def console() -> None:
     except SystemExit as exc:
         if not common.EXIT_AT_ONCE:
             raise
+        code = exc.code
+        if code is not None and not isinstance(code, int):  # sys.exit("message")
+            print(code, file=sys.stderr)
+            code = 1
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(exc.code if isinstance(exc.code, int) else 1)
+        os._exit(code or 0)
 
 
 __all__ = ["app", "console", "main"]
