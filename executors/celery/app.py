@@ -12,6 +12,7 @@ to send, wait and cancel. Every worker and client must use the same trace store
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -249,6 +250,9 @@ class Runtime:
             run_step(self.registry.get("echo"), step, {}, ToolContext("", "warm_up", 1), {})
         except Exception:  # noqa: BLE001 - warming up is an optimisation; tasks report errors
             log.exception("warm-up failed")
+        # what the process holds by now lives as long as it: full collections skip it (they
+        # walked every imported library's objects, for a pause per collection)
+        gc.freeze()
 
     def _start_sweeper(self, sender: Any = None, **_: Any) -> None:
         if sender is not None and getattr(sender, "app", self.app) is not self.app:
