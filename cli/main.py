@@ -1,10 +1,10 @@
 """The ``dagwright`` command line (Typer + Rich): the app, its commands, and ``main()``.
 
-One module per verb group: ``validate``, ``run`` (run, resume, fork), ``replay``, ``show``
-(show, trace, runs, diff), ``plan``, ``workers`` (worker, cancel), ``tools``, ``serve``,
-``remote`` (submit, status, follow), ``index`` (index build, list, query); what they share is in ``common``. Commands import
-executors, stores, the planner and model clients inside their bodies, so building the command
-line (and ``--help``) loads none of them.
+One module per verb group: ``validate``, ``run`` (run, resume, fork), ``replay``,
+``show`` (show, trace), ``runs`` (runs, diff), ``plan``, ``workers`` (worker, cancel), ``tools``,
+``serve``, ``remote`` (submit, status, follow), ``index`` (index build, list, query); what they
+share is in ``common``. Commands import executors, stores, the planner and model clients inside
+their bodies, so building the command line (and ``--help``) loads none of them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dagwright.cli import (
     remote,
     replay,
     run,
+    runs,
     serve,
     show,
     tools,
@@ -49,8 +50,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "resume": run.resume_cmd,
     "fork": run.fork_cmd,
     "replay": replay.replay_cmd,
-    "diff": show.diff_cmd,
-    "runs": show.runs_cmd,
+    "diff": runs.diff_cmd,
+    "runs": runs.runs_cmd,
     "show": show.show_cmd,
     "trace": show.trace_cmd,
     "plan": plan.plan_cmd,

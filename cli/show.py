@@ -1,28 +1,28 @@
-"""Looking at recorded runs: ``dagwright show``, ``trace``, ``runs`` and ``diff``."""
+"""Looking at one recorded run: ``dagwright show`` (its steps, attempts, errors, exchanges and
+output; its plan with --workflow, its model calls with --calls) and ``trace`` (every event).
+
+Its parts: ``run_view`` (show --workflow and --calls), ``team_view`` (an ``agents.team`` step's
+exchange in show and trace); ``runs`` and ``diff``, which look across runs, are in ``runs``.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
-from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from dagwright.cli.common import (
-    EXIT_INVALID,
     DbOption,
     JsonOption,
     _db_flag,
-    _die,
     _error_text,
     _json,
-    _plural,
     _secs,
     _settings,
     _status_text,
@@ -31,6 +31,7 @@ from dagwright.cli.common import (
     out,
 )
 from dagwright.cli.ending import Output, OutputFileOption, OutputModeOption
+from dagwright.cli.team_view import print_exchanges, team_bits
 
 
 def show_cmd(
@@ -118,7 +119,7 @@ def _print_run(
         )
     _print_steps(state, summary)
     _print_revisions_and_calls(events, record.workflow)
-    _print_exchanges(events)
+    print_exchanges(events)
     for sid, step in summary["steps"].items():
         details = step["attempt_details"]
         for i, attempt in enumerate(details):
@@ -203,56 +204,6 @@ def _print_revisions_and_calls(events: list[Any], workflow: dict[str, Any] | Non
         out.print(f"\nmodel calls: {len(calls)} ({hits} from the cache, {failed} with an error)")
 
 
-def _print_exchanges(events: list[Any]) -> None:
-    """Each ``agents.team`` attempt's exchange, message by message: turn, agent, kind,
-    tokens (prompt → completion), text (a long one clipped)."""
-    from dagwright.executors.engine import events as ev
-
-    exchanges: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    counts: dict[tuple[str, int, str], int] = {}
-    for e in events:
-        if e.step is None or e.attempt is None:
-            continue
-        if e.type == ev.AGENT_MESSAGE:
-            exchanges.setdefault((e.step, e.attempt), []).append(e.data)
-        elif e.type in (ev.MODEL_CALL, ev.TOOL_CALL) and e.data.get("agent") is not None:
-            key = (e.step, e.attempt, e.type)
-            counts[key] = counts.get(key, 0) + 1
-    for (sid, attempt), said in exchanges.items():
-        tokens = [m.get("tokens") or {} for m in said]
-        prompt = sum(t.get("prompt", 0) for t in tokens)
-        completion = sum(t.get("completion", 0) for t in tokens)
-        turns = max((m.get("turn") or 0 for m in said), default=0)
-        out.print(
-            f"\n[bold]{escape(sid)}[/bold] attempt {attempt}: exchange of "
-            f"{_plural(turns, 'turn')}, "
-            f"{_plural(counts.get((sid, attempt, ev.MODEL_CALL), 0), 'model call')}, "
-            f"{_plural(counts.get((sid, attempt, ev.TOOL_CALL), 0), 'tool call')}, "
-            f"{prompt} → {completion} tokens"
-        )
-        table = Table(box=None, header_style="bold", padding=(0, 1))
-        for col in ("turn", "agent", "kind", "tokens"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("text", overflow="fold")
-        for m in said:
-            t = m.get("tokens")
-            table.add_row(
-                str(m.get("turn")),
-                escape(str(m.get("agent"))),
-                str(m.get("kind")),
-                f"{t.get('prompt', 0)} → {t.get('completion', 0)}" if t else "",
-                escape(_clipped(str(m.get("text", "")))),
-            )
-        out.print(table)
-
-
-def _clipped(text: str, limit: int = 400) -> str:
-    """A long message (a task carrying passages) as its start; the trace holds all of it."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text) - limit} more characters: dagwright trace --json)"
-
-
 def _print_failed_attempt(
     sid: str, a: dict[str, Any], retried: bool, reason: str | None = None
 ) -> None:
@@ -321,7 +272,7 @@ def _trace_line(e: Any, t0: float) -> list[str]:
         bits += [str(data.get("purpose") or ""), str(data.get("model_id") or data.get("model"))]
         bits += ["cache hit"] if data.get("cache_hit") else []
         bits += [f"error: {str(data['error'])[:120]}"] if data.get("error") else []
-    bits += _team_bits(e)
+    bits += team_bits(e)
     if e.type == ev.REPLAY_DIVERGED:
         bits.append(str(data.get("message", "")))
     if e.type == ev.PLAN_REVISED:
@@ -331,166 +282,4 @@ def _trace_line(e: Any, t0: float) -> list[str]:
     return bits
 
 
-def _team_bits(e: Any) -> list[str]:
-    """An ``agents.team`` step's events: who said or called what, at which turn."""
-    from dagwright.executors.engine import events as ev
-
-    data, bits = e.data, []
-    if e.type in (ev.MODEL_CALL, ev.TOOL_CALL) and data.get("agent") is not None:
-        bits.append(f"agent {data['agent']} turn {data.get('turn')}")
-    if e.type == ev.TOOL_CALL:
-        args = json.dumps(data.get("arguments"), ensure_ascii=False)[:80]
-        bits.append(f"{data.get('tool')}({args})")
-        bits += [f"error: {str(data['error'])[:120]}"] if data.get("error") else []
-    if e.type == ev.AGENT_MESSAGE:
-        bits += [f"turn {data.get('turn')}", str(data.get("agent")), str(data.get("kind"))]
-        bits.append(str(data.get("text", "")).replace("\n", " ")[:120])
-    return bits
-
-
-def runs_cmd(
-    status: Annotated[
-        str | None,
-        typer.Option(
-            "--status",
-            help="Only runs with this status: queued, running, succeeded, failed, cancelled, "
-            "abandoned (a local run whose process is gone).",
-        ),
-    ] = None,
-    limit: Annotated[
-        int, typer.Option("--limit", "-n", min=1, help="How many, newest first.")
-    ] = 20,
-    show_all: Annotated[
-        bool,
-        typer.Option("--all", "-a", help="Replays too (`dagwright replay` records each as a run)."),
-    ] = False,
-    as_json: JsonOption = False,
-    db: DbOption = None,
-) -> None:
-    """List recent runs, newest first (replays only with --all)."""
-    from dagwright.executors.engine.outcome import RUN_STATUSES
-    from dagwright.executors.summary import run_item
-
-    if status is not None and status not in RUN_STATUSES:
-        words = f"{', '.join(RUN_STATUSES[:-1])} or {RUN_STATUSES[-1]}"
-        _die(f"--status {status!r}: use {words}", EXIT_INVALID)
-    store = _store(db, create=False)
-    runs, hidden = _listed(store, status, limit, show_all)
-    if as_json:
-        _json([run_item(r.record, r.status, r.finished_at) for r in runs])
-        return
-    if not runs:
-        out.print(
-            f"no runs{f' with status {status}' if status else ''} in {escape(store.location())}"
-            + (f" ({_plural(hidden, 'replay')} hidden: --all shows them)" if hidden else "")
-        )
-        return
-    table = Table(box=None, header_style="bold")
-    derived = any(r.record.parent_run_id for r in runs)
-    for col in ("run id", "workflow", "status", "started", "duration"):
-        table.add_column(col)
-    if derived:
-        table.add_column("lineage")
-    for r in runs:
-        item = run_item(r.record, r.status, r.finished_at)
-        row: list[RenderableType | None] = [
-            r.record.run_id,
-            escape(r.record.workflow_name),
-            _status_text(r.status),
-            item["started_at"],
-            _secs(item["duration"]),
-        ]
-        if derived:
-            parent = r.record.parent_run_id
-            row.append(f"{r.record.mode} of {parent[:12]}" if parent else "")
-        table.add_row(*row)
-    out.print(table)
-    if hidden:
-        out.print(f"[dim]{_plural(hidden, 'replay')} hidden: --all shows them[/dim]")
-
-
-def _listed(store: Any, status: str | None, limit: int, show_all: bool) -> tuple[list[Any], int]:
-    """Up to ``limit`` runs with ``status`` (as they are seen now: ``abandoned`` is a running
-    local run whose lease lapsed), newest first; replays left out unless ``show_all``. Also how
-    many replays were left out on the way."""
-    from dagwright.executors.engine import outcome
-    from dagwright.executors.engine.lineage import REPLAY
-    from dagwright.executors.lifecycle import seen_status
-
-    now, heartbeat = time.time(), _settings().heartbeat
-    wanted = outcome.RUNNING if status == outcome.ABANDONED else status
-    shown: list[Any] = []
-    hidden = 0
-    after = None
-    while len(shown) < limit:
-        page = store.list_runs(status=wanted, limit=limit, after=after)
-        for r in page:
-            if r.record.mode == REPLAY and not show_all:
-                hidden += 1
-                continue
-            r = replace(r, status=seen_status(store, r.record, r.status, now, heartbeat))
-            if status is None or r.status == status:
-                shown.append(r)
-                if len(shown) == limit:
-                    break
-        if len(page) < limit:
-            break
-        after = (page[-1].record.created_at, page[-1].record.run_id)
-    return shown, hidden
-
-
-def diff_cmd(
-    run_a: Annotated[str, typer.Argument(help="A run id (or unique prefix).")],
-    run_b: Annotated[str, typer.Argument(help="Another run id (or unique prefix).")],
-    as_json: JsonOption = False,
-    db: DbOption = None,
-) -> None:
-    """Compare two runs step by step: what differs in status, attempts, inputs and outputs.
-
-    Useful on a run and its resume, fork or replay. A reused step is compared by the inputs and
-    output it carries."""
-    from dagwright.executors.engine.lineage import compare_runs
-    from dagwright.executors.summary import state_of
-
-    store = _store(db, create=False)
-    states = []
-    for rid in (run_a, run_b):
-        record = store.get_run(rid)
-        states.append(state_of(record, store.events(record.run_id))[1])
-    store.close()
-    result = compare_runs(states[0], states[1])
-    if as_json:
-        _json(result)
-        return
-    out.print(f"--- run {result['a']}\n+++ run {result['b']}", highlight=False)
-    for name, values in result["run"].items():
-        out.print(f"[bold]run {name}[/bold]")
-        _print_values_diff(values["a"], values["b"])
-    for sid, step in result["steps"].items():
-        out.print(f"[bold]step {escape(sid)}[/bold]: differs in {', '.join(step['differs'])}")
-        a, b = step["a"] or {}, step["b"] or {}
-        for name in step["differs"]:
-            if name == "presence":
-                out.print(f"  only in run {result['a'] if step['a'] else result['b']}")
-            else:
-                out.print(f"  {name}:")
-                _print_values_diff(a.get(name), b.get(name), indent="    ")
-    same = result["identical"]
-    out.print(
-        f"{_plural(len(same), 'step')} identical"
-        + (f": {escape(', '.join(same))}" if same else ""),
-        highlight=False,
-    )
-
-
-def _print_values_diff(a: Any, b: Any, indent: str = "  ") -> None:
-    from dagwright.executors.replay import diff_text
-
-    lines = [x for x in diff_text(a, b).splitlines()[2:] if not x.startswith("@@")]
-    for line in lines:
-        style = "red" if line.startswith("-") else "green" if line.startswith("+") else ""
-        text = escape(indent + line)
-        out.print(f"[{style}]{text}[/{style}]" if style else text, highlight=False)
-
-
-__all__ = ["diff_cmd", "runs_cmd", "show_cmd", "trace_cmd"]
+__all__ = ["show_cmd", "trace_cmd"]
