@@ -1,6 +1,6 @@
 """The ``dagwright`` command line (Typer + Rich): the app, its commands, and ``main()``.
 
-One module per verb group: ``validate``, ``run`` (run, resume, fork), ``replay``,
+One module per verb group: ``validate``, ``run``, ``derived`` (resume, fork), ``replay``,
 ``show`` (show, trace), ``runs`` (runs, diff), ``plan``, ``workers`` (worker, cancel), ``tools``,
 ``serve``, ``remote`` (submit, status, follow), ``index`` (index build, list, query); what they
 share is in ``common``. Commands import executors, stores, the planner and model clients inside
@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from dagwright.cli import (
     common,
+    derived,
     index,
     plan,
     remote,
@@ -47,8 +48,8 @@ app = typer.Typer(
 COMMANDS: dict[str, Callable[..., None]] = {
     "validate": validate.validate_cmd,
     "run": run.run_cmd,
-    "resume": run.resume_cmd,
-    "fork": run.fork_cmd,
+    "resume": derived.resume_cmd,
+    "fork": derived.fork_cmd,
     "replay": replay.replay_cmd,
     "diff": runs.diff_cmd,
     "runs": runs.runs_cmd,
