@@ -133,6 +133,15 @@ def submit_call(
     return Call("POST", "/v1/runs", body=body, headers=headers)
 
 
+When = float | datetime | str | None
+"""A time for ``list``: Unix seconds, a datetime, or ISO 8601 text."""
+
+
+def either(new: When, old: When) -> When:
+    """A filter given by its name (``started_*``) or its former one (``created_*``)."""
+    return new if new is not None else old
+
+
 def _when(value: float | datetime | str | None) -> float | str | None:
     return value.timestamp() if isinstance(value, datetime) else value
 
@@ -359,16 +368,20 @@ def default_headers(token: str | None) -> dict[str, str]:
 __all__ = [
     "EVENTS_PAGE",
     "FINAL",
+    "Json",
     "RECONNECTS",
     "STREAM_READ",
+    "When",
     "ApiError",
     "Call",
+    "Events",
     "Follow",
     "RateLimited",
     "SseParser",
     "default_headers",
     "deadline_in",
     "diff_call",
+    "either",
     "error_of",
     "fork_call",
     "list_params",
