@@ -38,7 +38,7 @@ from dagwright.agents.models import ModelCall
 from dagwright.errors import StepError
 
 if TYPE_CHECKING:
-    from dagwright.agents.team import Exchange
+    from dagwright.agents.team_exchange import Exchange
     from dagwright.tools.registry import Tool as RegisteredTool
 
 PURPOSE = "agents.team"
