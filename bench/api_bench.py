@@ -485,8 +485,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None,
                         help="open loop: submissions per second, latency from when each was "
                              "due (default: closed loop, as fast as answered)")  # fmt: skip
-    parser.add_argument("--worker-nice", type=int, default=0,
-                        help="start the workers under nice -n N (the server keeps priority)")
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="start the workers under nice -n N (the server keeps priority)",
+    )
     parser.add_argument("--warmup", type=int, default=20, help="untimed submissions first")
     parser.add_argument("--drain", type=float, default=300.0, help="seconds to wait for ends")
     parser.add_argument("--pg", default=PG, help=f"PostgreSQL URL (default {PG})")
