@@ -22,6 +22,8 @@ CORE = [
     "dagwright.planner.schema",
     "dagwright.planner.source",
     "dagwright.planner.references",
+    "dagwright.planner.expressions",
+    "dagwright.planner.sandbox",
     "dagwright.planner.plan",
     "dagwright.planner.validate",
     "dagwright.planner.inputs",
