@@ -6,6 +6,11 @@ verify checks that cannot be evaluated, expressions that read what the sandbox r
 (``__class__``, ``__globals__``, ``mro``…), secrets read where a tool takes none or under a name
 not set (``planner.secret_refs``), input defaults of the wrong type, and — when run inputs are
 given — missing, unknown or ill-typed inputs.
+
+Here: the validator (ids, ``needs``, inputs' defaults, every expression and what it reads,
+secrets, ``concurrency``) and the entry points ``validate`` and ``check``. Its parts:
+``validate_args`` (a step's ``with`` against its tool), ``validate_verify`` (``verify`` checks)
+and ``validate_graph`` (dependency cycles).
 """
 
 from __future__ import annotations
@@ -13,31 +18,32 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from pydantic import ValidationError
-
 from dagwright.errors import PlanError, PlanIssue
 from dagwright.planner.inputs import typed_input
 from dagwright.planner.output_paths import path_problem, resolve_ref
-from dagwright.planner.plan import step_deps, topological_order
 from dagwright.planner.references import (
     SAFE_GLOBALS,
     Expression,
     ExpressionError,
     Ref,
-    expression,
     expressions_in,
-    has_refs,
 )
-from dagwright.planner.regex import RegexError, compile_regex, schema_problems
 from dagwright.planner.schema import Step, Workflow
 from dagwright.planner.secret_refs import SECRETS, secret_problems, where_secrets_go
 from dagwright.planner.source import Path_, Source, did_you_mean
+from dagwright.planner.validate_args import check_args, check_requires, check_tool_rules
+from dagwright.planner.validate_graph import check_cycles
+from dagwright.planner.validate_verify import check_verify
 from dagwright.tools.registry import Tool, ToolRegistry
 
 # --- the validator ----------------------------------------------------------------------------
 
 
-class _Validator:
+class Validator:
+    """One workflow's validation: what it found so far (``issues``), and what the checks of
+    ``validate_args``, ``validate_verify`` and ``validate_graph`` read (the steps' ids, their
+    tools)."""
+
     def __init__(
         self,
         workflow: Workflow,
@@ -83,7 +89,7 @@ class _Validator:
             self.check_step(i, step)
         self.check_value(self.wf.output, ("output",), step=None, field="output")
         self.check_concurrency()
-        self.check_cycles()
+        check_cycles(self)
         return self.issues
 
     def check_concurrency(self) -> None:
@@ -112,7 +118,7 @@ class _Validator:
                     "or remove it to make the input required",
                 )
 
-    # tools and arguments
+    # steps: tool, needs, arguments (validate_args), verify checks (validate_verify)
     def check_step(self, i: int, step: Step) -> None:
         at: Path_ = ("steps", i)
         tool = None
@@ -148,72 +154,11 @@ class _Validator:
             secret_args=tool.secret_args if tool is not None else None,
         )  # fmt: skip
         if tool is not None:
-            self.check_requires(tool, step, at)
-            self.check_args(tool, step, at, ref_locs)
-            self.check_tool_rules(tool, step, at)
+            check_requires(self, tool, step, at)
+            check_args(self, tool, step, at, ref_locs)
+            check_tool_rules(self, tool, step, at)
         for j, check in enumerate(step.verify):
-            self.check_verify(check, (*at, "verify", j), step)
-
-    def check_requires(self, tool: Tool, step: Step, at: Path_) -> None:
-        missing = tool.requires.missing() if tool.requires is not None else []
-        if missing:
-            assert tool.requires is not None
-            self.add(
-                f"tool {tool.name!r} needs {', '.join(missing)}, not installed here",
-                (*at, "uses"),
-                step=step.id,
-                field="uses",
-                hint=f"install it: {tool.requires.install}",
-            )
-
-    def check_tool_rules(self, tool: Tool, step: Step, at: Path_) -> None:
-        """The tool's own checks of its arguments (``@tool(check=...)``)."""
-        if tool.check is None or not isinstance(step.with_, dict):
-            return
-        for where, message, hint in tool.check(step.with_, self.registry):
-            self.add(
-                message,
-                (*at, "with", *where),
-                step=step.id,
-                field=".".join(["with", *map(str, where)]),
-                hint=hint,
-            )
-
-    def check_args(self, tool: Tool, step: Step, at: Path_, ref_locs: list[Path_]) -> None:
-        try:
-            tool.args_model.model_validate(step.with_)
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = tuple(err["loc"])
-                if any(loc[: len(r)] == r for r in ref_locs):
-                    continue  # the value is computed by a reference: checked when it resolves
-                name = ".".join(map(str, loc))
-                if err["type"] == "extra_forbidden":
-                    allowed = list(tool.args_model.model_fields)
-                    hint = did_you_mean(str(loc[-1]), allowed)
-                    self.add(
-                        f"tool {tool.name!r} has no argument {loc[-1]!r}",
-                        (*at, "with", *loc),
-                        step=step.id,
-                        field=f"with.{name}",
-                        hint=(hint + " " if hint else "")
-                        + f"its arguments: {', '.join(allowed) or 'none'}",
-                    )
-                elif err["type"] == "missing":
-                    self.add(
-                        f"tool {tool.name!r} needs argument {name!r}",
-                        (*at, "with"),
-                        step=step.id,
-                        field=f"with.{name}",
-                        hint=f"add it under 'with:' ({_describe(tool, str(loc[0]))})",
-                    )
-                else:
-                    self.add(
-                        f"{err['msg']} (got {err.get('input')!r})",
-                        (*at, "with", *loc),
-                        step=step.id,
-                        field=f"with.{name}",
-                    )
+            check_verify(self, check, (*at, "verify", j), step)
 
     # references
     def check_value(
@@ -343,137 +288,6 @@ class _Validator:
             )
         return None
 
-    # verify checks
-    def check_verify(self, check: Any, at: Path_, step: Step) -> None:
-        field = f"verify[{at[-1]}]"
-        for key in ("expr", "target"):
-            text = getattr(check, key)
-            if text is None:
-                continue
-            try:
-                expr = expression(text)
-            except ExpressionError as exc:
-                self.add(str(exc), (*at, key), step=step.id, field=f"{field}.{key}")
-                continue
-            self.check_expression(
-                expr,
-                (*at, key),
-                step=step.id,
-                field=f"{field}.{key}",
-                allowed_roots={"output", "inputs", "steps"},
-            )
-        for key, value in (
-            ("contains", check.contains),
-            ("not_contains", check.not_contains),
-            ("regex", check.regex),
-            ("schema", check.json_schema),
-            ("judge", check.judge),
-        ):
-            self.check_value(value, (*at, key), step=step.id, field=f"{field}.{key}")
-        if check.grounded:
-            self.check_grounded(step, (*at, "grounded"), f"{field}.grounded")
-        if check.regex is not None and "${{" not in check.regex:
-            try:
-                compile_regex(check.regex)  # RE2: linear time, or refused here
-            except RegexError as exc:
-                self.add(
-                    str(exc), (*at, "regex"), step=step.id, field=f"{field}.regex", hint=exc.hint
-                )
-        if check.json_schema is not None:
-            static = not has_refs(check.json_schema)  # else its regexes are checked at run time
-            for problem in schema_problems(check.json_schema) if static else []:
-                self.add(
-                    f"JSON Schema regex {problem}",
-                    (*at, "schema"),
-                    step=step.id,
-                    field=f"{field}.schema",
-                    hint=problem.hint,
-                )
-            import jsonschema  # only workflows with a schema check need it
-
-            try:
-                jsonschema.validators.validator_for(check.json_schema).check_schema(
-                    check.json_schema
-                )
-            except jsonschema.SchemaError as exc:
-                self.add(
-                    f"invalid JSON Schema: {exc.message}",
-                    (*at, "schema"),
-                    step=step.id,
-                    field=f"{field}.schema",
-                )
-
-    def check_grounded(self, step: Step, at: Path_, field: str) -> None:
-        """A ``grounded`` check reads the passages of the steps its step depends on: one of
-        them must be able to return ``passages``."""
-        for dep in _safe_deps(step):
-            other = self.wf.steps[self.step_ids[dep]] if dep in self.step_ids else None
-            if other is None or other.uses not in self.registry:
-                return  # reported elsewhere
-            schema = self.registry.get(other.uses).output_schema
-            if path_problem(schema, ("passages",)) is None:
-                return
-        self.add(
-            "a grounded check needs passages: none of the steps this step depends on returns any",
-            at,
-            step=step.id,
-            field=field,
-            hint="add the `retrieve` step whose passages the answer cites to `needs:` "
-            "(or reference its output)",
-        )
-
-    # graph
-    def check_cycles(self) -> None:
-        deps: dict[str, list[str]] = {sid: [] for sid in self.step_ids}  # each known id once
-        dependents: dict[str, list[str]] = {sid: [] for sid in self.step_ids}
-        edges: list[tuple[str, str]] = []
-        for step in self.wf.steps:
-            for dep in _safe_deps(step):
-                if dep in self.step_ids and dep != step.id:
-                    edges.append((dep, step.id))
-        for dep, sid in dict.fromkeys(edges):  # an edge once, as a graph has it
-            deps[sid].append(dep)
-            dependents[dep].append(sid)
-        if topological_order(list(self.step_ids), dependents, deps) is not None:
-            return  # no cycle: the usual case, without building a graph
-        import networkx as nx  # here, not at the top: `dagwright --help` imports no graph library
-
-        graph: nx.DiGraph[str] = nx.DiGraph()
-        for step in self.wf.steps:
-            graph.add_node(step.id)
-        graph.add_edges_from(edges)
-        for component in nx.strongly_connected_components(graph):
-            if len(component) < 2:
-                continue
-            cycle = nx.find_cycle(graph.subgraph(component))
-            names = [u for u, _ in cycle] + [cycle[0][0]]
-            first = min(component, key=lambda s: self.step_ids[s])
-            start = names.index(first)
-            names = names[start:-1] + names[:start] + [first]
-            before = names[-2]
-            fld = "needs" if before in self.wf.steps[self.step_ids[first]].needs else "with"
-            self.add(
-                "dependency cycle: " + " → ".join(names),
-                ("steps", self.step_ids[first], fld),
-                step=first,
-                field=fld,
-                hint="a step can only depend on steps that do not depend on it; "
-                "remove one of these references or needs",
-            )
-
-
-def _safe_deps(step: Step) -> list[str]:
-    try:
-        return step_deps(step)
-    except ExpressionError:  # reported where the expression sits
-        return list(step.needs)
-
-
-def _describe(tool: Tool, arg: str) -> str:
-    prop = tool.args_schema().get("properties", {}).get(arg, {})
-    kind = prop.get("type") or "any value"
-    return f"{arg}: {kind}"
-
 
 def _schema_summary(tool: Tool) -> str:
     schema = resolve_ref(tool.output_schema or {}, tool.output_schema or {})
@@ -495,7 +309,7 @@ def validate(
     ``secrets``: the names of the secrets the run will have (``Settings.step_secrets()``):
     a ``${{ secrets.NAME }}`` naming another is a problem. None: names are not checked (the
     secrets are those of the workers that will run the steps), only where secrets are used."""
-    return _Validator(workflow, registry, source or Source(), secrets).run()
+    return Validator(workflow, registry, source or Source(), secrets).run()
 
 
 def check(
