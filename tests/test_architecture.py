@@ -34,6 +34,8 @@ CORE = [
     "dagwright.planner.regex",
     "dagwright.planner.sandbox_limits",
     "dagwright.tools.registry",
+    "dagwright.tools.definition",
+    "dagwright.tools.user_modules",
     # the pure engine
     "dagwright.executors.engine",
     "dagwright.executors.engine.events",
