@@ -84,3 +84,29 @@ def test_another_registry_is_another_check(checks: list[str]) -> None:
     prepare_text(text, default_registry.copy(), inputs={"n": 1})
     prepare_text(text, default_registry.copy(), inputs={"n": 1})
     assert checks == ["twice", "twice"]
+
+
+def test_a_module_loaded_into_the_registry_later_is_seen(tmp_path: Path, checks: list[str]) -> None:
+    """A registry that loads a module imported before (its tools join it without a new
+    ``@tool`` call) is a changed registry: what was refused before is validated again."""
+    import sys
+
+    (tmp_path / "shouting_tools.py").write_text(
+        "from dagwright.tools import tool\n\n"
+        "@tool(name='shout.loud')\n"
+        "def loud(n: int) -> dict[str, int]:\n"
+        "    return {'n': n}\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        default_registry.copy().load_module("shouting_tools")  # imported once, elsewhere
+        registry = default_registry.copy()
+        text = WORKFLOW.replace("uses: echo", "uses: shout.loud").replace("cached", "late")
+        with pytest.raises(PlanError, match="shout.loud"):
+            prepare_text(text, registry, inputs={"n": 1})
+        registry.load_module("shouting_tools")
+        assert prepare_text(text, registry, inputs={"n": 1}).workflow.steps[0].uses == "shout.loud"
+        assert checks == ["late", "late"]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("shouting_tools", None)

@@ -147,7 +147,9 @@ class ToolRegistry:
         check_module_name(module)
         self._load_builtins()
         for t in import_user_module(self, module, search_dir, importable=importable):
-            self._tools.setdefault(t.name, t)
+            if t.name not in self._tools:  # a module imported before: its tools join this registry
+                self._tools[t.name] = t
+                self.version += 1
 
 
 _builtins_lock = threading.RLock()
