@@ -16,7 +16,8 @@ from dagwright.planner.plan import Plan
 from dagwright.planner.schema import Workflow
 
 if TYPE_CHECKING:
-    from dagwright.executors.distributed.engine import Dispatch, Engine
+    from dagwright.executors.distributed.dispatch import Dispatch
+    from dagwright.executors.distributed.engine import Engine
 
 
 def cancel(eng: Engine, run_id: str) -> list[str]:

@@ -15,7 +15,8 @@ from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
 
 if TYPE_CHECKING:
-    from dagwright.executors.distributed.engine import Dispatch, Engine
+    from dagwright.executors.distributed.dispatch import Dispatch
+    from dagwright.executors.distributed.engine import Engine
 
 
 def sweep(eng: Engine, *, limit: int = 200, restarted: bool = False) -> list[Dispatch]:
