@@ -1,4 +1,5 @@
-"""The SQL store's hot path: held DBAPI connections and statements compiled once.
+"""The SQL store's hot path: held DBAPI connections, statements compiled once, and the rows
+they take.
 
 Appending events, creating a run and reading a run's new events happen at every step and every
 submission. SQLAlchemy's per-statement result handling and transaction bookkeeping cost more than
@@ -18,9 +19,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import bindparam, exists, select
 from sqlalchemy.engine import Engine
 
+from dagwright.errors import StoreError
+from dagwright.executors.engine.events import RUN_FINISHED, STEP_FINISHED, Event
 from dagwright.executors.store.tables import (
     claims_table,
     events_table,
@@ -104,6 +108,47 @@ class Statements:
         )
 
 
+def dumps(value: Any) -> str:
+    """A value as the JSON text a row holds; StoreError for a value that is not JSON data."""
+    try:
+        return to_json(value).decode()
+    except (PydanticSerializationError, ValueError) as exc:
+        raise StoreError(f"cannot record a value that is not JSON data: {exc}") from None
+
+
+def insert(cur: Any, sql: str, rows: list[Any]) -> None:
+    """Insert rows: one alone as a plain statement (psycopg runs ``executemany`` in pipeline
+    mode, which costs more than it saves for a single row)."""
+    if len(rows) == 1:
+        cur.execute(sql, rows[0])
+    else:
+        cur.executemany(sql, rows)
+
+
+def event_row(run_id: str, e: Event) -> tuple[Any, ...]:
+    """The event's row, in ``EVENT_COLUMNS`` order."""
+    status = e.data.get("status") if e.type in (STEP_FINISHED, RUN_FINISHED) else None
+    return (run_id, e.seq, e.type, e.at, e.step, e.attempt, status, dumps(e.data))
+
+
+def event_rows(sql: Statements, run_id: str, events: Sequence[Event]) -> list[Any]:
+    """The events' rows as the insert takes them: the tuples as they are when its order is
+    ``EVENT_COLUMNS`` (SQLite), else reordered, or as mappings (PostgreSQL)."""
+    order = sql.insert_event.order
+    rows = [event_row(run_id, e) for e in events]
+    if order is None:
+        return [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows]
+    if tuple(order) == EVENT_COLUMNS:
+        return rows
+    index = [EVENT_COLUMNS.index(k) for k in order]
+    return [tuple(row[i] for i in index) for row in rows]
+
+
+def claim_rows(sql: Statements, run_id: str, claims: Sequence[str]) -> list[Any]:
+    claim = sql.insert_claim
+    return [claim.params({"run_id": run_id, "key": k}) for k in claims]
+
+
 class Writers:
     """Held DBAPI connections, lent one at a time (``with writers.connection() as raw``)."""
 
@@ -161,4 +206,16 @@ def _discard(raw: Any, *, invalidate: bool) -> None:
         pass
 
 
-__all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "WRITERS", "Statement", "Statements", "Writers"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "RUN_COLUMNS",
+    "WRITERS",
+    "Statement",
+    "Statements",
+    "Writers",
+    "claim_rows",
+    "dumps",
+    "event_row",
+    "event_rows",
+    "insert",
+]
