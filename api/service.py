@@ -2,8 +2,9 @@
 
 Runs start through the engine (``executors.distributed.engine.Engine``): recorded, their first steps
 dispatched, then sent either to Celery workers (a broker configured: ``executor="celery"``) or to
-the server's own threads (``executors.inprocess``, the embedded default). Reading a run folds its
-trace like every other consumer (``lifecycle.fold_run``, ``summary.run_summary``).
+the server's own threads (``executors.inprocess``, the embedded default). What a request's body
+becomes before that (a validated run, ``Ready``) is ``intake``'s. Reading a run folds its trace
+like every other consumer (``lifecycle.fold_run``, ``summary.run_summary``).
 """
 
 from __future__ import annotations
@@ -13,24 +14,21 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dagwright.api import intake
+from dagwright.api.intake import Ready
 from dagwright.api.problems import Problem
 from dagwright.api.schemas import ForkRun, ResumeRun, SubmitRun
-from dagwright.errors import PlanError, PlanIssue, RunNotFound
+from dagwright.errors import RunNotFound
 from dagwright.executors import admission
 from dagwright.executors import engine as core
 from dagwright.executors.distributed.engine import Engine
 from dagwright.executors.lifecycle import fold_run, seen_status
 from dagwright.executors.store import TraceStore
 from dagwright.executors.summary import event_item, run_item, run_summary
-from dagwright.executors.wiring import plan_task
-from dagwright.planner import operator_only
 from dagwright.planner.catalog import Catalog
-from dagwright.planner.prepare import prepare, prepare_text
 from dagwright.planner.schema import Workflow
-from dagwright.planner.source import Source
 from dagwright.redact import Redactor
 from dagwright.settings import Settings
 from dagwright.tools.registry import ToolRegistry
@@ -44,19 +42,6 @@ class Accepted:
     run_id: str
     status: str
     replayed: bool = False
-
-
-@dataclass
-class Ready:
-    """A validated run to start."""
-
-    workflow: Workflow
-    inputs: dict[str, Any]
-    source: str | None = None
-    prelude: list[dict[str, Any]] | None = None
-    reused: dict[str, dict[str, Any]] | None = None
-    lineage: dict[str, Any] | None = None
-    priority: int = 0
 
 
 def fingerprint(body: dict[str, Any]) -> str:
@@ -124,42 +109,7 @@ class RunService:
         return Accepted(record.run_id, self._status(record.run_id), replayed=True)
 
     def _ready(self, body: SubmitRun) -> Ready:
-        if body.workflow is not None:
-            entry = self.catalog.find(body.workflow)
-            if entry is None:
-                known = ", ".join(self.catalog.names()) or "none"
-                raise Problem(
-                    404, "Unknown workflow", f"no workflow {body.workflow!r} (known: {known})"
-                )
-            p = prepare(
-                entry.path,
-                self.registry,
-                tool_modules=self.settings.tools,
-                inputs=body.inputs,
-                limits=self.limits,
-                # the server's threads run it with its secrets; Celery workers, with theirs
-                secrets=self.settings.step_secrets() if self.executor == "api" else None,
-            )
-            return Ready(p.workflow, p.inputs, source=str(entry.path))
-        if body.workflow_yaml is not None:
-            p = prepare_text(
-                body.workflow_yaml, self.registry, inputs=body.inputs, limits=self.limits
-            )
-            _operator_only(p.workflow, p.source, "a workflow given as text")
-            return Ready(p.workflow, p.inputs)
-        assert body.task is not None
-        model = body.model or self.settings.model
-        if not model:
-            issue = PlanIssue(
-                "a task needs a model (or DAGWRIGHT_MODEL on the server)", field="model"
-            )
-            raise PlanError([issue])
-        planned = plan_task(body.task, model, self.registry, self.settings, self.store)
-        _operator_only(planned.workflow, Source(), "a plan written by a model")
-        from dagwright.planner.inputs import resolve_inputs
-
-        inputs = resolve_inputs(planned.workflow, body.inputs)
-        return Ready(planned.workflow, inputs, prelude=planned.prelude)
+        return intake.submitted(self, body)
 
     def _start(self, ready: Ready, run_id: str, key: str | None = None) -> Accepted:
         run_id, dispatches = self.engine.start(
@@ -205,60 +155,14 @@ class RunService:
 
     # -- derived runs --------------------------------------------------------------------------
     def resume(self, run_id: str, body: ResumeRun) -> Accepted:
-        return self._derived(run_id, "resume", body.from_steps, body.inputs, body)
-
-    def fork(self, run_id: str, body: ForkRun) -> Accepted:
-        return self._derived(run_id, "fork", body.from_steps, {}, None, sets=body.sets)
-
-    def _derived(
-        self,
-        run_id: str,
-        mode: str,
-        from_steps: list[str],
-        inputs: dict[str, Any],
-        body: ResumeRun | None,
-        sets: list[str] | None = None,
-    ) -> Accepted:
-        from dagwright.executors.derived import derived_run
-
-        workflow_file = self._workflow_file(body)
-        parent, derivation, _registry, source, child = derived_run(
-            self.store,
-            run_id,
-            mode=mode,
-            registry=self.registry,
-            tool_modules=self.settings.tools,
-            from_steps=list(from_steps),
-            workflow_file=workflow_file,
-            workflow_text=body.workflow_yaml if body is not None else None,
-            inputs={k: v if isinstance(v, str) else json.dumps(v) for k, v in inputs.items()},
-            sets=sets,
-            heartbeat=self.settings.heartbeat,
-            limits=self.limits,
-        )
-        if body is not None and body.workflow_yaml is not None:
-            _operator_only(derivation.workflow, Source(), "a workflow given as text")
-        elif sets:  # a caller's edits: the parent's operator-only steps stay as they were
-            original = Workflow.model_validate(parent.workflow)
-            issues = operator_only.changed(original, derivation.workflow, "a fork's edits")
-            if issues:
-                raise PlanError(issues)
-        ready = Ready(
-            derivation.workflow,
-            derivation.inputs,
-            source=source,
-            reused=derivation.reused,
-            lineage=derivation.lineage,
-        )
+        ready, child = intake.derived(self, run_id, "resume", body.from_steps, body.inputs, body)
         return self._start(ready, child)
 
-    def _workflow_file(self, body: ResumeRun | None) -> Path | None:
-        if body is None or body.workflow is None:
-            return None
-        entry = self.catalog.find(body.workflow)
-        if entry is None:
-            raise Problem(404, "Unknown workflow", f"no workflow {body.workflow!r}")
-        return entry.path
+    def fork(self, run_id: str, body: ForkRun) -> Accepted:
+        ready, child = intake.derived(
+            self, run_id, "fork", body.from_steps, {}, None, sets=body.sets
+        )
+        return self._start(ready, child)
 
     # -- reading -------------------------------------------------------------------------------
     def _status(self, run_id: str) -> str:
@@ -390,15 +294,6 @@ class RunService:
         if stop is not None:
             stop()
         self.store.close()
-
-
-def _operator_only(workflow: Workflow, source: Source, what: str) -> None:
-    """Secrets and internal hosts go only to the workflows the operator put in
-    DAGWRIGHT_WORKFLOWS: a workflow from a request body (or a model) could send a secret, or a
-    request, anywhere (docs/security.md)."""
-    issues = operator_only.refused(workflow, source, what)
-    if issues:
-        raise PlanError(issues)
 
 
 def _encode_cursor(at: float, run_id: str) -> str:
