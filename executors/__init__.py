@@ -1,8 +1,8 @@
 """Running plans. The rooms:
 
 - ``engine/``: the pure engine (events, the fold, decisions, retry, verify, lineage): no I/O
-- ``lifecycle``: the one run lifecycle every driver calls (start a run, a step's tool context,
-  replanning, the run's tool registry, following a run to its end)
+- ``lifecycle/``: the one run lifecycle every driver calls (start a run, a step's tool context,
+  replanning, the run's tool registry, a local run's lease, following a run to its end)
 - ``runner``: execute one attempt (call the tool with its timeout, verify, classify)
 - the drivers: ``local`` (the embedded default), ``celery/`` (workers over a shared store),
   ``replay``

@@ -98,10 +98,13 @@ def _calls(pattern: str) -> list[str]:
 def test_each_step_of_a_run_s_life_exists_once() -> None:
     """Drivers (local, Celery, replay, CLI, API) call the lifecycle; none copies it."""
     assert _calls(".create_run(") == [
-        "executors/lifecycle.py",
+        "executors/lifecycle/start.py",
         "executors/store/redacting.py",  # the redacting store wrapper delegates, creates none
     ]
-    assert _calls("registry_for_run(") == ["executors/lifecycle.py", "planner/tool_modules.py"]
+    assert _calls("registry_for_run(") == [
+        "executors/lifecycle/start.py",
+        "planner/tool_modules.py",
+    ]
     assert _calls("load_tool_modules(") == [
         "executors/wiring.py",  # DAGWRIGHT_TOOLS for every driver
         "planner/prepare.py",
@@ -109,11 +112,11 @@ def test_each_step_of_a_run_s_life_exists_once() -> None:
     ]
     assert _calls("ToolContext(") == [
         "executors/celery/app.py",  # the worker's warm-up attempt
-        "executors/lifecycle.py",
+        "executors/lifecycle/context.py",
     ]
-    assert _calls("Event(ev.RUN_STARTED") == ["executors/lifecycle.py"]
+    assert _calls("Event(ev.RUN_STARTED") == ["executors/lifecycle/start.py"]
     assert _calls("Event(ev.PLAN_REVISED") == ["executors/engine/decisions.py"]
-    assert _calls("getrandbits(") == ["executors/lifecycle.py"]
+    assert _calls("getrandbits(") == ["executors/lifecycle/start.py"]
     assert _calls("uuid.uuid4") == []
 
 
