@@ -1,37 +1,17 @@
-"""``dagwright replay``: run a recorded run's plan again, from its recording, and check that
-every step reproduces what was recorded.
-
-Nothing calls out. Tools marked ``replay="serve"`` (the default: they may have side effects)
-get their recorded outcome back without running; ``replay="rerun"`` tools (deterministic:
-``echo``, ``llm.generate``, …) run again, and every model call they make is served from the
-recording (``agents.replay``). Each attempt's resolved inputs, status and output are compared
-with the recorded attempt; the first difference of each attempt is a *divergence*, recorded in
-the replay's own trace (``replay_diverged``) with a diff of recorded vs replayed.
-
-Retry waits are skipped; plan revisions (``on_failure: replan``) are served from the recording.
-
-A cancelled recording replays to the point of cancellation: an attempt that was running when
-the run was cancelled (recorded as cancelled, or never finished), or a step that was waiting to
-start, is not executed; the replay waits there until every other step has got as far, then
-cancels itself as the recording was (``cancelled_at`` in the report). An ``abandoned`` recording
-(a local run whose process stopped: its lease expired) replays the same way, to where its
-process stopped, as it is or will be closed (``lifecycle.close_abandoned``: in-flight attempts
-cancelled); the replay is cancelled there (``recorded_status`` says the recording was
-abandoned). The recording itself is not changed.
+"""The recording of one run as its replay reads it (``executors.replay``): ``Replayer`` indexes
+the recorded attempts, model calls, exchanges, plan revisions and stops, serves what the replay
+must not redo, and compares each replayed attempt (and the run's end) with its recording. Made
+by ``driver.replay_run``; its hooks are called by the local executor's attempts and loop.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from dagwright.agents.replay import ModelReplay
 from dagwright.executors import engine
-from dagwright.executors.engine import decisions
 from dagwright.executors.engine import events as ev
 from dagwright.executors.engine.events import Event
 from dagwright.executors.engine.lineage import REPLAY, parent_state, reused_record
@@ -43,48 +23,12 @@ from dagwright.executors.engine.outcome import (
     TIMED_OUT,
     Outcome,
 )
-from dagwright.executors.lifecycle import abandoned
-from dagwright.executors.store.base import RunRecord, TraceStore
-from dagwright.planner.limits import Limits
+from dagwright.executors.replay.divergence import Divergence
+from dagwright.executors.store.base import RunRecord
 from dagwright.planner.schema import Workflow
-from dagwright.planner.secret_refs import replay_secrets
-from dagwright.secret_values import NO_SECRETS, SecretValues
-from dagwright.tools.registry import Tool, ToolRegistry
+from dagwright.tools.registry import Tool
 
 Key = tuple[int, str, int]  # (plan revision, step, attempt)
-
-
-def diff_text(expected: Any, actual: Any) -> str:
-    """A unified diff of two JSON values, recorded (---) vs replayed (+++)."""
-    a = _pretty(expected).splitlines()
-    b = _pretty(actual).splitlines()
-    return "\n".join(difflib.unified_diff(a, b, "recorded", "replayed", lineterm=""))
-
-
-def _pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
-
-
-@dataclass
-class Divergence:
-    step: str | None
-    attempt: int | None
-    what: str
-    """inputs, status, output, error, model request, model call, attempt, run status, …"""
-    message: str
-    expected: Any
-    actual: Any
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "attempt": self.attempt,
-            "what": self.what,
-            "message": self.message,
-            "expected": self.expected,
-            "actual": self.actual,
-            "diff": diff_text(self.expected, self.actual),
-        }
 
 
 @dataclass
@@ -346,124 +290,4 @@ def _result(status: str | None, output: Any, error: dict[str, Any] | None) -> di
     }
 
 
-@dataclass
-class ReplayReport:
-    run_id: str
-    """The replay's own run (mode ``replay``, parent the recorded run)."""
-    recorded_run_id: str
-    status: str
-    divergences: list[dict[str, Any]]
-    attempts_compared: int
-    model_calls_served: int
-    seconds: float
-    cancelled_at: list[dict[str, Any]] = field(default_factory=list)
-    """A cancelled or abandoned recording: where the replay was cancelled
-    (``Replayer.cancelled_at``)."""
-    recorded_status: str | None = None
-    """How the recorded run ended (``abandoned`` when its process stopped; the replay of an
-    abandoned run is ``cancelled`` where it stopped)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "recorded_run_id": self.recorded_run_id,
-            "status": self.status,
-            "reproduced": not self.divergences,
-            "divergences": self.divergences,
-            "attempts_compared": self.attempts_compared,
-            "model_calls_served": self.model_calls_served,
-            "seconds": self.seconds,
-            "cancelled_at": self.cancelled_at,
-            "recorded_status": self.recorded_status,
-        }
-
-
-def replay_run(
-    store: TraceStore,
-    run_id: str,
-    registry: ToolRegistry,
-    *,
-    rerun: Iterable[str] = (),
-    into: TraceStore | None = None,
-    max_parallel: int = 8,
-    limits: Limits | None = None,
-    heartbeat: float = 5.0,
-    now: float | None = None,
-    secrets: SecretValues = NO_SECRETS,
-) -> ReplayReport:
-    """Replay a recorded run of ``store``; the replay is recorded in ``into`` (default: the
-    same store, as a run linked to the recorded one). ``limits``: the settings' limits
-    (``Settings.limits()``; default ``Limits()``), e.g. on the output of a tool run again.
-    ``heartbeat`` (DAGWRIGHT_HEARTBEAT) and ``now`` tell a local run whose process is gone
-    (``lifecycle.abandoned``): it replays as abandoned, though it was not closed yet.
-    ``secrets`` (``Settings.step_secrets()``): what ``${{ secrets.NAME }}`` reads, as in the
-    recorded run; the recording holds ``[REDACTED]`` where the replay resolves a secret, and
-    the replay compares its inputs redacted the same way. A secret that is not set is needed
-    only by a step whose tool runs again (``replay_secrets``): raises SecretNotSet, before
-    anything is recorded, naming it."""
-    from dagwright.executors.local import LocalExecutor
-
-    record = store.get_run(run_id)
-    events = store.events(record.run_id)
-    when = time.time() if now is None else now
-    replayer = Replayer(record, _closed(store, record, events, when, heartbeat), rerun=rerun)
-    ran = {sid for _, sid, _ in replayer.attempts}
-    plans = [replayer.workflow(), *replayer.revisions]
-    secrets = replay_secrets(plans, ran, registry, replayer.rerun_tools, secrets)
-    target = into if into is not None else store
-    executor = LocalExecutor(
-        target,
-        registry,
-        max_parallel=max(max_parallel, replayer.steps_that_may_wait() + 1),
-        replanner=replayer.replanner if replayer.revisions else None,
-        replayer=replayer,
-        limits=limits,
-        secrets=secrets,
-    )
-    started = time.perf_counter()
-    result = executor.run(
-        replayer.workflow(),
-        record.inputs,
-        source=record.source,
-        reused=replayer.reused(),
-        lineage=replayer.lineage(),
-    )
-    seconds = time.perf_counter() - started
-    final = replayer.finish(result.state)
-    if final:
-        executor.store.append(result.run_id, [divergence_event(result.run_id, d) for d in final])
-    return ReplayReport(
-        run_id=result.run_id,
-        recorded_run_id=record.run_id,
-        status=result.status,
-        divergences=[d.as_dict() for d in replayer.divergences],
-        attempts_compared=replayer.compared,
-        model_calls_served=replayer.model_calls_served(),
-        seconds=round(seconds, 6),
-        cancelled_at=_in_plan_order(replayer.cancelled_at, replayer.workflow()),
-        recorded_status=replayer.recorded.status,
-    )
-
-
-def _closed(
-    store: TraceStore, record: RunRecord, events: list[Event], now: float, heartbeat: float
-) -> list[Event]:
-    """The recording as ``lifecycle.close_abandoned`` would close it, when its process is gone
-    and nothing closed it yet (in memory: the store is not written)."""
-    state = parent_state(record.workflow, record.run_id, events)
-    if not abandoned(store, record, state, now, heartbeat):
-        return events
-    message = "the run's process stopped without finishing it (its lease expired)"
-    return [*events, *decisions.abandon(state.current_plan, state, now, message=message)]
-
-
-def _in_plan_order(where: list[dict[str, Any]], workflow: Workflow) -> list[dict[str, Any]]:
-    order = {s.id: i for i, s in enumerate(workflow.steps)}
-    return sorted(where, key=lambda w: (order.get(w["step"], len(order)), w["step"], w["attempt"]))
-
-
-def divergence_event(run_id: str, d: Divergence, at: float | None = None) -> Event:
-    return Event(ev.REPLAY_DIVERGED, run_id, at or time.time(), d.step, d.attempt, d.as_dict())
-
-
-__all__ = ["Divergence", "ReplayReport", "Replayer", "diff_text", "replay_run"]
+__all__ = ["Key", "Replayer"]
