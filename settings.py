@@ -298,4 +298,12 @@ def _expected(field: FieldInfo) -> str | None:
     return f"an {kind}" if kind == "integer" else f"a {kind}"
 
 
-__all__ = ["DEFAULT_BROKER", "DEFAULT_DB", "Settings"]
+def tool_settings(ctx: Any) -> Settings:
+    """The settings a tool runs under: its driver's, read once at the driver's edge
+    (``ToolContext.settings``: the CLI's with its ``--db``, a worker's, the API server's); for a
+    tool called outside a driver (a test, an embedder's direct call), the environment's."""
+    given = getattr(ctx, "settings", None)
+    return given if isinstance(given, Settings) else Settings.from_env()
+
+
+__all__ = ["DEFAULT_BROKER", "DEFAULT_DB", "Settings", "tool_settings"]

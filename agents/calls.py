@@ -41,9 +41,9 @@ def ask(
     recorded call (e.g. for its token usage). Raises StepError when no answer came."""
     from dagwright.agents.cache import request_key
     from dagwright.agents.models import ModelError, ModelSettings, connect
-    from dagwright.settings import Settings
+    from dagwright.settings import tool_settings
 
-    settings = Settings.from_env()
+    settings = tool_settings(ctx)  # the driver's, read once at its edge
     replay = ctx.replay  # dagwright replay: the recording's model and parameters, not this env's
     model = model or settings.model or (replay.model() if replay is not None else "")
     if not model:

@@ -43,6 +43,7 @@ def open_service(settings: Settings, *, executor: str = "local") -> RunService:
         "eval_timeout": settings.eval_timeout,
         "replanner": replanner(None, "", settings),  # DAGWRIGHT_MODEL's, for on_failure: replan
         "secrets": settings.step_secrets(),  # for the server's own threads' attempts
+        "settings": settings,  # what their tools run under (ToolContext.settings)
     }
     runtime: Any
     if executor == "celery":

@@ -247,6 +247,7 @@ class RunService:
             limits=self.limits,
             heartbeat=self.settings.heartbeat,
             secrets=self.settings.step_secrets(),
+            settings=self.settings,
         )
         return self.redactor.value(report.as_dict())  # type: ignore[no-any-return]
 

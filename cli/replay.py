@@ -85,6 +85,7 @@ def replay_cmd(
             limits=settings.limits(),
             heartbeat=settings.heartbeat,
             secrets=settings.step_secrets(),
+            settings=settings.model_copy(update={"db": db}) if db else settings,
         )
     except SecretNotSet as exc:  # a tool that runs again would need it: nothing was recorded
         _die(str(exc), EXIT_INVALID)

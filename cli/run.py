@@ -165,6 +165,8 @@ def _execute(
         interrupted = state is None
     else:
         settings = _settings()
+        if db:  # --db: the run's store, and where its tools look (retrieve's indexes)
+            settings = settings.model_copy(update={"db": db})
         local = LocalExecutor(
             store,
             registry,
@@ -176,6 +178,7 @@ def _execute(
             limits=settings.limits(),
             eval_timeout=settings.eval_timeout,
             secrets=settings.step_secrets(),
+            settings=settings,
         )
         run_id = run_id or local.id_factory()
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clitools import cli
+from clitools import as_json, cli
 from conftest import require_retrieval_extra
 
 from dagwright.errors import DagwrightError, PlanError
@@ -484,3 +484,29 @@ def test_importing_the_retrieval_parts_loads_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
+
+
+def test_a_run_with_db_finds_the_indexes_beside_that_store(
+    index_root: Path, tmp_path: Path
+) -> None:
+    """`--db` chooses the trace store and, with it, where `retrieve` looks for indexes (beside
+    the store), as `dagwright index build --db` put them: the tool gets the driver's settings,
+    not the environment's (whose store, the default, has no index)."""
+    store = tmp_path / "elsewhere" / "trace.db"
+    shutil.copytree(index_root / "kestrel", store.parent / "indexes" / "kestrel")
+    (tmp_path / "find.yaml").write_text(
+        "name: find\nsteps:\n  - id: find\n    uses: retrieve\n"
+        "    with: {index: kestrel, query: 'What does E-231 mean?', k: 2, mode: bm25}\n"
+        "output: ${{ steps.find.output.passages }}\n"
+    )
+    ran = cli("run", "find.yaml", "--db", str(store), "--json", cwd=tmp_path, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    run = as_json(ran)
+    assert run["status"] == "succeeded"
+    assert {p["doc_id"] for p in run["output"]} <= {
+        "error-codes.md", "backup-power.md", "firmware-release-notes.md"
+    }  # fmt: skip
+    replayed = cli("replay", run["run_id"], "--rerun", "retrieve", "--db", str(store),
+                   cwd=tmp_path, timeout=120)  # fmt: skip
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert not (tmp_path / ".dagwright" / "indexes").exists()

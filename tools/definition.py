@@ -46,6 +46,11 @@ class ToolContext:
     tools: Any = field(default=None, compare=False)
     """The run's tool registry (the built-ins, DAGWRIGHT_TOOLS, the workflow's ``tools:``):
     where ``agents.team`` finds the tools its agents may call. None: the default registry."""
+    settings: Any = field(default=None, compare=False)
+    """The driver's ``dagwright.settings.Settings``, read once at its edge (the CLI with its
+    ``--db``, a Celery worker, the API server): the default model, the trace store (where
+    ``retrieve`` finds indexes), limits. Read it with ``dagwright.settings.tool_settings(ctx)``,
+    which falls back to the environment's for a tool called outside a driver."""
 
 
 REPLAY_MODES = ("serve", "rerun")
@@ -138,7 +143,7 @@ def build_tool(
     check: ArgsCheck | None = None,
 ) -> Tool:
     """The tool ``fn`` is: its typed parameters become the arguments model (a ``ctx:
-    ToolContext`` parameter is left out, a ``**kwargs`` allows extra arguments), its return
+    ToolContext`` parameter, or ``ToolContext | None``, is left out, a ``**kwargs`` allows extra arguments), its return
     annotation the output schema. Raises DagwrightError naming the tool when it cannot be one."""
     if replay not in REPLAY_MODES:
         raise DagwrightError(f"tool {name!r}: replay={replay!r}; use 'serve' or 'rerun'")
@@ -159,7 +164,7 @@ def build_tool(
     context_param = None
     for pname, param in inspect.signature(fn).parameters.items():
         annotation = hints.get(pname, Any)
-        if annotation is ToolContext:
+        if _is_context(annotation):
             context_param = pname
             continue
         if param.kind is inspect.Parameter.VAR_KEYWORD:
@@ -203,6 +208,14 @@ def build_tool(
         check=check,
         _output_adapter=output_adapter,
     )
+
+
+def _is_context(annotation: Any) -> bool:
+    """``ToolContext``, or ``ToolContext | None`` (a tool that may also be called directly)."""
+    if annotation is ToolContext:
+        return True
+    args = typing.get_args(annotation)
+    return bool(args) and ToolContext in args and set(args) <= {ToolContext, type(None)}
 
 
 __all__ = [

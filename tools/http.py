@@ -35,7 +35,7 @@ from dagwright.tools._http_guard import (
     redact_headers,
     safe_url,
 )
-from dagwright.tools.registry import tool
+from dagwright.tools.registry import ToolContext, tool
 
 DEFAULT_MAX_BYTES = 1 << 20
 MAX_REDIRECTS = 5
@@ -92,14 +92,15 @@ def http_request(
     max_bytes: Annotated[int, Field(ge=1)] = DEFAULT_MAX_BYTES,
     allow_hosts: list[HostPattern] | None = None,
     follow_redirects: bool = True,
+    ctx: ToolContext | None = None,
 ) -> HttpResponse:
     """Send an HTTP request; returns its status, headers and JSON or text (docs/tools.md).
 
     Internal addresses are refused unless `allow_hosts` names the host; the output also has
     the final url, redirects, elapsed_ms and the request (secret headers redacted)."""
-    from dagwright.settings import Settings
+    from dagwright.settings import tool_settings
 
-    ceiling = Settings.from_env().http_max_bytes
+    ceiling = tool_settings(ctx).http_max_bytes
     if max_bytes > ceiling:
         raise StepError(
             f"http.request: max_bytes {max_bytes:,} is above the limit of {ceiling:,} "

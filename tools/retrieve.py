@@ -14,7 +14,7 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from dagwright.errors import DagwrightError, StepError
-from dagwright.tools.registry import Requires, tool
+from dagwright.tools.registry import Requires, ToolContext, tool
 
 INDEX_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 EXTRA = Requires(
@@ -53,13 +53,14 @@ def retrieve(
     query: Annotated[str, Field(min_length=1, max_length=10_000)],
     k: Annotated[int, Field(ge=1, le=100)] = 5,
     mode: Literal["hybrid", "bm25", "dense"] = "hybrid",
+    ctx: ToolContext | None = None,
 ) -> Retrieved:
     """The `k` passages of index `index` that best match `query` (mode hybrid, bm25 or dense).
     Build indexes with `dagwright index build DIR --name NAME`."""
     from dagwright.retrieval import IndexNotFound, MissingExtra, index_root, search
-    from dagwright.settings import Settings
+    from dagwright.settings import tool_settings
 
-    settings = Settings.from_env()
+    settings = tool_settings(ctx)  # the driver's: its --db is where the indexes are
     root = index_root(settings.db, settings.index_dir)
     try:
         passages = search(index, query, root, k=k, mode=mode)

@@ -150,6 +150,7 @@ class Runtime:
                 limits=s.limits(),
                 eval_timeout=s.eval_timeout,
                 secrets=s.step_secrets(),  # this worker's: DAGWRIGHT_SECRET_*, SECRETS_FILE
+                settings=s,  # what its tools run under (ToolContext.settings)
             )
         return self._engines[pid]
 

@@ -79,7 +79,10 @@ def _call(
         eng.store.append(d.run_id, [Event(kind, d.run_id, eng.clock(), d.step, d.attempt, data)])
 
     with eng.lock:
-        ctx = tool_context(state, d.step, d.attempt, emit=emit, cache=eng.cache, tools=registry)
+        ctx = tool_context(
+            state, d.step, d.attempt, emit=emit, cache=eng.cache, tools=registry,
+            settings=eng.settings,
+        )  # fmt: skip
     tool = registry.get(plan.steps[d.step].uses)
     with eng._beats.beating(d):
         outcome = run_sync(attempt.execute(tool, args, ctx))

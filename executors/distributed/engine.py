@@ -65,6 +65,7 @@ class Engine(RunCaches):
         eval_timeout: float = EVAL_TIMEOUT,
         executor: str = "celery",
         secrets: SecretValues = NO_SECRETS,
+        settings: Any = None,
     ) -> None:
         """``executor``: the name recorded with the runs this engine starts; its sweep takes
         only runs of that name (``celery``: Celery workers; ``api``: the API server's own
@@ -77,8 +78,12 @@ class Engine(RunCaches):
         for its checks, when the step has no ``timeout:`` (``runner.Attempt``).
 
         ``secrets`` (``Settings.step_secrets()``, this process's): what ``${{ secrets.NAME }}``
-        reads in the attempts it executes; never recorded (the store redacts them)."""
+        reads in the attempts it executes; never recorded (the store redacts them).
+
+        ``settings`` (this process's ``Settings``): handed to its attempts' tools
+        (``ToolContext.settings``)."""
         self.secrets = secrets
+        self.settings = settings
         store = redacting(store, secrets.redaction_forms())
         super().__init__(store, registry, tool_modules)  # .store, .lock, the caches
         self.replanner = replanner

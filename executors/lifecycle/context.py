@@ -58,10 +58,12 @@ def tool_context(
     cache: Cache | None,
     replay: Any = None,
     tools: ToolRegistry | None = None,
+    settings: Any = None,
 ) -> ToolContext:
     """What the tool of step ``sid`` gets for attempt ``attempt``. ``cache`` is used when the
     step has ``cache: true`` and this is not a replay (a replay serves recorded calls);
-    ``tools``: the run's registry (the tools an ``agents.team`` step's agents may call)."""
+    ``tools``: the run's registry (the tools an ``agents.team`` step's agents may call);
+    ``settings``: the driver's, read at its edge (``ToolContext.settings``)."""
     step = state.current_plan.steps[sid]
     use_cache = cache is not None and step.cache and replay is None
     return ToolContext(
@@ -73,6 +75,7 @@ def tool_context(
         cache=AttemptCache(cache, read=attempt == 1) if use_cache and cache else None,
         replay=replay,
         tools=tools,
+        settings=settings,
     )
 
 

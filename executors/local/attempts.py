@@ -115,7 +115,7 @@ class Attempts(Recording):
         await self.durable()  # the attempt is on record before the tool is called
         emit = self.tool_emitter(sid, attempt)
         ctx = tool_context(self.state, sid, attempt, emit=emit, cache=self.x.cache, replay=models,
-                           tools=self.x.registry)  # fmt: skip
+                           tools=self.x.registry, settings=self.x.settings)  # fmt: skip
         outcome = await run.execute(tool, args, ctx)
         settle_cache(ctx, outcome)
         return outcome

@@ -55,6 +55,7 @@ class LocalExecutor:
         limits: Limits | None = None,
         eval_timeout: float = EVAL_TIMEOUT,
         secrets: SecretValues = NO_SECRETS,
+        settings: Any = None,
     ) -> None:
         """``max_parallel``: attempts running at once. None (the default): up to
         ``AUTO_PARALLEL`` at once, of which up to ``AUTO_THREADS`` attempts of plain-function
@@ -76,9 +77,14 @@ class LocalExecutor:
 
         ``secrets`` (``Settings.step_secrets()``): what ``${{ secrets.NAME }}`` reads; a run
         naming another is refused when it starts. Their values are never recorded: the store
-        redacts them (wrapped when it did not already)."""
+        redacts them (wrapped when it did not already).
+
+        ``settings`` (the caller's ``Settings``, read at its edge): handed to the tools
+        (``ToolContext.settings``: the default model, where ``retrieve`` finds indexes);
+        None: a tool reads the environment's (``settings.tool_settings``)."""
         if max_parallel is not None and max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
+        self.settings = settings
         self.secrets = secrets
         store = redacting(store, secrets.redaction_forms())
         self.store = store

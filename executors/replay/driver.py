@@ -69,6 +69,7 @@ def replay_run(
     heartbeat: float = 5.0,
     now: float | None = None,
     secrets: SecretValues = NO_SECRETS,
+    settings: Any = None,
 ) -> ReplayReport:
     """Replay a recorded run of ``store``; the replay is recorded in ``into`` (default: the
     same store, as a run linked to the recorded one). ``limits``: the settings' limits
@@ -79,7 +80,8 @@ def replay_run(
     recorded run; the recording holds ``[REDACTED]`` where the replay resolves a secret, and
     the replay compares its inputs redacted the same way. A secret that is not set is needed
     only by a step whose tool runs again (``replay_secrets``): raises SecretNotSet, before
-    anything is recorded, naming it."""
+    anything is recorded, naming it. ``settings``: the caller's, for the tools that run again
+    (``ToolContext.settings``)."""
     from dagwright.executors.local import LocalExecutor
 
     record = store.get_run(run_id)
@@ -98,6 +100,7 @@ def replay_run(
         replayer=replayer,
         limits=limits,
         secrets=secrets,
+        settings=settings,
     )
     started = time.perf_counter()
     result = executor.run(
