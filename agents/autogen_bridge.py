@@ -13,8 +13,6 @@ Imports AutoGen (the optional extra ``agents``): loaded only when a team step ru
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +33,7 @@ from autogen_core.tools import BaseTool, Tool, ToolSchema
 from pydantic import BaseModel
 
 from dagwright.agents.models import ModelCall
+from dagwright.agents.team_exchange import in_thread
 from dagwright.errors import StepError
 
 if TYPE_CHECKING:
@@ -96,12 +95,6 @@ def usage_of(calls: list[ModelCall]) -> RequestUsage:
     return RequestUsage(prompt_tokens=prompt, completion_tokens=completion)
 
 
-async def _in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """A provider's (blocking) request in a thread: the event loop, which may run other steps,
-    stays free, and an attempt cancelled meanwhile stops waiting for it."""
-    return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
-
-
 class ModelClient(ChatCompletionClient):
     """The model of one agent (or of a selector team's speaker choice), asked through
     dagwright's provider layer. ``answer_schema``: the JSON Schema of its structured answers
@@ -136,7 +129,7 @@ class ModelClient(ChatCompletionClient):
         try:
             ours = to_messages(messages)
             if tools:
-                answer = await _in_thread(ask, exchange.ctx, self.model, ours, None, PURPOSE,
+                answer = await in_thread(ask, exchange.ctx, self.model, ours, None, PURPOSE,
                                           tools=[_schema(t) for t in tools], **kw)  # fmt: skip
                 content: str | list[FunctionCall] = [
                     FunctionCall(id=c["id"], name=c["name"], arguments=c["arguments"])
@@ -144,11 +137,11 @@ class ModelClient(ChatCompletionClient):
                 ] or answer["content"]
                 thought = answer["content"] or None if isinstance(content, list) else None
             elif isinstance(json_output, type) and issubclass(json_output, BaseModel):
-                value = await _in_thread(ask, exchange.ctx, self.model, ours, json_output,
+                value = await in_thread(ask, exchange.ctx, self.model, ours, json_output,
                                          PURPOSE, schema=self.answer_schema, **kw)  # fmt: skip
                 content, thought = json.dumps(value, ensure_ascii=False), None
             else:
-                content = await _in_thread(ask, exchange.ctx, self.model, ours, None, PURPOSE, **kw)
+                content = await in_thread(ask, exchange.ctx, self.model, ours, None, PURPOSE, **kw)
                 thought = None
         except StepError as exc:
             raise exchange.fail(exc, self.agent, turn) from None

@@ -10,10 +10,13 @@ Nothing here imports AutoGen at import time (``heard`` reads AutoGen's messages 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dagwright.agents.team_spec import Said, Usage
@@ -25,6 +28,24 @@ if TYPE_CHECKING:
 
 MAX_TOOL_TEXT = 16_000
 """The most characters of a tool's result (or error) an agent is shown, and the trace keeps."""
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a thread of the exchanges' own pool, not the event loop's
+    default executor: ``asyncio.run`` waits for that one's threads before it returns, so a team
+    step past its timeout (or a cancelled run) would hold the run's end until the blocking
+    request it abandoned came back. An abandoned call here finishes on its own. The context
+    variables go with the call, as ``asyncio.to_thread`` carries them."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="dagwright-agents")
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_POOL, call)
 
 
 class Exchange:
@@ -173,7 +194,7 @@ class Exchange:
             if tool.is_async:
                 value = await tool.fn(**kwargs)
             else:  # in a thread: the event loop (the executor's, other steps') stays free
-                value = await asyncio.to_thread(functools.partial(tool.fn, **kwargs))
+                value = await in_thread(tool.fn, **kwargs)
             text = json.dumps(tool.to_json(value), ensure_ascii=False, default=str)
             return {"output": _bounded(text), "error": None}
         except ValidationError as exc:

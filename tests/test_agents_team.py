@@ -466,19 +466,25 @@ def test_a_team_past_its_step_timeout_is_stopped_and_records_nothing_more(
     import threading
 
     stub, writer_critic = double
-    release = threading.Event()
+    release, answered = threading.Event(), threading.Event()
 
     def slow_critic(body: dict[str, Any]) -> dict[str, Any]:
         if str(body["messages"][0]["content"]).startswith("You check"):
             release.wait(30)  # answers only once the test is over
+            answered.set()
         return writer_critic(body)
 
     stub.respond = slow_critic
     store = MemoryTraceStore()
     try:
-        result = LocalExecutor(store, tools).run(workflow(team_step(timeout=1)))
+        import autogen_agentchat.teams  # noqa: F401  (imported: the step's 5 s are the exchange's)
+
+        result = LocalExecutor(store, tools).run(workflow(team_step(timeout=5)))
+        # the run ended without waiting for the request its timeout abandoned
+        abandoned_call_pending = not answered.is_set()
     finally:
         release.set()
+    assert abandoned_call_pending
     assert result.status == "failed"
     attempt = result.state.steps["refine"].attempts[0]
     assert attempt.status == "timed_out" and attempt.error["kind"] == "timeout"
