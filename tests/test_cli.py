@@ -156,6 +156,7 @@ def test_ctrl_c_cancels_and_leaves_a_consistent_trace(tmp_path: Path) -> None:
         "  - {id: after, uses: echo, needs: [long]}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGWRIGHT_")}
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT on a hang prints every thread's stack (below)
     proc = subprocess.Popen(
         [DAGWRIGHT, "run", str(wf), "--json"],
         cwd=tmp_path,
@@ -166,15 +167,22 @@ def test_ctrl_c_cancels_and_leaves_a_consistent_trace(tmp_path: Path) -> None:
     )
     db = tmp_path / ".dagwright" / "trace.db"
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    long_started = False
+    while not long_started and time.monotonic() < deadline:
         runs = as_json(cli("runs", "--json", cwd=tmp_path)) if db.exists() else []
         if runs:
             events = as_json(cli("trace", runs[0]["run_id"], "--json", cwd=tmp_path))
-            if any(e["type"] == "attempt_started" and e["step"] == "long" for e in events):
-                break
+            long_started = any(
+                e["type"] == "attempt_started" and e["step"] == "long" for e in events
+            )
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=20)
+    try:
+        stdout, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, stderr = proc.communicate(timeout=20)
+        pytest.fail(f"no exit 20 s after Ctrl-C (long step started: {long_started}):\n{stderr}")
     assert proc.returncode == 130, stderr
     data = json.loads(stdout)
     assert data["status"] == "cancelled"
