@@ -18,16 +18,16 @@ def problems(text: str, registry: ToolRegistry, tmp_path: Path | None = None) ->
     """Every problem `prepare` (what validate and run use) finds in a workflow file."""
     import tempfile
 
-    folder = Path(tempfile.mkdtemp())
-    path = folder / "wf.yaml"
-    path.write_text(textwrap.dedent(text))
-    try:
-        prepare(path, registry, inputs_required=False)
-    except PlanError as exc:
-        for issue in exc.issues:
-            assert issue.file == str(path)
-            issue.file = "wf.yaml"
-        return exc.issues
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "wf.yaml"
+        path.write_text(textwrap.dedent(text))
+        try:
+            prepare(path, registry, inputs_required=False)
+        except PlanError as exc:
+            for issue in exc.issues:
+                assert issue.file == str(path)
+                issue.file = "wf.yaml"
+            return exc.issues
     return []
 
 
