@@ -3,6 +3,7 @@ the model-call cache under retries (against a local OpenAI-compatible TEST DOUBL
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,3 +244,36 @@ def test_a_workflow_s_tools_stay_in_its_own_registry(tmp_path: Path) -> None:
     assert [r.get("own.word").fn() for r in registries] == ["one", "two"]
     assert "own.word" not in default_registry
     assert "echo" in registries[0] and "llm.generate" in registries[1]
+
+
+def test_ctrl_c_while_the_replanner_is_asked_ends_the_run_without_waiting_for_it() -> None:
+    asked, release, answered = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_replanner(*_: Any) -> Workflow:
+        asked.set()
+        release.wait(30)  # answers only once the test is over
+        answered.set()
+        return REVISED
+
+    store = MemoryTraceStore()
+    executor = LocalExecutor(store, replanner=slow_replanner)
+
+    async def interrupted() -> None:
+        run = asyncio.ensure_future(executor.run_async(ORIGINAL, run_id="r"))
+        for _ in range(3000):
+            if asked.is_set():
+                break
+            await asyncio.sleep(0.01)
+        run.cancel()  # what Ctrl-C does to asyncio.run's main task
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    try:
+        asyncio.run(interrupted())
+        replanner_pending = not answered.is_set()
+    finally:
+        release.set()
+    assert asked.is_set() and replanner_pending, "asyncio.run waited for the replanner's answer"
+    kinds = [e.type for e in store.events("r")]
+    assert ev.PLAN_REVISED not in kinds and kinds[-1] == ev.RUN_FINISHED
+    assert store.events("r")[-1].data["status"] == "cancelled"

@@ -131,8 +131,8 @@ class LocalRun(Attempts):
         key, limit = queued[0].data["key"], queued[0].data["limit"]
         loop = asyncio.get_running_loop()
         while not self.cancel_requested.is_set():
-            await loop.run_in_executor(None, admission.admit, store, key, limit, clock)
-            if await loop.run_in_executor(None, admission.admitted, store, self.run_id):
+            await loop.run_in_executor(self.pool, admission.admit, store, key, limit, clock)
+            if await loop.run_in_executor(self.pool, admission.admitted, store, self.run_id):
                 # recorded by whoever admitted it: follow it in this process's state
                 admitted = self.event(ev.RUN_ADMITTED, key=key)
                 self.state = engine.apply(self.state, admitted)
@@ -152,7 +152,9 @@ class LocalRun(Attempts):
         await self.durable()
         state, clock = self.state, self.x.clock
         loop = asyncio.get_running_loop()
-        revision = await loop.run_in_executor(None, self.replanning.revise, state, clock)
+        # in the run's pool, not the loop's default executor, which asyncio.run waits for: Ctrl-C
+        # while the replanner is asked ends the run without waiting for its answer
+        revision = await loop.run_in_executor(self.pool, self.replanning.revise, state, clock)
         self.emit(*revision.events)  # the state moves to the revised plan
         self.flush()
         if revision.problem is not None:
