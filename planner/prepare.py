@@ -174,27 +174,8 @@ def _parsed(text: str, name: str, limits: Limits) -> LoadedWorkflow:
     return loads_workflow(text, file=name, limits=limits)
 
 
+@paused_gc()  # a bounded input: see paused_gc
 def _prepared(
-    load: Callable[[], LoadedWorkflow],
-    base_dir: Path | None,
-    registry: ToolRegistry,
-    *,
-    tool_modules: Sequence[str],
-    inputs: Mapping[str, Any] | None,
-    inputs_required: bool,
-    inputs_as_text: bool,
-    limits: Limits | None,
-    secrets: Collection[str] | None = None,
-) -> Prepared:
-    with paused_gc():  # a bounded input: see paused_gc
-        return _prepare_now(
-            load, base_dir, registry, tool_modules=tool_modules, inputs=inputs,
-            inputs_required=inputs_required, inputs_as_text=inputs_as_text, limits=limits,
-            secrets=secrets,
-        )  # fmt: skip
-
-
-def _prepare_now(
     load: Callable[[], LoadedWorkflow],
     base_dir: Path | None,
     registry: ToolRegistry,
