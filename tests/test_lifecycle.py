@@ -156,6 +156,19 @@ def test_follow_gives_up_after_its_timeout() -> None:
     assert waits == [] or all(w == 0.5 for w in waits)
 
 
+def test_a_run_starts_at_one_instant_for_its_record_and_its_run_started_event() -> None:
+    """``runs`` lists ``created_at`` and ``show``/``run --json`` the ``run_started`` time: with two
+    clock readings they differed by a millisecond now and then (seen in CI)."""
+    from dagwright.executors.lifecycle import NewRun, open_run
+
+    store = MemoryTraceStore()
+    readings = iter(float(t) for t in range(100, 200))
+    open_run(store, NewRun(ORIGINAL, {}, "r1"), executor="local", clock=lambda: next(readings))
+    record = store.get_run("r1")
+    started = [e for e in store.events("r1") if e.type == ev.RUN_STARTED]
+    assert [e.at for e in started] == [record.created_at] == [100.0]
+
+
 # -- the model-call cache and retries ----------------------------------------------------------
 
 

@@ -83,10 +83,13 @@ def open_run(
     all in one transaction (nobody ever sees a run without its opening events). Returns every
     event recorded, with its ``seq``."""
     wf = run.workflow
+    # one reading: the record's ``created_at`` (what lists show and sort by) and ``run_started``'s
+    # ``at`` (what a summary shows) are the same instant, to the millisecond in every report
+    at = clock()
     record = RunRecord(
         run_id=run.run_id,
         workflow_name=wf.name,
-        created_at=clock(),
+        created_at=at,
         workflow=wf.to_data(),
         inputs=run.inputs,
         source=run.source,
@@ -96,7 +99,6 @@ def open_run(
     data: dict[str, Any] = {"inputs": run.inputs, "executor": executor, **(details or {})}
     if run.lineage:
         data["lineage"] = run.lineage
-    at = clock()
     opening = [
         Event(ev.RUN_STARTED, run.run_id, at, None, None, data),
         *(Event(ev.MODEL_CALL, run.run_id, at, None, None, dict(c)) for c in run.prelude),
