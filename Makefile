@@ -39,7 +39,10 @@ demo: setup
 test: setup-all
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory typecheck
-	$(BIN)/python -m pytest
+	# pytest-xdist: a worker per core (at most 4), each test file whole on one worker, so a
+	# file's module fixtures (a Celery cluster, a server) start once; every worker starts its own
+	# redis-server, and PostgreSQL tests each use a fresh schema
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # mypy strict ([tool.mypy] in pyproject.toml). mypy cannot follow setuptools' editable-install
 # hook, so it sees the package through a path named `dagwright`: a symlink to this folder.
