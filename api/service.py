@@ -204,15 +204,21 @@ class RunService:
         }
 
     def events(self, run_id: str, after: int, limit: int) -> dict[str, Any]:
+        """The events after ``after`` (at most ``limit``); ``finished``: the run has ended and
+        these reach its last event, so nothing more comes after ``last_seq``."""
         record = self.store.get_run(run_id)
-        events = self.store.events(record.run_id, after=after)[:limit]
-        finished = any(e.type == "run_finished" for e in events)
-        last_seq = events[-1].seq if events else after
+        pending = self.store.events(record.run_id, after=after)
+        ended = any(e.type == "run_finished" for e in pending)
+        if not ended and self._status(record.run_id) in core.FINAL:
+            # it ended after the read above (or ended without ``run_finished``: abandoned):
+            # read again, or its last events, ``run_finished`` included, would never be sent
+            pending, ended = self.store.events(record.run_id, after=after), True
+        events = pending[:limit]
         return {
             "run_id": record.run_id,
             "events": [self.redactor.value(event_item(e)) for e in events],
-            "last_seq": last_seq,
-            "finished": finished or self._status(record.run_id) in core.FINAL,
+            "last_seq": events[-1].seq if events else after,
+            "finished": ended and len(pending) <= limit,
         }
 
     def cancel(self, run_id: str) -> Accepted:
