@@ -15,11 +15,12 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 import yaml
+from http_server import QuietHTTPServer
 
 Json = dict[str, Any]
 
@@ -324,8 +325,7 @@ def served(fake: FakeApi) -> Iterator[str]:
 
         do_GET = do_POST = handle_one
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = QuietHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
