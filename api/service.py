@@ -166,8 +166,13 @@ class RunService:
 
     # -- reading -------------------------------------------------------------------------------
     def _status(self, run_id: str) -> str:
-        record, state = fold_run(self.store, run_id)
-        return seen_status(self.store, record, state.status, time.time(), self.settings.heartbeat)
+        """The run's status as people should see it (``seen_status``), from the run's own events
+        only (``TraceStore.summary``), not its whole trace: a stream following a 10,000-step run
+        asked for it on each idle poll, and folding the trace took 0.8 s of the server's CPU."""
+        listed = self.store.summary(run_id)
+        return seen_status(
+            self.store, listed.record, listed.status, time.time(), self.settings.heartbeat
+        )
 
     def get(self, run_id: str) -> dict[str, Any]:
         record, state = fold_run(self.store, run_id)

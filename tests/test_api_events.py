@@ -96,3 +96,30 @@ def test_the_stream_sends_run_finished_when_the_run_ends_between_two_reads(
         return [m["event"] async for m in trace_events(service, run_id, before_last)]
 
     assert asyncio.run(streamed()) == [ev.RUN_FINISHED]
+
+
+class CountsReads(EndsAfterOneRead):
+    """The trace store, counting the reads of a run's events by where they start."""
+
+    def __init__(self, store: TraceStore) -> None:
+        super().__init__(store)
+        self.reads_from: list[int] = []
+        self.reads = 1  # no event hidden
+
+    def events(self, run_id: str, after: int = 0) -> list[Event]:
+        self.reads_from.append(after)
+        return super().events(run_id, after)
+
+
+def test_an_idle_poll_reads_only_the_events_after_the_last_one_seen(
+    ended: tuple[RunService, str, int],
+) -> None:
+    """Whether the run has ended comes from its own events (``TraceStore.summary``), not from a
+    fold of its whole trace: each idle poll of a stream following a large run read it all."""
+    service, run_id, before_last = ended
+    counting = CountsReads(service.store)
+    service.store = counting  # type: ignore[assignment]
+    last = before_last + 1
+    page = service.events(run_id, last, 1000)
+    assert page["events"] == [] and page["finished"] is True
+    assert counting.reads_from == [last, last], "never the whole trace (from 0)"

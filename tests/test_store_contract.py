@@ -128,6 +128,25 @@ def test_list_runs_newest_first_with_status_from_the_trace(store: TraceStore) ->
     assert len(store.list_runs(limit=1)) == 1
 
 
+def test_a_run_s_summary_is_its_listing_without_reading_its_trace(store: TraceStore) -> None:
+    """``summary(run_id)``: the status ``list_runs`` gives (finished, queued, running), when
+    it finished, and its record; an unknown id is RunNotFound."""
+    done, waiting, running = _run(store), _run(store), _run(store)
+    store.append(done, [_event(done, ev.RUN_STARTED), _event(done, "step_finished", "a"),
+                        Event(ev.RUN_FINISHED, done, 1002.0, None, None,
+                              {"status": "cancelled"})])  # fmt: skip
+    store.append(waiting, [_event(waiting, ev.RUN_STARTED), _event(waiting, ev.RUN_QUEUED)])
+    store.append(running, [_event(running, ev.RUN_STARTED)])
+    listed = {r.record.run_id: r for r in store.list_runs(limit=500)}
+    for run_id, status in ((done, "cancelled"), (waiting, "queued"), (running, "running")):
+        summary = store.summary(run_id)
+        assert summary == listed[run_id] and summary.status == status
+        assert summary.record == store.get_run(run_id)
+    assert store.summary(done).finished_at == 1002.0 and store.summary(running).finished_at is None
+    with pytest.raises(RunNotFound):
+        store.summary(uuid.uuid4().hex)
+
+
 def test_list_runs_filters_and_pages_with_a_cursor(store: TraceStore) -> None:
     """Filters on workflow and creation time; pages follow (created_at, run_id), so runs
     created at the same instant are neither skipped nor repeated across pages."""

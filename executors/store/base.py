@@ -145,6 +145,12 @@ class TraceStore(Protocol):
     def get_run(self, run_id: str) -> RunRecord:
         """The run with this id, or with this unique id prefix; raises RunNotFound."""
 
+    def summary(self, run_id: str) -> RunSummary:
+        """The run as ``list_runs`` lists it (its record, its status from its trace, when it
+        finished), without reading its trace: a run's own events only, so it costs the same for
+        a run of any size. ``run_id``: a full id (``get_run`` resolves a prefix); raises
+        RunNotFound."""
+
     def list_runs(
         self,
         *,

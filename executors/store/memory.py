@@ -86,6 +86,19 @@ class MemoryTraceStore:
         with self._lock:
             return self._runs[match_run_id(run_id, list(self._runs))]
 
+    def _summary(self, run: RunRecord) -> RunSummary:
+        events = self._events[run.run_id]
+        finished = next((e for e in events if e.type == RUN_FINISHED), None)
+        kinds = {e.type for e in events}
+        waiting = RUN_QUEUED in kinds and RUN_ADMITTED not in kinds
+        running = "queued" if waiting else "running"
+        run_status = str(finished.data["status"]) if finished else running
+        return RunSummary(run, run_status, finished.at if finished else None)
+
+    def summary(self, run_id: str) -> RunSummary:
+        with self._lock:
+            return self._summary(self._runs[match_run_id(run_id, list(self._runs))])
+
     def list_runs(
         self,
         *,
@@ -100,14 +113,7 @@ class MemoryTraceStore:
             summaries = []
             runs = sorted(self._runs.values(), key=lambda r: (r.created_at, r.run_id), reverse=True)
             for run in runs:
-                finished = next(
-                    (e for e in self._events[run.run_id] if e.type == RUN_FINISHED), None
-                )
-                kinds = {e.type for e in self._events[run.run_id]}
-                waiting = RUN_QUEUED in kinds and RUN_ADMITTED not in kinds
-                running = "queued" if waiting else "running"
-                run_status = str(finished.data["status"]) if finished else running
-                summary = RunSummary(run, run_status, finished.at if finished else None)
+                summary = self._summary(run)
                 if listed(
                     summary,
                     status=status,

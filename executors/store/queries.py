@@ -1,7 +1,7 @@
-"""The SQL store's read side beyond the hot path (SQLAlchemy Core, built per call): listing runs
-with their status (``list_runs``), finding a run by a prefix of its id, and a runs row as a
-``RunRecord``. ``SqlTraceStore.list_runs`` and ``get_run`` call these (``hot.py`` holds the
-reads of every step: a run by its full id, its new events)."""
+"""The SQL store's read side beyond the hot path (SQLAlchemy Core, built per call): runs with
+their status (``list_runs``; ``summary``, one run), finding a run by a prefix of its id, and a
+runs row as a ``RunRecord``. ``SqlTraceStore``'s ``list_runs``, ``summary`` and ``get_run`` call
+these (``hot.py`` holds the reads of every step: a run by its full id, its new events)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,38 @@ def run_row(engine: Engine, run_id: str) -> Any:
     return row
 
 
+def _listing() -> tuple[Any, Any]:
+    """The runs with their status and end (``select``), and the status column to filter on: a
+    run's status from its ``run_finished`` event, else ``queued`` (``run_queued`` without
+    ``run_admitted``), else ``running``. Joins only a run's own events (partial indexes)."""
+    r, e = runs_table, events_table
+    q, a = events_table.alias("queued"), events_table.alias("admitted")
+    waiting = case((and_(q.c.seq.is_not(None), a.c.seq.is_(None)), "queued"), else_="running")
+    run_status = func.coalesce(e.c.status, waiting)
+    joined = (
+        r.outerjoin(e, (e.c.run_id == r.c.run_id) & (e.c.type == _literal(RUN_FINISHED)))
+        .outerjoin(q, (q.c.run_id == r.c.run_id) & (q.c.type == _literal(RUN_QUEUED)))
+        .outerjoin(a, (a.c.run_id == r.c.run_id) & (a.c.type == _literal(RUN_ADMITTED)))
+    )
+    query = select(r, run_status.label("run_status"), e.c.at.label("finished_at"))
+    return query.select_from(joined), run_status
+
+
+def _summaries(engine: Engine, query: Any) -> list[RunSummary]:
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [RunSummary(record(row), row.run_status, row.finished_at) for row in rows]
+
+
+def summary(engine: Engine, run_id: str) -> RunSummary:
+    """``TraceStore.summary``: one run as ``list_runs`` lists it, by its full id."""
+    query, _ = _listing()
+    found = _summaries(engine, query.where(runs_table.c.run_id == run_id))
+    if not found:
+        match_run_id(run_id, [])  # raises RunNotFound, worded as get_run's
+    return found[0]
+
+
 def list_runs(
     engine: Engine,
     *,
@@ -69,23 +101,10 @@ def list_runs(
     created_before: float | None = None,
     after: tuple[float, str] | None = None,
 ) -> list[RunSummary]:
-    """``TraceStore.list_runs``: newest first; a run's status from its ``run_finished`` event,
-    else ``queued`` (``run_queued`` without ``run_admitted``), else ``running``."""
-    r, e = runs_table, events_table
-    q, a = events_table.alias("queued"), events_table.alias("admitted")
-    waiting = case((and_(q.c.seq.is_not(None), a.c.seq.is_(None)), "queued"), else_="running")
-    run_status = func.coalesce(e.c.status, waiting)
-    joined = (
-        r.outerjoin(e, (e.c.run_id == r.c.run_id) & (e.c.type == _literal(RUN_FINISHED)))
-        .outerjoin(q, (q.c.run_id == r.c.run_id) & (q.c.type == _literal(RUN_QUEUED)))
-        .outerjoin(a, (a.c.run_id == r.c.run_id) & (a.c.type == _literal(RUN_ADMITTED)))
-    )
-    query = (
-        select(r, run_status.label("run_status"), e.c.at.label("finished_at"))
-        .select_from(joined)
-        .order_by(r.c.created_at.desc(), r.c.run_id.desc())
-        .limit(limit)
-    )
+    """``TraceStore.list_runs``: newest first, each run with its status (``_listing``)."""
+    r = runs_table
+    query, run_status = _listing()
+    query = query.order_by(r.c.created_at.desc(), r.c.run_id.desc()).limit(limit)
     if status is not None:
         query = query.where(run_status == status)
     if workflow is not None:
@@ -99,9 +118,7 @@ def list_runs(
         query = query.where(
             or_(r.c.created_at < at, and_(r.c.created_at == at, r.c.run_id < run_id))
         )
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    return [RunSummary(record(row), row.run_status, row.finished_at) for row in rows]
+    return _summaries(engine, query)
 
 
-__all__ = ["list_runs", "record", "run_row"]
+__all__ = ["list_runs", "record", "run_row", "summary"]

@@ -64,6 +64,9 @@ class RedactingStore:
     def get_run(self, run_id: str) -> RunRecord:
         return self.inner.get_run(run_id)
 
+    def summary(self, run_id: str) -> RunSummary:
+        return self.inner.summary(run_id)
+
     def list_runs(self, **filters: Any) -> list[RunSummary]:
         return self.inner.list_runs(**filters)
 

@@ -279,6 +279,9 @@ class SqlTraceStore:
             ) from None
         return None if values is None else SimpleNamespace(**dict(zip(names, values, strict=True)))
 
+    def summary(self, run_id: str) -> RunSummary:
+        return queries.summary(self.engine, run_id)
+
     def list_runs(
         self,
         *,
