@@ -147,9 +147,9 @@ class TraceStore(Protocol):
 
     def summary(self, run_id: str) -> RunSummary:
         """The run as ``list_runs`` lists it (its record, its status from its trace, when it
-        finished), without reading its trace: a run's own events only, so it costs the same for
-        a run of any size. ``run_id``: a full id (``get_run`` resolves a prefix); raises
-        RunNotFound."""
+        finished), without reading its trace: the run's row and its own events only, so it grows
+        with the plan (the record holds the workflow), not with the trace. ``run_id``: a full id
+        (``get_run`` resolves a prefix); raises RunNotFound."""
 
     def list_runs(
         self,
