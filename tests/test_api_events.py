@@ -98,17 +98,19 @@ def test_the_stream_sends_run_finished_when_the_run_ends_between_two_reads(
     assert asyncio.run(streamed()) == [ev.RUN_FINISHED]
 
 
-class CountsReads(EndsAfterOneRead):
-    """The trace store, counting the reads of a run's events by where they start."""
+class CountsReads:
+    """The trace store, noting where each read of a run's events starts."""
 
     def __init__(self, store: TraceStore) -> None:
-        super().__init__(store)
+        self.store = store
         self.reads_from: list[int] = []
-        self.reads = 1  # no event hidden
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
         self.reads_from.append(after)
-        return super().events(run_id, after)
+        return self.store.events(run_id, after)
 
 
 def test_an_idle_poll_reads_only_the_events_after_the_last_one_seen(

@@ -97,7 +97,12 @@ def match_run_id(run_id: str, known: Sequence[str]) -> str:
         raise RunNotFound(
             f"run id prefix {run_id!r} is ambiguous: {', '.join(sorted(matches)[:5])}"
         )
-    raise RunNotFound(f"no run {run_id!r} in this trace store (see `dagwright runs`)")
+    raise run_not_found(run_id)
+
+
+def run_not_found(run_id: str) -> RunNotFound:
+    """The error for a run id no run has, worded alike by every store."""
+    return RunNotFound(f"no run {run_id!r} in this trace store (see `dagwright runs`)")
 
 
 class TraceStore(Protocol):
@@ -210,4 +215,5 @@ __all__ = [
     "lineage_fields",
     "listed",
     "match_run_id",
+    "run_not_found",
 ]

@@ -14,6 +14,7 @@ from dagwright.executors.store.base import (
     Submission,
     listed,
     match_run_id,
+    run_not_found,
 )
 
 
@@ -97,7 +98,10 @@ class MemoryTraceStore:
 
     def summary(self, run_id: str) -> RunSummary:
         with self._lock:
-            return self._summary(self._runs[match_run_id(run_id, list(self._runs))])
+            run = self._runs.get(run_id)
+            if run is None:
+                raise run_not_found(run_id)
+            return self._summary(run)
 
     def list_runs(
         self,

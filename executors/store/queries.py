@@ -12,7 +12,7 @@ from sqlalchemy import and_, case, func, literal_column, or_, select
 from sqlalchemy.engine import Engine
 
 from dagwright.executors.engine.events import RUN_ADMITTED, RUN_FINISHED, RUN_QUEUED
-from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id
+from dagwright.executors.store.base import RunRecord, RunSummary, match_run_id, run_not_found
 from dagwright.executors.store.tables import events_table, runs_table
 
 
@@ -87,7 +87,7 @@ def summary(engine: Engine, run_id: str) -> RunSummary:
     query, _ = _listing()
     found = _summaries(engine, query.where(runs_table.c.run_id == run_id))
     if not found:
-        match_run_id(run_id, [])  # raises RunNotFound, worded as get_run's
+        raise run_not_found(run_id)
     return found[0]
 
 
